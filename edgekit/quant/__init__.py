@@ -1,0 +1,1 @@
+"""4-bit post-training quantization (QuartDepth-style) and the integer reference."""
