@@ -1,0 +1,41 @@
+"""edgekit.compile: one entry point, `compile_model`, for every back-end.
+
+    compile_model("m.onnx", "x86-64", "build/m", tune=0, tuning_db=None)
+
+Targets: x86-64 (this host's CPU), arm64 (aarch64-linux-gnu, NEON; cross
+compiled with aarch64-linux-gnu-g++), android-arm64 (the NDK's clang, from
+ANDROID_NDK_HOME) and accel (edgekit's own accelerator, in
+`edgekit.compile.accel`). Back-ends are imported only when used.
+"""
+from __future__ import annotations
+
+from edgekit.errors import EdgekitError
+
+TVM_TARGETS = ("x86-64", "arm64", "android-arm64")
+TARGETS = TVM_TARGETS + ("accel",)
+
+
+def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
+    """Compile an ONNX file into an artifact folder; returns its metadata.
+
+    TVM options: target_opts (e.g. "cortex-a76,+dotprod,+i8mm" or
+    "mcpu=znver4,num-cores=4"), num_cores, tune (MetaSchedule trials),
+    tuning_db (folder), integer (lower QDQ linear ops to integer, default
+    True), committed_db (apply edgekit's committed databases, default True),
+    log (callable receiving progress lines).
+    """
+    if target == "accel":
+        try:
+            from edgekit.compile.accel.compiler import compile_accel
+        except ImportError as exc:
+            raise EdgekitError(f"target accel is not available yet ({exc.name or 'edgekit.compile.accel.compiler'} "
+                               "is missing in this installation)") from None
+        return compile_accel(onnx_path, out_dir, **options)
+    if target not in TVM_TARGETS:
+        raise EdgekitError(f"unknown target {target!r} (choose one of {', '.join(TARGETS)})")
+    from edgekit.compile.tvm import targets
+    from edgekit.compile.tvm.build import compile_tvm
+
+    spec = targets.resolve(target, options.pop("target_opts", None), options.pop("num_cores", None))
+    log = options.pop("log", None)
+    return compile_tvm(onnx_path, spec, out_dir, progress_log=log, **options)

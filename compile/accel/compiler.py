@@ -1,0 +1,359 @@
+"""Compile a quantized (QDQ) ONNX model for edgekit's accelerator.
+
+    compile_accel("m.q.onnx", "build/m-accel", array=8, fusion=True, fallback=None)
+
+Pipeline: `edgekit.quant.qgraph.parse` gives the integer ops; the op table
+below says which run on the accelerator (conv incl. depthwise / strided /
+dilated, transposed conv, residual add); shapes come from one run of the
+integer reference on a zero input; a fusion pass folds each residual Add into
+the conv that produces one of its operands; every accelerator op (with its
+fused Add) becomes one *segment* of instructions ending in `finish`, so
+per-layer counters are exact on the golden model and the RTL alike. Graph
+input quantization and output dequantization, and with `fallback="cpu"` any
+op the accelerator cannot run, are *host steps* between segments (executed
+with the integer reference's own op table, so results stay bit-exact).
+
+Output folder (an `edgekit.compile.accel.Program` plus the source model):
+    program.json   hw config, DRAM layout, meta.kind = "compiled-model",
+                   meta.steps (segments and host steps), meta.tensors
+    dram.bin       weights, parameters, activations, all instructions
+    program.s      assembly (all segments)
+    model.q.onnx   the quantized model (host steps and the reference check)
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, require
+from edgekit.fileio import atomic_dir
+
+from . import asm, isa
+from . import layout as L
+from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, add_param_row, choose_tiling, lower_add, \
+    lower_conv_like
+from .program import Program, Tensor
+
+FORMAT_KIND = "compiled-model"
+HOST_KINDS = ("quantize", "dequantize")   # always on the host: the float <-> int boundary
+
+
+# --------------------------------------------------------------------------- op table
+class ConvLowering:
+    """Conv (dense or depthwise) and ConvTranspose with fused bias/requant/activation(/residual add)."""
+
+    kinds = ("conv", "conv_transpose")
+
+    def geometry(self, op, x_shape, y_shape) -> ConvGeometry:
+        a = op.attrs
+        w = op.weight
+        kh, kw = w.shape[2], w.shape[3]
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if op.kind == "conv_transpose":
+            kind = "transposed"
+        else:
+            kind = "depthwise" if int(a.get("group", 1)) > 1 else "conv"
+        return ConvGeometry(kind, x_shape[2], x_shape[3], y_shape[2], y_shape[3], kh, kw,
+                            tuple(a.get("strides", [1, 1])), (pads[0], pads[1], pads[2], pads[3]),
+                            tuple(a.get("dilations", [1, 1])))
+
+    def unsupported(self, op, shapes, hw) -> str | None:
+        x_shape, y_shape = shapes.get(op.inputs[0]), shapes.get(op.outputs[0])
+        if x_shape is None or len(x_shape) != 4 or len(y_shape) != 4 or x_shape[0] != 1:
+            return "only 2-D convolutions on batch 1 are supported"
+        if op.weight.ndim != 4:
+            return "only 2-D kernels are supported"
+        a = op.attrs
+        auto_pad = a.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        if auto_pad not in ("NOTSET", "VALID"):
+            return f"auto_pad={auto_pad} is not supported (export with explicit pads)"
+        group = int(a.get("group", 1))
+        cin = x_shape[1]
+        if op.kind == "conv_transpose":
+            if group != 1:
+                return "grouped transposed convolution is not supported"
+            s = a.get("strides", [1, 1])
+            if y_shape[2] != s[0] * x_shape[2] or y_shape[3] != s[1] * x_shape[3] or any(
+                    d != 1 for d in a.get("dilations", [1, 1])):
+                return "transposed convolution needs output = stride x input (kernel - 2*pad = stride)"
+            pads = a.get("pads", [0] * 4)
+            for sd, pd, k in ((s[0], pads[0], op.weight.shape[2]), (s[1], pads[1], op.weight.shape[3])):
+                if not all(any((r + pd - kk) % sd == 0 for kk in range(k)) for r in range(sd)):
+                    return "a transposed convolution phase without taps is not supported"
+        elif group != 1 and not (group == cin == y_shape[1] and op.weight.shape[1] == 1):
+            return f"grouped convolution (group={group}) other than depthwise is not supported"
+        pads = a.get("pads", [0, 0, 0, 0])
+        if max(pads) > 15:
+            return "padding above 15 is not supported"
+        if L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
+            return f"{y_shape[1]} output channels exceed the parameter buffer"
+        return None
+
+
+class AddLowering:
+    kinds = ("add",)
+
+    def unsupported(self, op, shapes, hw) -> str | None:
+        sa, sb, sy = (shapes.get(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
+        if sa is None or sb is None or tuple(sa) != tuple(sb) or len(sa) != 4 or sa[0] != 1:
+            return "only element-wise adds of two equal-shape [1,C,H,W] tensors are supported"
+        if any(abs(k) >= 1 << 15 for k in op.extra["k"]):
+            return "add multipliers exceed 16 bits"
+        return None
+
+
+LOWERINGS = {}
+for _cls in (ConvLowering, AddLowering):
+    for _k in _cls.kinds:
+        LOWERINGS[_k] = _cls()
+
+
+# --------------------------------------------------------------------------- the compiler
+@dataclass
+class CompileOptions:
+    array: int = isa.HW_DEFAULTS["N"]
+    fusion: bool = True
+    fallback: str | None = None     # None | "cpu"
+
+    def hw(self) -> dict:
+        require(self.array in (8, 16, 32), f"--array {self.array}: the array size must be 8, 16 or 32")
+        return dict(isa.HW_DEFAULTS, N=self.array)
+
+
+def tensor_shapes(qg) -> dict:
+    """Shapes of every integer-environment tensor, from one integer-reference run on zeros."""
+    from edgekit.quant import intref
+
+    feeds = {}
+    for inp in qg.model.graph.input:
+        if inp.name not in qg.inputs:
+            continue
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        require(all(d > 0 for d in dims), f"model input {inp.name}: static shape needed, got "
+                                          f"{[d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]}")
+        feeds[inp.name] = np.zeros(dims, np.float32)
+    env = intref.run(qg, feeds, keep_intermediates=True)
+    return {k: tuple(np.shape(v)) for k, v in env.items()}
+
+
+def plan_fusion(qg, placement: dict, fusion: bool) -> dict:
+    """add op name -> index of the conv op it folds into (the conv right before it producing an operand)."""
+    if not fusion:
+        return {}
+    consumers: dict[str, int] = {}
+    for op in qg.ops:
+        for t in op.inputs:
+            consumers[t] = consumers.get(t, 0) + 1
+    fused = {}
+    for i, op in enumerate(qg.ops):
+        if op.kind != "add" or placement[op.name] != "accel" or i == 0:
+            continue
+        prev = qg.ops[i - 1]
+        if prev.kind not in ("conv", "conv_transpose") or placement[prev.name] != "accel":
+            continue
+        out = prev.outputs[0]
+        if out in op.inputs and op.inputs[0] != op.inputs[1] and consumers.get(out) == 1 \
+                and out not in qg.outputs:
+            fused[op.name] = i - 1
+    return fused
+
+
+class _Image:
+    """A growing DRAM image (bytes), 64-byte aligned allocations."""
+
+    def __init__(self):
+        self.chunks: list[tuple[int, np.ndarray]] = []
+        self.size = 0
+
+    def alloc(self, nbytes: int, align: int = 64) -> int:
+        addr = -(-self.size // align) * align
+        self.size = addr + int(nbytes)
+        return addr
+
+    def place(self, data, align: int = 64) -> int:
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        addr = self.alloc(raw.size, align)
+        self.chunks.append((addr, raw))
+        return addr
+
+    def build(self, extra: int = 0) -> np.ndarray:
+        size = -(-(self.size + extra) // 64) * 64
+        dram = np.zeros(size, np.uint8)
+        for addr, raw in self.chunks:
+            dram[addr:addr + raw.size] = raw
+        return dram
+
+
+def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = True, fallback: str | None = None,
+                  **_ignored) -> dict:
+    """Lower a QDQ model to an accelerator program folder; returns its metadata."""
+    from edgekit.quant.qgraph import parse
+
+    opts = CompileOptions(array or isa.HW_DEFAULTS["N"], fusion, fallback)
+    require(fallback in (None, "cpu"), f"--fallback {fallback}: only 'cpu' is supported")
+    hw = opts.hw()
+    n = hw["N"]
+    src = Path(onnx_path)
+    qg = parse(src)
+    shapes = tensor_shapes(qg)
+
+    # 1. Placement: which ops run on the accelerator, which on the host.
+    placement, refused = {}, []
+    for op in qg.ops:
+        if op.kind in HOST_KINDS:
+            placement[op.name] = "host"
+            continue
+        low = LOWERINGS.get(op.kind)
+        reason = "no accelerator lowering for this op kind" if low is None else low.unsupported(op, shapes, hw)
+        if reason is None:
+            placement[op.name] = "accel"
+        else:
+            placement[op.name] = "host"
+            refused.append(f"{op.name} ({op.kind}/{op.op_type}): {reason}")
+    if refused and fallback != "cpu":
+        raise EdgekitError(f"{src}: {len(refused)} op(s) cannot run on the accelerator: " + "; ".join(refused)
+                           + " (use --fallback cpu to run them on the host)")
+    fused = plan_fusion(qg, placement, opts.fusion)
+    fused_into = {v: k for k, v in fused.items()}   # conv index -> add name
+    by_name = {op.name: op for op in qg.ops}
+
+    # 2. DRAM: every tensor an accelerator step reads or writes (fused intermediates stay on chip).
+    image = _Image()
+    acts: dict[str, Act] = {}
+    on_chip = {qg.ops[i].outputs[0] for i in fused.values()}
+
+    def act(name, q) -> Act:
+        if name not in acts:
+            s = shapes[name]
+            require(len(s) == 4 and s[0] == 1, f"tensor {name}: accelerator tensors are [1,C,H,W], got {list(s)}")
+            a = Act(name, s[1], s[2], s[3], q)
+            if name not in on_chip:
+                a.addr = image.alloc(a.nbytes(n))
+            acts[name] = a
+        return acts[name]
+
+    for op in qg.ops:
+        if placement[op.name] != "accel":
+            continue
+        for t, q in zip(op.inputs, op.in_q):
+            act(t, q)
+        act(op.outputs[0], op.out_q)
+    # Host-computed tensors read by the accelerator are in `acts` already (as accelerator inputs).
+
+    # 3. Emit segments.
+    em = Emitter(hw)
+    steps, insn_starts = [], []
+    for i, op in enumerate(qg.ops):
+        if placement[op.name] == "host":
+            steps.append({"kind": "host", "op": op.name, "op_kind": op.kind, "inputs": list(op.inputs),
+                          "outputs": list(op.outputs),
+                          "fallback": op.kind not in HOST_KINDS})
+            continue
+        if op.name in fused:
+            continue   # emitted with its conv
+        start = len(em.insns)
+        names, macs = [op.name], 0
+        if op.kind in ("conv", "conv_transpose"):
+            add = by_name[fused_into[i]] if i in fused_into else None
+            macs = _lower_conv(em, op, add, acts, shapes, image, opts)
+            if add is not None:
+                names.append(add.name)
+        else:
+            _lower_add(em, op, acts, image)
+        em.emit("finish")
+        steps.append({"kind": "accel", "name": op.name, "ops": names,
+                      "op_kinds": [by_name[nm].kind for nm in names], "insn_start": start,
+                      "insn_count": len(em.insns) - start, "macs": int(macs)})
+        insn_starts.append(start)
+
+    # 4. Image and program container.
+    insn_bytes = asm.to_bytes(em.insns)
+    insn_addr = image.alloc(len(insn_bytes), isa.INSN_BYTES)
+    image.chunks.append((insn_addr, np.frombuffer(insn_bytes, np.uint8)))
+    dram = image.build()
+    for s in steps:
+        if s["kind"] == "accel":
+            s["insn_addr"] = insn_addr + s["insn_start"] * isa.INSN_BYTES
+    tensors = {a.name: {"addr": a.addr, "c": a.c, "h": a.h, "w": a.w, "scale": a.q.scale,
+                        "zero_point": a.q.zero_point, "type": a.q.qtype.name} for a in acts.values()}
+    as_tensor = lambda a: Tensor(a.name, a.addr, (a.blocks(n), a.h, a.w, n),  # noqa: E731
+                                 "int8" if a.q.qtype.signed else "uint8", "CBHWN")
+    graph_in = [acts[o] for op in qg.ops if op.kind == "quantize" for o in op.outputs if o in acts]
+    graph_out = [acts[op.inputs[0]] for op in qg.ops if op.kind == "dequantize" and op.inputs[0] in acts]
+    accel_ops = [op for op in qg.ops if placement[op.name] == "accel"]
+    meta = {
+        "kind": FORMAT_KIND, "source": "model.q.onnx", "source_name": src.name, "fusion": opts.fusion,
+        "fallback": fallback, "array": n, "steps": steps, "tensors": tensors,
+        "inputs": list(qg.inputs), "outputs": list(qg.outputs),
+        "fused_adds": sorted(fused), "host_ops": refused,
+        "summary": {"accel_ops": len(accel_ops), "host_ops": len(qg.ops) - len(accel_ops),
+                    "fallback_ops": len(refused), "segments": len(insn_starts),
+                    "instructions": len(em.insns), "dram_bytes": int(dram.size),
+                    "macs": int(sum(s.get("macs", 0) for s in steps))},
+    }
+    program = Program(em.insns, dram, insn_addr, hw, [as_tensor(a) for a in graph_in],
+                      [as_tensor(a) for a in graph_out], meta)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        program.save(tmp)
+        shutil.copyfile(src, tmp / "model.q.onnx")
+    return {"target": "accel", "output": str(out_dir), "array": n, "fusion": opts.fusion,
+            "fallback_ops": refused, **meta["summary"]}
+
+
+def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, opts: CompileOptions) -> int:
+    n = em.n
+    x, y1 = acts[op.inputs[0]], acts[op.outputs[0]]
+    geo = ConvLowering().geometry(op, shapes[op.inputs[0]], shapes[op.outputs[0]])
+    if geo.kind == "depthwise":
+        tiles = L.depthwise_tiles(op.weight, n)
+    elif geo.kind == "transposed":
+        tiles = L.transposed_tiles(op.weight, n)
+    else:
+        tiles = L.dense_tiles(op.weight, n)
+    wt_addr = image.place(tiles)
+    cbo = L.blocks(y1.c, n)
+    params = L.param_rows(op.bias, np.broadcast_to(op.mult, op.bias.shape), np.broadcast_to(op.shift, op.bias.shape), n)
+    fusion = None
+    y = y1
+    rows = cbo
+    if add is not None:
+        other_name = add.inputs[1] if add.inputs[0] == op.outputs[0] else add.inputs[0]
+        ks = add.extra["k"]
+        k_self, k_other = (ks[0], ks[1]) if add.inputs[0] == op.outputs[0] else (ks[1], ks[0])
+        params = np.concatenate([params, add_param_row(int(np.reshape(add.mult, -1)[0]),
+                                                       int(np.reshape(add.shift, -1)[0]), n)])
+        rows += 1
+        y = acts[add.outputs[0]]
+        fusion = AddFusion(acts[other_name], int(k_self), int(k_other), -1, add.out_q, add.lo, add.hi)
+    p_addr = image.place(params)
+    pbase = em.param_slot(rows)
+    em.load_rows("param", pbase, p_addr // isa.WORD_BYTES, rows)
+    if fusion is not None:
+        fusion.param_row = pbase + cbo
+    tmp_addr = -1
+    if not opts.fusion:
+        tmp_addr = image.alloc(cbo * y1.h * y1.w * n * 4)
+    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr, geo.wo)
+    tiling = choose_tiling(geo, x.blocks(n), cbo, em.reg, n, geo.kind == "depthwise")
+    if tiling is None:
+        raise EdgekitError(f"node {op.name} ({op.op_type}): input {x.name} {[1, x.c, x.h, x.w]} does not fit "
+                           f"the accelerator's buffers even one output row at a time")
+    lower_conv_like(em, geo, x, cbo, wt_addr // isa.WORD_BYTES, epi, tiling)
+    cin_per_group = op.weight.shape[0] if op.kind == "conv_transpose" else op.weight.shape[1]
+    if op.kind == "conv_transpose":
+        return int(np.prod(op.weight.shape)) * x.h * x.w
+    return int(y1.c * cin_per_group * geo.kh * geo.kw * y1.h * y1.w)
+
+
+def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> None:
+    a, b, y = acts[op.inputs[0]], acts[op.inputs[1]], acts[op.outputs[0]]
+    ka, kb = op.extra["k"]
+    p_addr = image.place(add_param_row(int(np.reshape(op.mult, -1)[0]), int(np.reshape(op.shift, -1)[0]), em.n))
+    row = em.param_slot(1)
+    em.load_rows("param", row, p_addr // isa.WORD_BYTES, 1)
+    lower_add(em, a, b, y, int(ka), int(kb), row, op.lo, op.hi)

@@ -1,0 +1,85 @@
+"""How the compiler lays tensors out in DRAM and in the on-chip buffers.
+
+Activations live in DRAM as `[CB][H][W][N]` bytes (layout tag "CBHWN"): N
+channels of one pixel form one buffer row (one N-byte act row), channel
+blocks are planes. One channel block of a band of image rows is then a
+plain 2-D region (lines of W rows), which is exactly what a `load` with
+zero-point padding fetches for a convolution tile. Channels past C (the
+last block's padding) hold the tensor's zero point.
+
+Weights are N x N int8 tiles, `tile[j, k]` = weight from input channel k to
+output channel j of one block pair and one kernel tap (the golden model's
+`W . act` order). Parameters are one row per output block: N x {bias int32,
+mult int16, shift uint8, pad} little-endian.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import isa
+
+
+def blocks(channels: int, n: int) -> int:
+    return -(-int(channels) // n)
+
+
+def to_device(codes, n: int, fill: int) -> np.ndarray:
+    """int codes [1, C, H, W] -> bytes [CB, H, W, N] (padding channels = `fill`)."""
+    codes = np.asarray(codes, np.int64)
+    _, c, h, w = codes.shape
+    cb = blocks(c, n)
+    full = np.full((cb * n, h, w), int(fill), np.int64)
+    full[:c] = codes[0]
+    return (full.reshape(cb, n, h, w).transpose(0, 2, 3, 1) & 0xFF).astype(np.uint8)
+
+
+def from_device(raw, c: int, h: int, w: int, n: int, signed: bool) -> np.ndarray:
+    """bytes [CB, H, W, N] -> int codes [1, C, H, W]."""
+    cb = blocks(c, n)
+    arr = np.asarray(raw, np.uint8).reshape(cb, h, w, n)
+    vals = arr.view(np.int8) if signed else arr
+    return vals.astype(np.int64).transpose(0, 3, 1, 2).reshape(1, cb * n, h, w)[:, :c]
+
+
+def param_rows(bias, mult, shift, n: int) -> np.ndarray:
+    """Per-channel (bias, M, shift) -> parameter rows [CB, N*8] bytes (padding channels: M = 0)."""
+    bias, mult, shift = (np.asarray(v, np.int64).reshape(-1) for v in (bias, mult, shift))
+    c = bias.size
+    cb = blocks(c, n)
+    rows = np.zeros((cb * n, 8), np.uint8)
+    rows[:c, 0:4] = bias.astype("<i4").view(np.uint8).reshape(-1, 4)
+    rows[:c, 4:6] = mult.astype("<i2").view(np.uint8).reshape(-1, 2)
+    rows[:c, 6] = shift.astype(np.uint8)
+    return rows.reshape(cb, n * 8)
+
+
+def dense_tiles(weight, n: int) -> np.ndarray:
+    """Conv weight [Co, Ci, kh, kw] -> tiles [CBo, CBi, kh*kw, N, N] int8 (tile[j, k] = w[o=j, i=k])."""
+    co, ci, kh, kw = weight.shape
+    cbo, cbi = blocks(co, n), blocks(ci, n)
+    full = np.zeros((cbo * n, cbi * n, kh, kw), np.int64)
+    full[:co, :ci] = weight
+    t = full.reshape(cbo, n, cbi, n, kh * kw).transpose(0, 2, 4, 1, 3)
+    return t.astype(np.int8)
+
+
+def depthwise_tiles(weight, n: int) -> np.ndarray:
+    """Depthwise weight [C, 1, kh, kw] -> diagonal tiles [CB, kh*kw, N, N] int8."""
+    c, _, kh, kw = weight.shape
+    cb = blocks(c, n)
+    full = np.zeros((cb * n, kh * kw), np.int64)
+    full[:c] = weight.reshape(c, kh * kw)
+    diag = np.zeros((cb, kh * kw, n, n), np.int64)
+    idx = np.arange(n)
+    per = full.reshape(cb, n, kh * kw).transpose(0, 2, 1)  # [cb, tap, lane]
+    diag[:, :, idx, idx] = per
+    return diag.astype(np.int8)
+
+
+def transposed_tiles(weight, n: int) -> np.ndarray:
+    """ConvTranspose weight [Ci, Co, kh, kw] -> tiles [CBo, CBi, kh*kw, N, N] int8."""
+    return dense_tiles(np.asarray(weight).transpose(1, 0, 2, 3), n)
+
+
+def words(nbytes: int) -> int:
+    return -(-int(nbytes) // isa.WORD_BYTES)

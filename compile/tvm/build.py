@@ -1,0 +1,176 @@
+"""ONNX file -> artifact folder (shared library + metadata JSON) with TVM.
+
+Steps: load and check the ONNX file; for QDQ graphs widen int4, keep 4-bit
+clamps and lower quantized linear ops to integer compute (`qlower`); import
+with the Relax frontend; legalize and fuse; optionally tune; apply tuning
+databases (`--tuning-db` and the committed ones); build; export the library;
+write the metadata. The artifact folder appears atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+LIBRARY = "model.so"
+METADATA = "edgekit-artifact.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prepare(mod, target):
+    """Legalize + fuse (the shape MetaSchedule tasks are extracted from and applied to)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ])(mod)
+
+
+def apply_databases(mod, target, folders: list[Path]):
+    """Replace each TIR function that has a tuning record by its best schedule."""
+    import tvm
+    from tvm import relax
+
+    from edgekit.compile.tvm import tuning
+
+    database = tuning.union_database(folders)
+    if database is None:
+        return mod
+    with target, database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def count_scheduled(mod) -> tuple[int, int]:
+    import tvm
+
+    total = scheduled = 0
+    for _, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            total += 1
+            attrs = func.attrs or {}
+            if attrs.get("tirx.is_scheduled", False) or attrs.get("tir.is_scheduled", False):
+                scheduled += 1
+    return scheduled, total
+
+
+def zoo_info(model) -> dict:
+    """Zoo metadata the exporter left in the ONNX file (model name, pre/post-processing)."""
+    import json
+
+    info = {}
+    for prop in model.metadata_props:
+        value = prop.value
+        try:
+            value = json.loads(value)
+        except (ValueError, TypeError):
+            pass
+        info[prop.key] = value
+    return info
+
+
+def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
+                committed_db: bool = True, max_trials_per_task: int | None = None,
+                tune_workers: int | None = None, tune_top_tasks: int | None = None,
+                progress_log=None) -> dict:
+    """Compile `onnx_path` for TargetSpec `spec` into `out_dir`; returns the metadata dict."""
+    import tvm
+
+    import edgekit
+    from edgekit.compile.tvm import importer, qlower, tuning
+    from edgekit.fileio import atomic_dir, save_json
+
+    log = progress_log or (lambda msg: None)
+    started = time.time()
+    onnx_path = Path(onnx_path)
+    model = importer.load_onnx(onnx_path)
+    inputs, outputs = importer.graph_io(model)
+    importer.check_ops(model)
+    quantized = importer.is_quantized(model)
+    lowered: dict = {}
+    if quantized:
+        if integer:
+            lowered = qlower.lower(model)  # reads the int4 initializers: before widening
+        clamps = importer.widen_int4(model)
+        importer.clamp_four_bit_quantizers(model, clamps)
+    log(f"importing {onnx_path.name} ({len(model.graph.node)} nodes"
+        + (f", integer ops: {lowered or 'none'}" if quantized else "") + ")")
+    mod = importer.to_relax(model, inputs)
+    target = spec.tvm_target()
+    mod = prepare(mod, target)
+
+    tune_report = None
+    db_folders: list[Path] = []
+    if tuning_db is not None:
+        tuning_db = Path(tuning_db)
+        if tuning_db.exists() and not tuning_db.is_dir():
+            raise EdgekitError(f"--tuning-db {tuning_db}: is a file, expected a folder")
+    if tune:
+        if tuning_db is None:
+            raise EdgekitError("--tune needs --tuning-db DIR (where the tuning records are kept for later compiles)")
+        log(f"tuning with MetaSchedule: {tune} trials into {tuning_db}")
+        tune_report = tuning.tune(mod, target, tuning_db, tune, max_trials_per_task=max_trials_per_task,
+                                  builders=tune_workers or 1, top_tasks=tune_top_tasks)
+        if tune_report.trials and tune_report.failed == tune_report.trials:
+            raise EdgekitError(f"tuning: all {tune_report.trials} candidates failed "
+                               f"(first error: {(tune_report.errors or ['?'])[0]})")
+    if tuning_db is not None and tuning.is_database(tuning_db):
+        db_folders.append(tuning_db)
+    elif tuning_db is not None and not tune:
+        raise EdgekitError(f"--tuning-db {tuning_db}: not a tuning database (run with --tune N to create one)")
+    if committed_db and spec.name == "x86-64":
+        db_folders += tuning.committed_databases()
+    mod = apply_databases(mod, target, db_folders)
+    scheduled, total = count_scheduled(mod)
+    log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): "
+        f"{scheduled}/{total} kernels tuned")
+    executable = tvm.compile(mod, target=target)
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        lib_path = tmp / LIBRARY
+        try:
+            executable.export_library(str(lib_path), **spec.export_kwargs())
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise EdgekitError(f"linking {LIBRARY} for {spec.name} failed: {first}") from None
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": "tvm",
+            "library": LIBRARY,
+            "sha256": sha256_file(lib_path),
+            "inputs": [t.as_dict() for t in inputs],
+            "outputs": [t.as_dict() for t in outputs],
+            "target": spec.describe(),
+            "tvm_target": str(target),
+            "versions": {"edgekit": edgekit.__version__, "tvm": tvm.__version__,
+                         "python": platform.python_version()},
+            "source": {"onnx": onnx_path.name, "sha256": sha256_file(onnx_path)},
+            "quantized": quantized,
+            "integer_ops": lowered,
+            "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": scheduled,
+                       "kernels_total": total, "report": tune_report.as_dict() if tune_report else None},
+            "zoo": zoo_info(model),
+            "compile_seconds": round(time.time() - started, 2),
+        }
+        save_json(meta, tmp / METADATA)
+    return meta

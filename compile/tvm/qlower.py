@@ -1,0 +1,338 @@
+"""Integer lowering of QDQ graphs, driven by the integer view `edgekit.quant.qgraph`.
+
+The Relax ONNX frontend computes QDQ graphs in float (dequantize, float op,
+quantize). Before import, edgekit parses the file into a QGraph (the same
+parse the bit-exact integer reference `edgekit.quant.intref` executes) and
+replaces the ONNX nodes of every integer op it supports -- the float region
+between the DequantizeLinear outputs and the closing QuantizeLinear, and that
+QuantizeLinear -- by one node ``edgekit.QLinearInteger`` reading the integer
+input tensors and producing the quantized output tensor:
+
+    conv / conv_transpose / gemm / linear / matmul:
+        acc = op(x_q - zp_x, w_q)            int16 operands, int32 accumulation
+    add:  acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b
+    global_avgpool: acc = sum over H, W of (x_q - zp_x)
+    then  y_q = clamp(rshift_half_even((acc + bias) * M, s) + zp_y, lo, hi)
+
+Weights, bias, M, s and [lo, hi] are taken from the QOp, so they are the
+reference's numbers by construction. Concat requantizes each input onto the
+output grid. Everything else (layout moves, max pools, float regions such as
+softmax or layernorm) stays QDQ-in-float, computed by the frontend's ops, as
+the reference computes it in float32.
+
+One converter per integer kind behind `KIND_CONVERTERS` (like the reference's
+kernel table).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN, register_converter
+from edgekit.quant import formats as F
+
+LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "concat", "global_avgpool")
+
+
+# --------------------------------------------------------------------------- the ONNX rewrite
+def _consumers(graph) -> dict[str, list]:
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def _tensor_attr(value, name):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+
+def _global_avgpool_requant(op, shape_hw: int):
+    # As edgekit.quant.intref.AvgPool: M, s of s_x / (s_y * count).
+    ratio = np.float64(op.in_q[0].scale) / np.float64(op.out_q.scale)
+    return F.quantize_multiplier(ratio / np.float64(shape_hw))
+
+
+def _node_for(op, index: int, input_names: list[str], shapes: dict) -> object | None:
+    """The QLinearInteger node computing QOp `op`, or None when edgekit does not lower it."""
+    from onnx import helper
+
+    attrs = dict(kind=op.kind, in_zero_points=[int(q.zero_point) for q in op.in_q],
+                 y_zero_point=int(op.out_q.zero_point),
+                 qmin=int(op.out_q.qtype.qmin if op.lo is None else op.lo),
+                 qmax=int(op.out_q.qtype.qmax if op.hi is None else op.hi),
+                 out_signed=int(op.out_q.qtype.signed))
+    if op.kind in ("conv", "conv_transpose", "gemm", "linear"):
+        attrs["weight"] = _tensor_attr(op.weight.astype(np.int16), "weight")
+        attrs["bias"] = _tensor_attr(F.wrap_int32(op.bias).astype(np.int32), "bias")
+    if op.kind in ("conv", "conv_transpose", "gemm", "linear", "matmul", "add"):
+        attrs["mult"] = _tensor_attr(np.asarray(op.mult, np.int64).reshape(-1), "mult")
+        attrs["shift"] = _tensor_attr(np.asarray(op.shift, np.int64).reshape(-1), "shift")
+    if op.kind in ("conv", "conv_transpose"):
+        a = op.attrs
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+            return None
+        kernel = op.weight.shape[2:]
+        if len(kernel) != 2:
+            return None
+        attrs.update(strides=list(a.get("strides", [1, 1])), pads=list(a.get("pads", [0, 0, 0, 0])),
+                     dilations=list(a.get("dilations", [1, 1])), group=int(a.get("group", 1)))
+        if op.kind == "conv_transpose":
+            if a.get("output_shape") is not None:
+                return None
+            attrs["output_padding"] = list(a.get("output_padding", [0, 0]))
+    elif op.kind == "gemm":
+        attrs["trans_b"] = int(op.attrs.get("transB", 0))
+    elif op.kind == "add":
+        attrs["k"] = [int(k) for k in op.extra["k"]]
+    elif op.kind == "concat":
+        attrs.update(axis=int(op.attrs["axis"]), mults=[int(m) for m in op.extra["mult"]],
+                     shifts=[int(s) for s in op.extra["shift"]])
+    elif op.kind == "global_avgpool":
+        shape = shapes.get(input_names[0])
+        if not shape or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
+            return None
+        mult, shift = _global_avgpool_requant(op, shape[2] * shape[3])
+        attrs["mult"] = _tensor_attr(np.asarray(mult, np.int64).reshape(-1), "mult")
+        attrs["shift"] = _tensor_attr(np.asarray(shift, np.int64).reshape(-1), "shift")
+    return helper.make_node("QLinearInteger", input_names, [op.outputs[0]],
+                            name=f"{op.name or 'q'}_int{index}", domain=EDGEKIT_DOMAIN, **attrs)
+
+
+def _known_shapes(model) -> dict:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is a help here, not a requirement
+        inferred = model
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        shapes[vi.name] = dims
+    return shapes
+
+
+def lower(model) -> dict:
+    """Rewrite the integer ops of QDQ `model` in place (before int4 widening).
+
+    Returns {kind: count} of lowered ops (empty when nothing matched).
+    """
+    from onnx import helper
+
+    from edgekit.quant.qgraph import parse
+
+    qgraph = parse(model)
+    graph = model.graph
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    shapes = _known_shapes(model)
+    quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
+    removed: set[int] = set()
+    insert_at: dict[int, list] = {}  # id(QuantizeLinear replaced) -> new nodes
+    added_quantizers: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for index, op in enumerate(qgraph.ops):
+        if op.kind not in LOWERED_KINDS or op.out_q is None or op.outputs[0] not in quantizers:
+            continue
+        q_node = quantizers[op.outputs[0]]
+        region = list(op.nodes) + [q_node]
+        region_ids = {id(n) for n in region}
+        # Every region tensor must stay inside the region (the Q output is the op's output).
+        leaks = any(out in outputs or any(id(u) not in region_ids for u in users.get(out, []))
+                    for n in region[:-1] for out in n.output)
+        if leaks or any(id(n) in removed for n in region):
+            continue
+        inputs, extra = [], []
+        for name, q in zip(op.inputs, op.in_q):
+            if name.endswith("__moved"):
+                # A layout op's output read as codes: requantize its (exact) float values.
+                float_name = name[: -len("__moved")]
+                if float_name not in added_quantizers:
+                    qname = f"{float_name}__codes"
+                    dtype = q.qtype.name if q.qtype.bits == 8 else ("int8" if q.qtype.signed else "uint8")
+                    scale = _tensor_attr(np.float32(q.scale), f"{qname}_scale")
+                    zp = _tensor_attr(np.asarray(q.zero_point, dtype=dtype), f"{qname}_zp")
+                    graph.initializer.extend([scale, zp])
+                    extra.append(helper.make_node("QuantizeLinear", [float_name, scale.name, zp.name], [qname],
+                                                  name=f"{qname}_q"))
+                    added_quantizers[float_name] = qname
+                name = added_quantizers[float_name]
+            inputs.append(name)
+        node = _node_for(op, index, inputs, shapes)
+        if node is None:
+            continue
+        insert_at.setdefault(id(q_node), []).extend(extra + [node])
+        removed |= region_ids
+        counts[op.kind] = counts.get(op.kind, 0) + 1
+    if not counts:
+        return {}
+    # Each new node takes its QuantizeLinear's place: in a topologically sorted graph every
+    # input of the op (earlier codes, layout outputs) is defined before that point.
+    nodes = []
+    for node in graph.node:
+        nodes.extend(insert_at.get(id(node), []))
+        if id(node) not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(o.domain == EDGEKIT_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(EDGEKIT_DOMAIN, 1))
+    return counts
+
+
+# --------------------------------------------------------------------------- Relax converters
+def _relax():
+    from tvm import relax
+
+    return relax
+
+
+def rshift_half_even_relax(prod, shift: np.ndarray):
+    """Relax version of formats.rshift_half_even for int64 `prod` and constant shifts."""
+    relax = _relax()
+    op = relax.op
+    shift = np.asarray(shift, np.int64)
+    s1 = np.maximum(shift, 1)
+    s1c = relax.const(s1, "int64")
+    q = op.right_shift(prod, s1c)
+    rem = op.subtract(prod, op.left_shift(q, s1c))
+    half = relax.const(np.left_shift(np.int64(1), s1 - 1), "int64")
+    odd = op.equal(op.bitwise_and(q, relax.const(1, "int64")), relax.const(1, "int64"))
+    up = op.logical_or(op.greater(rem, half), op.logical_and(op.equal(rem, half), odd))
+    rounded = op.add(q, op.astype(up, "int64"))
+    if np.all(shift > 0):
+        return rounded
+    return op.where(relax.const(shift > 0), rounded, prod)
+
+
+def requantize_relax(acc, bias, mult, shift, zero_point: int, lo: int, hi: int, out_dtype: str):
+    """formats.requantize in Relax: int32 acc (+ int32 bias, wrapping) -> clamped codes."""
+    relax = _relax()
+    op = relax.op
+    total = acc if bias is None else op.add(acc, relax.const(bias, "int32"))
+    prod = op.multiply(op.astype(total, "int64"), relax.const(mult, "int64"))
+    y = op.add(rshift_half_even_relax(prod, shift), relax.const(int(zero_point), "int64"))
+    y = op.minimum(op.maximum(y, relax.const(int(lo), "int64")), relax.const(int(hi), "int64"))
+    return op.astype(y, out_dtype)
+
+
+def _centered(x, zero_point: int, dtype: str = "int16"):
+    relax = _relax()
+    return relax.op.subtract(relax.op.astype(x, dtype), relax.const(int(zero_point), dtype))
+
+
+def _channel(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    values = np.asarray(values)
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def _ints(attr, key):
+    return [int(v) for v in attr[key]]
+
+
+def _arr(attr, key):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(attr[key])
+
+
+def conv_acc(x, attr):
+    relax = _relax()
+    w = relax.const(_arr(attr, "weight"), "int16")
+    return relax.op.nn.conv2d(_centered(x, _ints(attr, "in_zero_points")[0]), w,
+                              strides=tuple(_ints(attr, "strides")), padding=tuple(_ints(attr, "pads")),
+                              dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
+                              out_dtype="int32"), 4, 1
+
+
+def conv_transpose_acc(x, attr):
+    relax = _relax()
+    w = relax.const(_arr(attr, "weight"), "int16")
+    return relax.op.nn.conv2d_transpose(_centered(x, _ints(attr, "in_zero_points")[0]), w,
+                                        strides=tuple(_ints(attr, "strides")), padding=tuple(_ints(attr, "pads")),
+                                        output_padding=tuple(_ints(attr, "output_padding")),
+                                        dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
+                                        out_dtype="int32"), 4, 1
+
+
+def linear_acc(x, attr):
+    relax = _relax()
+    w = _arr(attr, "weight")
+    if int(attr.get("trans_b", 0)):
+        w = np.ascontiguousarray(w.T)
+    acc = relax.op.matmul(_centered(x, _ints(attr, "in_zero_points")[0]), relax.const(w, "int16"), out_dtype="int32")
+    return acc, None, -1
+
+
+KIND_ACCUMULATORS = {"conv": conv_acc, "conv_transpose": conv_transpose_acc, "gemm": linear_acc,
+                     "linear": linear_acc}
+
+
+class _EdgekitConverter:
+    """The frontend's converter protocol: get_converter(opset) -> fn(bb, inputs, attr, params)."""
+
+    @classmethod
+    def get_converter(cls, opset):
+        return cls.convert
+
+
+@register_converter("QLinearInteger")
+class QLinearIntegerConverter(_EdgekitConverter):
+    @staticmethod
+    def convert(bb, inputs, attr, params):
+        relax = _relax()
+        op = relax.op
+        kind = attr["kind"].decode() if isinstance(attr["kind"], bytes) else attr["kind"]
+        out_dtype = "int8" if int(attr["out_signed"]) else "uint8"
+        zps = _ints(attr, "in_zero_points")
+        lo, hi, zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
+        if kind == "concat":
+            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.int64(m), np.int64(s), zp_y,
+                                      lo, hi, out_dtype)
+                     for x, zp, m, s in zip(inputs, zps, _ints(attr, "mults"), _ints(attr, "shifts"))]
+            return op.concat(parts, axis=int(attr["axis"]))
+        mult, shift, bias = _arr(attr, "mult"), _arr(attr, "shift"), None
+        if kind in KIND_ACCUMULATORS:
+            acc, ndim, axis = KIND_ACCUMULATORS[kind](inputs[0], attr)
+            ndim = ndim or bb.normalize(acc).ty.ndim
+            axis = axis % ndim
+            bias = _channel(_arr(attr, "bias"), ndim, axis).astype(np.int32)
+            mult, shift = _channel(mult, ndim, axis), _channel(shift, ndim, axis)
+        elif kind == "matmul":
+            acc = op.matmul(_centered(inputs[0], zps[0]), _centered(inputs[1], zps[1]), out_dtype="int32")
+            mult, shift = mult.reshape(()), shift.reshape(())
+        elif kind == "add":
+            ka, kb = _ints(attr, "k")
+            acc = op.add(op.multiply(_centered(inputs[0], zps[0], "int32"), relax.const(ka, "int32")),
+                         op.multiply(_centered(inputs[1], zps[1], "int32"), relax.const(kb, "int32")))
+            mult, shift = mult.reshape(()), shift.reshape(())
+        elif kind == "global_avgpool":
+            acc = op.sum(_centered(inputs[0], zps[0], "int32"), axis=[2, 3], keepdims=True)
+            mult, shift = mult.reshape(()), shift.reshape(())
+        else:
+            raise ValueError(f"edgekit.QLinearInteger: unknown kind {kind}")
+        return requantize_relax(acc, bias, mult, shift, zp_y, lo, hi, out_dtype)
+
+
+@register_converter("QuantizeLinearClamped")
+class QuantizeLinearClampedConverter(_EdgekitConverter):
+    """QuantizeLinear onto a 4-bit grid stored in 8 bits: quantize, then saturate to [qmin, qmax]."""
+
+    @staticmethod
+    def convert(bb, inputs, attr, params):
+        relax = _relax()
+        op = relax.op
+        x, scale, zp = inputs[0], inputs[1], inputs[2]
+        axis = int(attr.get("axis", 1))
+        if hasattr(x.ty, "ndim") and x.ty.ndim <= 1 and axis == 1:
+            axis = 0
+        out_dtype = str(zp.ty.dtype.dtype) if hasattr(zp.ty.dtype, "dtype") else str(zp.ty.dtype)
+        q = op.quantize(x, scale, zp, axis=axis, out_dtype=out_dtype)
+        lo, hi = relax.const(int(attr["qmin"]), out_dtype), relax.const(int(attr["qmax"]), out_dtype)
+        return op.minimum(op.maximum(q, lo), hi)

@@ -1,0 +1,80 @@
+"""`edgekit compile`: ONNX -> artifact folder (TVM library + metadata, or an accelerator program)."""
+from __future__ import annotations
+
+import sys
+
+from edgekit.commands import add_command
+
+EXAMPLES = """\
+  edgekit compile litepose.onnx --target x86-64 -o build/litepose
+  edgekit compile litepose.q.onnx --target x86-64 -o build/litepose-int8
+  edgekit compile m.onnx --target x86-64 -o build/m --tune 2000 --tuning-db tuning/m
+  edgekit compile m.onnx --target x86-64 -o build/m --tuning-db tuning/m   (reuse records)
+  edgekit compile m.onnx --target arm64 --target-opts cortex-a76,+dotprod,+i8mm -o build/m-arm
+  ANDROID_NDK_HOME=/opt/ndk edgekit compile m.onnx --target android-arm64 -o build/m-android
+  edgekit compile m.q.onnx --target accel -o build/m-accel
+  edgekit compile m.q.onnx --target accel --no-fusion --fallback cpu -o build/m-accel-nofuse
+"""
+
+
+def register(subparsers):
+    p = add_command(subparsers, "compile", "Compile an ONNX model for x86-64, arm64, android-arm64 or the accelerator.",
+                    EXAMPLES, run)
+    p.add_argument("onnx", help="ONNX model (FP32, or QDQ with int4/int8 weights)")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write (replaced atomically)")
+    p.add_argument("--target", default="x86-64", choices=["x86-64", "arm64", "android-arm64", "accel"],
+                   help="where the model will run (default: x86-64, this host's CPU)")
+    p.add_argument("--target-opts", default=None,
+                   help="CPU name and features, e.g. 'cortex-a76,+dotprod,+i8mm' or 'mcpu=znver4,num-cores=4'")
+    p.add_argument("--num-cores", type=int, default=None, help="threads the compiled code is planned for (default 2, arm 4)")
+    p.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                   help="tune with MetaSchedule for this many trials (needs --tuning-db)")
+    p.add_argument("--tuning-db", default=None, metavar="DIR",
+                   help="tuning database folder: created/extended by --tune, applied by every compile")
+    p.add_argument("--tune-workers", type=int, default=None,
+                   help="parallel candidate builds while tuning (default: 1; the runner always measures one at a time)")
+    p.add_argument("--tune-top-tasks", type=int, default=None, metavar="K",
+                   help="tune only the K kernels with the most work (default: all)")
+    p.add_argument("--max-trials-per-task", type=int, default=None, help="cap per tuning task (default: even split)")
+    p.add_argument("--float", dest="integer", action="store_false",
+                   help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
+    p.add_argument("--no-committed-db", dest="committed_db", action="store_false",
+                   help="do not apply edgekit's committed tuning databases (x86-64)")
+    p.add_argument("--array", type=int, default=None, metavar="N",
+                   help="(accel) MAC array size N (N x N int MACs; default 8, the RTL's)")
+    p.add_argument("--no-fusion", dest="fusion", action="store_false",
+                   help="(accel) no kernel fusion: int32 results round-trip through DRAM, adds run alone")
+    p.add_argument("--fallback", choices=["cpu"], default=None,
+                   help="(accel) run ops the accelerator cannot run on the host between segments")
+    p.add_argument("--json", action="store_true", help="print the artifact metadata as JSON")
+
+
+def run(args) -> int:
+    import json
+
+    from edgekit.compile import compile_model
+
+    options = {}
+    if args.target == "accel":
+        options = dict(array=args.array, fusion=args.fusion, fallback=args.fallback)
+    else:
+        options = dict(target_opts=args.target_opts, num_cores=args.num_cores, tune=args.tune,
+                       tuning_db=args.tuning_db, integer=args.integer, committed_db=args.committed_db,
+                       max_trials_per_task=args.max_trials_per_task, tune_workers=args.tune_workers,
+                       tune_top_tasks=args.tune_top_tasks,
+                       log=lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
+    meta = compile_model(args.onnx, args.target, args.output, **options)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        tuned = meta.get("tuning", {})
+        extra = ""
+        if tuned:
+            extra = f", {tuned.get('kernels_tuned', 0)}/{tuned.get('kernels_total', 0)} kernels tuned"
+            report = tuned.get("report")
+            if report:
+                extra += f", {report['trials']} trials ({report['failed']} failed candidates)"
+        if meta.get("quantized"):
+            extra += f", {meta.get('integer_ops', 0)} integer ops"
+        print(f"wrote {args.output} ({meta.get('library', '')}{extra})")
+    return 0

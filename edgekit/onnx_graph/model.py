@@ -1,0 +1,166 @@
+"""Loading an ONNX model, checking its op set, and normalising it for quantization.
+
+`prepare_model` runs onnxruntime's *basic* (semantics-preserving, standard-op only)
+graph optimisations — constant folding, Conv+BatchNorm folding, identity removal,
+MatMul+Add -> Gemm — instead of hand-writing those passes, then converts the
+model to opset 21 (the first opset with INT4 QuantizeLinear/DequantizeLinear).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgekit.errors import EdgekitError, require
+
+QDQ_OPSET = 21
+
+
+def load_model(model_or_path) -> onnx.ModelProto:
+    """An onnx.ModelProto from a path or a ModelProto (copied, never mutated)."""
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(model_or_path)
+        return model
+    path = Path(model_or_path)
+    require(path.is_file(), f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf errors have multi-line messages
+        raise EdgekitError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 0
+
+
+def check_supported(model: onnx.ModelProto, supported, where: str = "model") -> None:
+    """Raise one EdgekitError naming every unsupported op type and its nodes."""
+    bad: dict[str, list[str]] = defaultdict(list)
+    for i, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in supported:
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            bad[op].append(node.name or f"#{i}")
+    if bad:
+        parts = "; ".join(f"{op} (nodes: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"
+                          for op, names in sorted(bad.items()))
+        raise EdgekitError(f"{where}: unsupported ONNX ops: {parts}")
+
+
+def _ort_basic_optimize(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        onnx.save(model, src)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = dst
+        opts.log_severity_level = 3
+        ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return onnx.load(dst)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 \
+                and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _check_finite_weights(model: onnx.ModelProto) -> None:
+    for init in model.graph.initializer:
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+            arr = numpy_helper.to_array(init)
+            require(bool(np.all(np.isfinite(arr))),
+                    f"weight {init.name} (shape {list(arr.shape)}) contains NaN or Inf")
+
+
+def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.ModelProto:
+    """Validated, optimised, opset-21 float model with named nodes and no Constant nodes."""
+    model = load_model(model_or_path)
+    require(len(model.graph.node) > 0, "model has no nodes")
+    _check_finite_weights(model)
+    if optimize:
+        try:
+            model = _ort_basic_optimize(model)
+        except Exception as exc:
+            if supported is not None:  # an op nobody knows is the likelier cause: name it
+                check_supported(model, set(supported) | {"Constant"})
+            raise EdgekitError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
+    # Checked after constant folding: shape arithmetic (Mod, Shape...) folds away.
+    if supported is not None:
+        check_supported(model, set(supported) | {"Constant"})
+    # Drop custom domains ORT lists but the graph does not use.
+    used = {n.domain for n in model.graph.node}
+    imports = [i for i in model.opset_import if i.domain in ("", "ai.onnx") or i.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(imports)
+    if opset_of(model) < QDQ_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, QDQ_OPSET)
+        except Exception:  # converter gaps: the op set we accept is unchanged up to 21
+            for imp in model.opset_import:
+                if imp.domain in ("", "ai.onnx"):
+                    imp.version = QDQ_OPSET
+    if model.ir_version < 10:
+        model.ir_version = 10
+    _constants_to_initializers(model)
+    _name_nodes(model)
+    if supported is not None:
+        check_supported(model, supported)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        pass
+    return model
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list] = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            if name:
+                out[name].append(node)
+    return out
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in model.graph.node for o in n.output if o}
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -1,0 +1,62 @@
+"""Step 2 — activation compensation: closed-form ridge regression of W', b' on Q(x).
+
+min_{W',b'} sum ||W x_f + b - (W' Q(x) + b')||^2 + lam ||[W' b'] - [W b]||^2
+with x_f the float network's input to the layer and Q(x) the quantized
+upstream network's. Pulling towards the original weights (not towards 0) keeps
+W' in range for the 4-bit weight grid.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgekit.onnx_graph.model import initializers
+from edgekit.quant.plan import Layer, QuantPlan
+from edgekit.quant.sequential import group_weight, sampled_features, supports_features, ungroup_weight
+
+
+def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Tensor, xf: torch.Tensor,
+                 damp: float = 0.01, max_rows: int = 16384):
+    """New (weight, bias) for one layer; bias None stays None."""
+    wt = torch.from_numpy(np.asarray(w, np.float32)).double()
+    wg = group_weight(layer, wt)                                   # [G, Co, K]
+    phi_q = sampled_features(layer, xq, max_rows).double()         # [G, R, K]
+    phi_f = sampled_features(layer, xf, max_rows).double()
+    if b is not None:
+        ones = torch.ones(phi_q.shape[0], phi_q.shape[1], 1, dtype=torch.float64)
+        phi_q, phi_f = torch.cat([phi_q, ones], 2), torch.cat([phi_f, ones], 2)
+        bg = torch.from_numpy(np.asarray(b, np.float64)).reshape(wg.shape[0], wg.shape[1], 1)
+        wg = torch.cat([wg, bg], 2)
+    rows = phi_q.shape[1]
+    h = phi_q.transpose(1, 2) @ phi_q / rows                       # damped second moment of Q(x)
+    target = (phi_q.transpose(1, 2) @ phi_f / rows) @ wg.transpose(1, 2)   # E[Q(x) (W x_f + b)^T]
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    lam = damp * diag.mean(dim=1).clamp_min(1e-12)                 # per group
+    eye = torch.eye(h.shape[1], dtype=torch.float64)
+    a = h + lam[:, None, None] * eye
+    sol = torch.linalg.solve(a, target + lam[:, None, None] * wg.transpose(1, 2))  # [G, K(+1), Co]
+    new = sol.transpose(1, 2)
+    new_b = None
+    if b is not None:
+        new_b = new[:, :, -1].reshape(-1).numpy().astype(np.float32)
+        new = new[:, :, :-1]
+    new_w = ungroup_weight(layer, new, w.shape).numpy().astype(np.float32)
+    return new_w, new_b
+
+
+def compensate_layer(plan: QuantPlan, layer: Layer, xq, xf, damp: float = 0.01) -> bool:
+    inits = initializers(plan.model)
+    w = inits[layer.weight]
+    if not supports_features(layer, w):
+        return False
+    b = inits[layer.bias].reshape(-1) if layer.bias else None
+    if b is not None and b.size != group_weight(layer, torch.from_numpy(w)).shape[0] * \
+            group_weight(layer, torch.from_numpy(w)).shape[1]:
+        b = None
+    new_w, new_b = ridge_update(layer, w, b, xq, xf, damp)
+    if not (np.all(np.isfinite(new_w)) and (new_b is None or np.all(np.isfinite(new_b)))):
+        return False
+    plan.set_initializer(layer.weight, new_w)
+    if new_b is not None:
+        plan.set_initializer(layer.bias, new_b.reshape(inits[layer.bias].shape))
+    return True

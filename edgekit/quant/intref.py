@@ -1,0 +1,257 @@
+"""The bit-exact integer reference: runs a QGraph the way integer hardware does.
+
+One small class per op kind behind a registry. Integer ops see int codes
+(int64 numpy arrays holding int4/uint4/int8/uint8 values), accumulate exactly
+(products of small integers summed in float64 are exact below 2^53; the result
+is wrapped to int32 like a 32-bit accumulator) and requantize with
+formats.requantize. `float` ops (softmax, layernorm, gelu, resize...) dequantize
+their inputs, run their ONNX nodes in float32 (the torch op table), and
+quantize with ONNX QuantizeLinear semantics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgekit.errors import EdgekitError, require
+from edgekit.onnx_graph import torch_ops as T
+from edgekit.onnx_graph.model import attrs as node_attrs
+from edgekit.quant import formats as F
+from edgekit.quant.qgraph import QGraph, QOp, parse
+
+KERNELS: dict = {}
+
+
+def kernel(*kinds):
+    def deco(cls):
+        for k in kinds:
+            KERNELS[k] = cls()
+        return cls
+    return deco
+
+
+def _f64(codes, zp) -> torch.Tensor:
+    return torch.from_numpy((np.asarray(codes, np.int64) - int(zp)).astype(np.float64))
+
+
+def _acc(t: torch.Tensor) -> np.ndarray:
+    return F.wrap_int32(np.rint(t.numpy()).astype(np.int64))
+
+
+def _channel_view(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(v).reshape(shape)
+
+
+@kernel("quantize")
+class Quantize:
+    def run(self, op: QOp, args, consts):
+        q = op.out_q
+        return F.quantize(args[0], q.scale, q.zero_point, q.qtype)
+
+
+@kernel("dequantize")
+class Dequantize:
+    def run(self, op: QOp, args, consts):
+        q = op.in_q[0]
+        return F.dequantize(args[0], q.scale, q.zero_point)
+
+
+class _WeightOp:
+    """acc = sum((x - zp_x) * w) then per-channel requantization; subclasses do the sum."""
+
+    channel_axis = 1
+
+    def run(self, op: QOp, args, consts):
+        x = _f64(args[0], op.in_q[0].zero_point)
+        w = torch.from_numpy(op.weight.astype(np.float64))
+        acc = _acc(self.accumulate(op, x, w))
+        axis = self.channel_axis if self.channel_axis >= 0 else acc.ndim + self.channel_axis
+        view = lambda v: _channel_view(v, acc.ndim, axis)  # noqa: E731
+        return F.requantize(acc, view(op.bias), view(op.mult), view(op.shift), op.out_q.zero_point,
+                            op.out_q.qtype, op.lo, op.hi)
+
+
+@kernel("conv")
+class Conv(_WeightOp):
+    def accumulate(self, op, x, w):
+        # Zero padding in the real domain is padding with zp_x: (x - zp_x) padded with 0.
+        return T.conv(op.attrs, x, w, None)[0]
+
+
+@kernel("conv_transpose")
+class ConvTranspose(_WeightOp):
+    def accumulate(self, op, x, w):
+        return T.conv_transpose(op.attrs, x, w, None)[0]
+
+
+@kernel("gemm")
+class Gemm(_WeightOp):
+    channel_axis = -1
+
+    def accumulate(self, op, x, w):
+        return T.gemm(op.attrs, x, w, None)[0]
+
+
+@kernel("linear")
+class Linear(_WeightOp):
+    channel_axis = -1
+
+    def accumulate(self, op, x, w):
+        return torch.matmul(x, w)
+
+
+@kernel("matmul")
+class MatMul:
+    def run(self, op, args, consts):
+        a = _f64(args[0], op.in_q[0].zero_point)
+        b = _f64(args[1], op.in_q[1].zero_point)
+        acc = _acc(torch.matmul(a, b))
+        return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
+
+
+@kernel("add")
+class Add:
+    def run(self, op, args, consts):
+        ka, kb = op.extra["k"]
+        a = (np.asarray(args[0], np.int64) - op.in_q[0].zero_point) * ka
+        b = (np.asarray(args[1], np.int64) - op.in_q[1].zero_point) * kb
+        acc = F.wrap_int32(a + b)
+        return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
+
+
+@kernel("concat")
+class Concat:
+    def run(self, op, args, consts):
+        parts = [F.requantize(np.asarray(x, np.int64) - q.zero_point, 0, m, s, op.out_q.zero_point, op.out_q.qtype)
+                 for x, q, m, s in zip(args, op.in_q, op.extra["mult"], op.extra["shift"])]
+        return np.concatenate(parts, axis=int(op.attrs["axis"]))
+
+
+@kernel("avgpool", "global_avgpool")
+class AvgPool:
+    """Window sum of (x - zp_x), then requantize by s_x / (s_y * count) at each position."""
+
+    def run(self, op, args, consts):
+        x = _f64(args[0], op.in_q[0].zero_point)
+        ones = torch.ones_like(x[:1, :1])
+        if op.kind == "global_avgpool":
+            total = x.sum(dim=tuple(range(2, x.dim())), keepdim=True)
+            count = np.array(float(np.prod(x.shape[2:])))
+        else:
+            total = T.avg_pool(op.attrs, x)[0] * self._count(op, ones)
+            count = self._count(op, ones).numpy()
+        ratio = np.float64(op.in_q[0].scale) / np.float64(op.out_q.scale)
+        mult, shift = F.quantize_multiplier(ratio / count)
+        return F.requantize(_acc(total), 0, mult, shift, op.out_q.zero_point, op.out_q.qtype)
+
+    @staticmethod
+    def _count(op, ones):
+        # Elements averaged at each output position (count_include_pad aware).
+        avg_of_ones = T.avg_pool(op.attrs, ones)[0]
+        kernel_size = float(np.prod(op.attrs["kernel_shape"]))
+        if op.attrs.get("count_include_pad", 0):
+            return torch.full_like(avg_of_ones, kernel_size)
+        padded = dict(op.attrs)
+        padded["count_include_pad"] = 1
+        # fraction of real elements in each window times the kernel size
+        return torch.round(T.avg_pool(padded, ones)[0] * kernel_size)
+
+
+class _RegionOp:
+    """Runs the region's ONNX nodes in torch."""
+
+    def region(self, op, values: dict, consts) -> torch.Tensor:
+        env = dict(values)
+        for node in op.nodes:
+            ins = []
+            for name in node.input:
+                if not name:
+                    ins.append(None)
+                elif name in env:
+                    ins.append(env[name])
+                else:
+                    ins.append(T.to_torch(consts[name]))
+            for name, v in zip(node.output, T.run_node(node, ins)):
+                env[name] = v
+        return env[op.region_output]
+
+
+@kernel("maxpool", "layout")
+class MoveCodes(_RegionOp):
+    """Max-pool and layout ops move codes unchanged (float64 holds them exactly)."""
+
+    def run(self, op, args, consts):
+        q_in = op.in_q[0]
+        values = {op.region_inputs[0]: torch.from_numpy(np.asarray(args[0], np.int64).astype(np.float64))}
+        for name, arg in zip(op.region_inputs[1:], args[1:]):
+            values[name] = T.to_torch(np.asarray(arg))
+        codes = np.rint(self.region(op, values, consts).numpy()).astype(np.int64)
+        q = op.out_q
+        if (q.scale, q.zero_point, q.qtype) == (q_in.scale, q_in.zero_point, q_in.qtype):
+            return codes
+        return F.quantize(F.dequantize(codes, q_in.scale, q_in.zero_point), q.scale, q.zero_point, q.qtype)
+
+
+@kernel("float")
+class FloatRegion(_RegionOp):
+    def run(self, op, args, consts):
+        values = {}
+        for name, arg, q in zip(op.region_inputs, args, op.in_q):
+            v = F.dequantize(arg, q.scale, q.zero_point) if q is not None else np.asarray(arg)
+            values[name] = T.to_torch(v)
+        with torch.no_grad():
+            y = self.region(op, values, consts).numpy()
+        if op.out_q is None:
+            return y
+        return F.quantize(y, op.out_q.scale, op.out_q.zero_point, op.out_q.qtype)
+
+
+def _constants(qg: QGraph) -> dict:
+    consts = dict(qg.initializers)
+    for name, (codes, q) in qg.constants.items():
+        consts[name] = codes
+    return consts
+
+
+def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict:
+    """Execute the integer reference. Returns graph outputs (float, dequantized) by name."""
+    qg = model_or_qgraph if isinstance(model_or_qgraph, QGraph) else parse(model_or_qgraph)
+    consts = _constants(qg)
+    # Region nodes read DQ'd constants (weights of float ops, operands) by their DQ output name.
+    for node in qg.model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in qg.constants:
+            codes, q = qg.constants[node.input[0]]
+            consts[node.output[0]] = F.dequantize(codes, q.scale, q.zero_point)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in consts and node.output[0] not in consts:
+            a = node_attrs(node)
+            codes = np.asarray(consts[node.input[0]]).astype(np.int64)
+            scale = np.asarray(consts[node.input[1]], np.float32)
+            zp = np.asarray(consts[node.input[2]]).astype(np.int64) if len(node.input) > 2 and node.input[2] \
+                else np.zeros(1, np.int64)
+            if scale.size > 1:
+                scale = _channel_view(scale, codes.ndim, int(a.get("axis", 1)) % codes.ndim)
+                zp = _channel_view(zp, codes.ndim, int(a.get("axis", 1)) % codes.ndim) if zp.size > 1 else zp.reshape(())
+            consts[node.output[0]] = F.dequantize(codes, scale, zp.reshape(scale.shape) if zp.size == scale.size
+                                                  else zp.reshape(()))
+    env = {}
+    for name in qg.inputs:
+        require(name in inputs, f"missing model input {name}")
+        env[name] = np.asarray(inputs[name], np.float32)
+    for op in qg.ops:
+        args = []
+        for name in op.inputs:
+            if name in env:
+                args.append(env[name])
+            elif name in consts:
+                args.append(consts[name])
+            else:
+                raise EdgekitError(f"integer reference: op {op.name} reads {name} before it is computed")
+        impl = KERNELS.get(op.kind)
+        if impl is None:
+            raise EdgekitError(f"integer reference: no kernel for op kind {op.kind} (node {op.name})")
+        env[op.outputs[0]] = impl.run(op, args, consts)
+    if keep_intermediates:
+        return env
+    return {name: env[name] for name in qg.outputs}

@@ -1,0 +1,247 @@
+"""Quantization as a list of composable steps (config objects), like torchao.
+
+    cfg = QuantConfig(weight_bits=4, act_bits=4, steps=[RTN(), Polish(), Compensate(), Reconstruct()])
+    qdq_model, report = quantize("model.onnx", calib_feeds, cfg)
+
+Every step takes the plan (float model + quantizers) and calibration data and
+leaves a complete, consistent plan; after each step the per-layer SQNR is
+measured so the report shows what each step bought.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from edgekit.errors import EdgekitError, require
+from edgekit.onnx_graph.model import initializers, prepare_model
+from edgekit.onnx_graph.torch_ops import SUPPORTED_OPS, TorchGraph, to_torch
+from edgekit.progress import progress
+from edgekit.quant import compensate as C
+from edgekit.quant import polish as P
+from edgekit.quant import reconstruct as R
+from edgekit.quant import rtn
+from edgekit.quant.plan import QuantPlan, build_plan
+from edgekit.quant.qdq import to_qdq
+from edgekit.quant.sequential import sequential_pass
+from edgekit.quant.simulate import act_hook, quantized_overrides
+
+METHODS = ("rtn", "polish", "compensate", "reconstruct", "full")
+
+
+@dataclass
+class RTN:
+    """Min-max activation ranges, absmax per-channel weights, nearest rounding."""
+
+    name: str = "rtn"
+
+    def apply(self, plan: QuantPlan, calib, ctx) -> dict:
+        ctx["ranges"] = rtn.collect_ranges(plan, calib)
+        rtn.set_params_from_ranges(plan, ctx["ranges"])
+        rtn.quantize_constants(plan)
+        rtn.rtn_weights(plan)
+        return {}
+
+
+@dataclass
+class Polish:
+    """Equalization migrated into weights + consumer-aware clipping search."""
+
+    equalize: bool = True
+    clip: bool = True
+    samples: int = 8
+    name: str = "polish"
+
+    def apply(self, plan, calib, ctx) -> dict:
+        out = {}
+        if self.equalize:
+            out["equalization"] = P.equalize(plan, calib, lambda t: plan.bits[plan.source(t)], self.samples)
+            ctx["float_model"] = _copy(plan.model)
+            ctx["ranges"] = rtn.collect_ranges(plan, calib, desc="re-calibrating")
+            rtn.set_params_from_ranges(plan, ctx["ranges"])
+        if self.clip:
+            out["clip_ratios"] = P.clip_search(plan, calib, ctx["ranges"], self.samples)
+        rtn.rtn_weights(plan)
+        return out
+
+
+@dataclass
+class Compensate:
+    """Closed-form ridge regression of W', b' on Q(x) from the quantized upstream."""
+
+    damp: float = 0.01
+    name: str = "compensate"
+
+    def apply(self, plan, calib, ctx) -> dict:
+        done = []
+
+        def on_layer(layer, xq, xf):
+            if C.compensate_layer(plan, layer, xq, xf, self.damp):
+                done.append(layer.name)
+            rtn.rtn_weights(plan, layers={layer.name})
+        sequential_pass(plan, ctx["float_model"], calib[:ctx["layer_samples"]], on_layer, "compensating")
+        return {"layers": done}
+
+
+@dataclass
+class Reconstruct:
+    """Learned rounding (AdaRound, Fisher-weighted block loss) or GPTQ-style when fast."""
+
+    fast: bool = False
+    iters: int = 200
+    fisher: bool = True
+    fisher_mix: float = 0.5
+    name: str = "reconstruct"
+
+    def apply(self, plan, calib, ctx) -> dict:
+        fm = ctx["float_model"]
+        finit = initializers(fm)
+        calib = calib[:ctx["layer_samples"]]
+        fisher = fisher_weights(fm, plan, calib) if (self.fisher and not self.fast) else {}
+        how = {}
+
+        def on_layer(layer, xq, xf):
+            w0 = finit[layer.weight]
+            b0 = finit[layer.bias] if layer.bias else None
+            f = fisher.get(layer.block_output)
+            if f is not None:
+                f = (1 - self.fisher_mix) + self.fisher_mix * f
+            how[layer.name] = R.reconstruct_layer(plan, layer, xq, xf, w0, b0, f, self.fast, self.iters)
+        sequential_pass(plan, fm, calib, on_layer, "reconstructing")
+        return {"rounding": how}
+
+
+@dataclass
+class QuantConfig:
+    weight_bits: int = 4
+    act_bits: int = 4
+    io_bits: int = 8
+    keep_8bit: tuple = ()
+    steps: list = field(default_factory=lambda: [RTN(), Polish(), Compensate(), Reconstruct()])
+    report_samples: int = 4
+    layer_samples: int = 16   # calibration samples used layer by layer (compensate / reconstruct)
+    snapshots: bool = False   # keep a QDQ model after every step (report["_models"]), for benchmarks
+
+    @classmethod
+    def for_method(cls, method: str = "full", fast: bool = False, **kw) -> "QuantConfig":
+        require(method in METHODS, f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+        order = ["rtn", "polish", "compensate", "reconstruct"]
+        upto = len(order) if method == "full" else order.index(method) + 1
+        make = {"rtn": RTN, "polish": Polish, "compensate": Compensate,
+                "reconstruct": lambda: Reconstruct(fast=fast)}
+        return cls(steps=[make[s]() for s in order[:upto]], **kw)
+
+
+def _copy(model):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) -> dict:
+    """Diagonal Fisher proxy per block output: squared gradient of a random projection of the outputs."""
+    graph = TorchGraph(model)
+    blocks = {l.block_output for l in plan.layers.values()}
+    sums: dict[str, list] = {b: [] for b in blocks}
+    gen = torch.Generator().manual_seed(0)
+    for feeds in progress(calib, desc="fisher"):
+        seen = {}
+
+        def hook(name, value):
+            if name in blocks and value.requires_grad:
+                seen[name] = value
+            return value
+        feeds_t = {k: to_torch(v).requires_grad_(True) for k, v in feeds.items()}
+        outs = graph.run(feeds_t, hook=hook)
+        loss = sum((torch.randn(o.shape, generator=gen) * o).sum() for o in outs.values()
+                   if o.is_floating_point() and o.requires_grad)
+        if not seen or not torch.is_tensor(loss):
+            continue
+        names = list(seen)
+        grads = torch.autograd.grad(loss, [seen[n] for n in names], allow_unused=True)
+        for n, g in zip(names, grads):
+            sums[n].append(torch.zeros_like(seen[n]) if g is None else g.detach() ** 2)
+    out = {}
+    for n, gs in sums.items():
+        if len(gs) == len(calib):
+            f = torch.cat(gs)
+            out[n] = f / f.mean().clamp_min(1e-20)
+    return out
+
+
+def sqnr_report(plan: QuantPlan, float_model, calib, samples: int) -> dict:
+    """Per-layer SQNR (dB) at block outputs and at the model outputs, fake-quantized vs float."""
+    fgraph, qgraph = TorchGraph(float_model), TorchGraph(plan.model)
+    names = [l.block_output for l in plan.layers.values()] + list(fgraph.output_names)
+    sig = {n: 0.0 for n in names}
+    noise = {n: 0.0 for n in names}
+    overrides, hook = quantized_overrides(plan), act_hook(plan)
+    with torch.no_grad():
+        for feeds in calib[:samples]:
+            f = fgraph.run(feeds, keep=set(names))
+            q = qgraph.run(feeds, hook=hook, weights=overrides, keep=set(names))
+            for n in names:
+                if n in f and f[n].is_floating_point():
+                    sig[n] += float((f[n].double() ** 2).sum())
+                    noise[n] += float(((q[n].double() - f[n].double()) ** 2).sum())
+    db = lambda n: float(10 * np.log10(max(sig[n], 1e-30) / max(noise[n], 1e-30)))  # noqa: E731
+    return {"layers": {l.name: db(l.block_output) for l in plan.layers.values()},
+            "outputs": {n: db(n) for n in fgraph.output_names if sig[n] > 0 or noise[n] > 0}}
+
+
+def check_calibration(model: onnx.ModelProto, calib: list[dict]) -> None:
+    require(len(calib) > 0, "empty calibration set")
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        for i, feeds in enumerate(calib):
+            require(inp.name in feeds, f"calibration sample {i}: missing input {inp.name}")
+            arr = np.asarray(feeds[inp.name])
+            ok = arr.ndim == len(dims) and all(d is None or d == 0 or d == s for d, s in zip(dims, arr.shape))
+            require(ok, f"calibration sample {i}: input {inp.name} has shape {list(arr.shape)}, "
+                        f"model expects {['?' if d is None else d for d in dims]}")
+            require(bool(np.all(np.isfinite(arr))),
+                    f"calibration sample {i}: input {inp.name} contains NaN or Inf")
+
+
+def quantize(model, calib: list[dict], config: QuantConfig | None = None):
+    """Float ONNX (path or ModelProto) + calibration feeds -> (QDQ ModelProto, report dict)."""
+    config = config or QuantConfig()
+    require(config.weight_bits in (4, 8) and config.act_bits in (4, 8), "bits must be 4 or 8")
+    t0 = time.time()
+    fm = prepare_model(model, SUPPORTED_OPS)
+    check_calibration(fm, calib)
+    calib = [{k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
+              for k, v in f.items()} for f in calib]
+    with torch.no_grad():
+        graph = TorchGraph(fm)
+        env = graph.run(calib[0], keep={o for n in fm.graph.node for o in n.output} | set(graph.input_names))
+    plan = build_plan(fm, env, config.act_bits, config.weight_bits, config.io_bits, tuple(config.keep_8bit))
+    require(len(plan.layers) > 0, "model has no Conv/Gemm/MatMul layer with constant weights to quantize")
+    ctx = {"float_model": _copy(fm), "layer_samples": config.layer_samples}
+    report = {"config": {"weight_bits": config.weight_bits, "act_bits": config.act_bits,
+                         "io_bits": config.io_bits, "keep_8bit": list(config.keep_8bit),
+                         "steps": [asdict(s) for s in config.steps], "calibration_samples": len(calib)},
+              "steps": []}
+    for step in config.steps:
+        ts = time.time()
+        if not isinstance(step, RTN) and not plan.params:
+            RTN().apply(plan, calib, ctx)
+        details = step.apply(plan, calib, ctx)
+        sq = sqnr_report(plan, ctx["float_model"], calib, config.report_samples)
+        report["steps"].append({"step": step.name, "seconds": round(time.time() - ts, 2), "sqnr_db": sq,
+                                "details": details})
+        if config.snapshots:
+            report.setdefault("_models", {})[step.name] = to_qdq(plan)
+    qdq = to_qdq(plan)
+    report["seconds"] = round(time.time() - t0, 2)
+    report["layers"] = {l.name: {"op": l.op_type, "weight_bits": l.weight_bits,
+                                 "act_bits": plan.qparams(l.block_output).qtype.bits}
+                        for l in plan.layers.values()}
+    report["_plan"] = plan
+    return qdq, report

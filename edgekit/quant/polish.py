@@ -1,0 +1,234 @@
+"""Step 1 — activation polishing (the float function is unchanged).
+
+(1) per-channel range equalization migrated into weights: producer output
+channel c is divided by s_c (layer weights+bias, or LayerNorm gamma+beta) and
+every consumer's input channel c multiplied by s_c; s_c chosen per producer
+among {1, SmoothQuant alpha 0.25/0.5/0.75, CLE sqrt(r_p/r_c)} by the measured
+quantized error of the consumers' outputs.
+(2) clipping search per activation tensor minimising the consumers' output error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgekit.onnx_graph.model import attrs, consumers, initializers
+from edgekit.onnx_graph.torch_ops import TorchGraph, to_torch
+from edgekit.progress import progress
+from edgekit.quant import weights as W
+from edgekit.quant.plan import Layer, QParams, QuantPlan
+from edgekit.quant.rtn import act_qtype
+from edgekit.quant.simulate import fake_quant, layer_forward, weight_shape_scales
+
+CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+
+
+def rtn_dq(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
+    w2 = W.channel_view(w, axis)
+    s = W.absmax_scales(w2, bits)
+    return W.from_channel_view(W.dequantize_codes(W.quantize_codes(w2, s, bits), s), w.shape, axis)
+
+
+def _in_axis(layer: Layer, w: np.ndarray) -> int:
+    if layer.op_type == "Conv" and int(layer.attrs.get("group", 1)) > 1:
+        return 0 if w.shape[1] == 1 and int(layer.attrs["group"]) == w.shape[0] else -1
+    return layer.in_axis
+
+
+def _channel_axis(x: torch.Tensor, conv: bool) -> int:
+    return 1 if conv else x.dim() - 1
+
+
+def _scale_view(s, ndim, axis):
+    shape = [1] * ndim
+    shape[axis] = -1
+    return s.reshape(shape)
+
+
+def equalization_pairs(plan: QuantPlan):
+    """(producer, tensor feeding consumers, consumer layers) triples that can migrate scales."""
+    model = plan.model
+    cons = consumers(model)
+    inits = initializers(model)
+    by_node = {l.name: l for l in plan.layers.values()}
+    outputs = {o.name for o in model.graph.output}
+    pairs = []
+    candidates = [("layer", l, l.block_output) for l in plan.layers.values() if l.act in (None, "relu")]
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization" and len(node.input) >= 3 and node.input[1] in inits \
+                and node.input[2] in inits and int(attrs(node).get("axis", -1)) == -1:
+            candidates.append(("ln", node, node.output[0]))
+    for kind, prod, tensor in candidates:
+        if tensor in outputs:
+            continue
+        users = cons.get(tensor, [])
+        # follow Reshapes that keep the channel (last) axis, for LayerNorm -> Reshape -> Gemm
+        reads = []
+        ok = bool(users)
+        for u in users:
+            if u.op_type == "Reshape" and kind == "ln" and u.output[0] not in outputs:
+                reads += [(uu, u.output[0]) for uu in cons.get(u.output[0], [])]
+            else:
+                reads.append((u, tensor))
+        layers = []
+        for u, t in reads:
+            layer = by_node.get(u.name)
+            if layer is None or layer.input != t or layer.op_type == "ConvTranspose":
+                ok = False
+                break
+            layers.append(layer)
+        if not ok or not layers:
+            continue
+        conv_prod = kind == "layer" and prod.op_type == "Conv"
+        if any((l.op_type == "Conv") != conv_prod for l in layers):
+            continue
+        if any(_in_axis(l, inits[l.weight]) < 0 for l in layers):
+            continue
+        pairs.append((kind, prod, tensor, layers))
+    return pairs
+
+
+def _producer_weights(plan, kind, prod, inits):
+    if kind == "ln":
+        return prod.input[1], prod.input[2], None
+    return prod.weight, prod.bias, prod.out_axis
+
+
+def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) -> list[dict]:
+    """Apply the best per-channel scaling to each producer/consumer group; returns a report."""
+    pairs = equalization_pairs(plan)
+    if not pairs:
+        return []
+    report = []
+    graph = TorchGraph(plan.model)
+    need = set()
+    for kind, prod, tensor, layers in pairs:
+        need.add(tensor)
+        need.update(l.input for l in layers)
+        if kind == "layer":
+            need.add(prod.input)
+        else:
+            need.add(prod.input[0])
+    with torch.no_grad():
+        envs = [graph.run(f, keep=need) for f in calib[:samples]]
+    inits = initializers(plan.model)
+    for kind, prod, tensor, layers in progress(pairs, desc="equalizing"):
+        conv = kind == "layer" and prod.op_type == "Conv"
+        x = torch.cat([e[tensor] for e in envs])
+        axis = _channel_axis(x, conv)
+        dims = [d for d in range(x.dim()) if d != axis]
+        xmax = x.abs().amax(dim=dims).double().clamp_min(1e-8)
+        wmax = torch.zeros_like(xmax)
+        for l in layers:
+            w = torch.from_numpy(inits[l.weight]).double()
+            ax = _in_axis(l, inits[l.weight])
+            wmax = torch.maximum(wmax, w.abs().amax(dim=[d for d in range(w.dim()) if d != ax]))
+        wmax = wmax.clamp_min(1e-8)
+        cands = {"none": torch.ones_like(xmax)}
+        for alpha in (0.25, 0.5, 0.75):
+            s = xmax ** alpha / wmax ** (1 - alpha)
+            cands[f"smooth{alpha}"] = s / s.mean()
+        if kind == "layer":
+            wp = torch.from_numpy(inits[prod.weight]).double()
+            rp = wp.abs().amax(dim=[d for d in range(wp.dim()) if d != prod.out_axis]).clamp_min(1e-8)
+            cands["cle"] = torch.sqrt(rp / wmax)
+        best, best_err = "none", None
+        for name, s in cands.items():
+            s = s.clamp(1e-3, 1e3).float()
+            err = _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, act_bits_of(tensor))
+            if best_err is None or err < best_err * 0.999:
+                best, best_err = name, err
+            if name == "none":
+                base_err = err
+        if best != "none":
+            _apply_scales(plan, kind, prod, layers, inits, cands[best].clamp(1e-3, 1e3).numpy().astype(np.float32))
+            inits = initializers(plan.model)
+        report.append({"producer": prod.name, "tensor": tensor, "choice": best,
+                       "error_before": float(base_err), "error_after": float(best_err)})
+    return report
+
+
+def _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, bits) -> float:
+    """Relative error of the consumers' outputs with W4 weights and quantized activation."""
+    conv = kind == "layer" and prod.op_type == "Conv"
+    with torch.no_grad():
+        if kind == "layer":
+            x_in = torch.cat([e[prod.input] for e in envs])
+            w = inits[prod.weight]
+            ws = w / weight_shape_scales(s.numpy(), w.shape, prod.out_axis)
+            b = inits[prod.bias].reshape(-1) / s.numpy() if prod.bias else None
+            wq = to_torch(rtn_dq(ws.astype(np.float32), prod.out_axis, prod.weight_bits))
+            y = layer_forward(prod, x_in, wq, to_torch(b.astype(np.float32)) if b is not None else None)
+        else:
+            y = torch.cat([e[tensor] for e in envs])
+            y = y / _scale_view(s, y.dim(), y.dim() - 1)
+        qp = QParams.from_range(float(y.min()), float(y.max()), act_qtype(bits))
+        yq = fake_quant(y, qp)
+        total, ref = 0.0, 0.0
+        for l in layers:
+            x_f = torch.cat([e[l.input] for e in envs])
+            w = inits[l.weight]
+            ax = _in_axis(l, w)
+            w_s = w * weight_shape_scales(s.numpy(), w.shape, ax)
+            wq = to_torch(rtn_dq(w_s.astype(np.float32), l.out_axis, l.weight_bits))
+            b = to_torch(inits[l.bias]) if l.bias else None
+            target = layer_forward(l, x_f, to_torch(w), b)
+            got = layer_forward(l, yq.reshape(x_f.shape), wq, b)
+            total += float(((got - target) ** 2).sum())
+            ref += float((target ** 2).sum())
+    return total / max(ref, 1e-20)
+
+
+def _apply_scales(plan, kind, prod, layers, inits, s: np.ndarray) -> None:
+    if kind == "layer":
+        w = inits[prod.weight]
+        plan.set_initializer(prod.weight, w / weight_shape_scales(s, w.shape, prod.out_axis))
+        if prod.bias:
+            b = inits[prod.bias]
+            plan.set_initializer(prod.bias, (b.reshape(-1) / s).reshape(b.shape))
+    else:
+        plan.set_initializer(prod.input[1], inits[prod.input[1]] / s)
+        plan.set_initializer(prod.input[2], inits[prod.input[2]] / s)
+    for l in layers:
+        w = inits[l.weight]
+        plan.set_initializer(l.weight, w * weight_shape_scales(s, w.shape, _in_axis(l, w)))
+
+
+def clip_search(plan: QuantPlan, calib: list[dict], ranges: dict, samples: int = 8) -> dict:
+    """Per activation tensor, the range shrink ratio minimising its consumers' output error."""
+    graph = TorchGraph(plan.model)
+    inits = initializers(plan.model)
+    own = [p for p in plan.points if p not in plan.inherit]
+    readers: dict[str, list[Layer]] = {p: [] for p in own}
+    for l in plan.layers.values():
+        src = plan.source(l.input)
+        if src in readers:
+            readers[src].append(l)
+    need = set(own) | {l.input for l in plan.layers.values()}
+    with torch.no_grad():
+        envs = [graph.run(f, keep=need) for f in calib[:samples]]
+    choice = {}
+    for p in progress(own, desc="clip search"):
+        lo, hi = ranges[p]
+        qt = act_qtype(plan.bits[p])
+        x = torch.cat([e[p] for e in envs])
+        best_r, best_err = 1.0, None
+        for r in CLIP_RATIOS:
+            qp = QParams.from_range(lo * r, hi * r, qt)
+            err = 0.0
+            if readers[p]:
+                for l in readers[p]:
+                    xin = torch.cat([e[l.input] for e in envs])
+                    w = to_torch(inits[l.weight])
+                    b = to_torch(inits[l.bias]) if l.bias else None
+                    with torch.no_grad():
+                        t = layer_forward(l, xin, w, b)
+                        g = layer_forward(l, fake_quant(xin, qp), w, b)
+                    err += float(((g - t) ** 2).sum() / ((t ** 2).sum() + 1e-20))
+            else:
+                err = float(((fake_quant(x, qp) - x) ** 2).sum() / ((x ** 2).sum() + 1e-20))
+            if best_err is None or err < best_err:
+                best_r, best_err = r, err
+        choice[p] = best_r
+        plan.params[p] = QParams.from_range(lo * best_r, hi * best_r, qt)
+    return choice

@@ -1,0 +1,370 @@
+"""Integer view of a QDQ ONNX model: what integer hardware executes.
+
+`parse(model_or_path) -> QGraph`. Every QuantizeLinear node closes one *region*:
+the float nodes between the DequantizeLinear outputs they read and the Q's
+input. A region is classified into an integer op when it matches one of the
+patterns in docs/quantization.md (conv, gemm, linear, matmul, add, concat,
+pools, layout); anything else is a `float` op (dequantize inputs, run the ONNX
+nodes in float32, quantize). Integer ops carry everything a back-end needs:
+int weights, int32 bias, input/output (scale, zero point, type), the per-channel
+requantization (M, shift) from formats.quantize_multiplier and the fused
+activation clamp (lo, hi) from formats.activation_bounds.
+
+Requantization scale of conv/gemm/linear channel c:
+    float64(float32(s_x) * float32(s_w[c])) / float64(s_y)
+(the float32 product is exactly the int32 bias DequantizeLinear scale).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekit.errors import EdgekitError
+from edgekit.onnx_graph.model import attrs as node_attrs
+from edgekit.onnx_graph.model import load_model
+from edgekit.quant import formats as F
+
+LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice",
+                        "Split", "Identity", "DepthToSpace", "SpaceToDepth"})
+MOVE_OPS = LAYOUT_OPS | {"MaxPool", "GlobalMaxPool"}
+ADD_ACCUM_BITS = 12  # add: common accumulator scale s_u = max(s_a, s_b) * 2^-12
+
+
+@dataclass
+class QTensor:
+    """Quantization parameters of one tensor (per-tensor activations)."""
+
+    scale: float
+    zero_point: int
+    qtype: F.QType
+
+    def to_json(self):
+        return {"scale": self.scale, "zero_point": self.zero_point, "type": self.qtype.name}
+
+
+@dataclass
+class QOp:
+    kind: str                       # see KINDS
+    name: str                       # the main ONNX node's name
+    inputs: list[str]               # names in the integer environment
+    outputs: list[str]
+    in_q: list[QTensor | None] = field(default_factory=list)   # None: a float input
+    out_q: QTensor | None = None    # None: a float output (graph output of a float op)
+    weight: np.ndarray | None = None       # int codes, ONNX layout of the weight
+    weight_scale: np.ndarray | None = None  # float32 per output channel
+    weight_qtype: F.QType | None = None
+    weight_axis: int | None = None         # output-channel axis of `weight`
+    bias: np.ndarray | None = None         # int32 values (int64 array), per output channel
+    mult: np.ndarray | None = None         # int64, per output channel or scalar
+    shift: np.ndarray | None = None
+    lo: int | None = None                  # output clamp (fused activation), quantized domain
+    hi: int | None = None
+    act: str | None = None                 # None / 'relu' / 'clip'
+    attrs: dict = field(default_factory=dict)   # attributes of the main node (stride, pads, group...)
+    op_type: str = ""                      # main ONNX op type
+    nodes: list = field(default_factory=list)   # the region's ONNX nodes (float/layout ops)
+    region_inputs: list[str] = field(default_factory=list)  # names the region's nodes read
+    region_output: str = ""                # the region tensor that the Q quantizes
+    extra: dict = field(default_factory=dict)   # add: K multipliers; concat: per-input (M, shift)
+
+
+KINDS = ("quantize", "dequantize", "conv", "conv_transpose", "gemm", "linear", "matmul", "add",
+         "concat", "avgpool", "global_avgpool", "maxpool", "layout", "float")
+
+
+@dataclass
+class QGraph:
+    ops: list[QOp]
+    inputs: list[str]
+    outputs: list[str]
+    constants: dict                 # name -> (int codes, QTensor) for DQ'd constant operands
+    initializers: dict              # name -> np.ndarray (float / shape constants)
+    model: onnx.ModelProto
+
+    def summary(self) -> dict:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.kind] = counts.get(op.kind, 0) + 1
+        return counts
+
+
+def _qtype_of(tensor_type: int) -> F.QType:
+    for q in F.QTYPES.values():
+        if q.onnx_type == tensor_type:
+            return q
+    raise EdgekitError(f"unsupported quantized type {onnx.TensorProto.DataType.Name(tensor_type)}")
+
+
+def parse(model_or_path) -> QGraph:
+    model = load_model(model_or_path)
+    graph = model.graph
+    protos = {i.name: i for i in graph.initializer}
+    floats = {}
+    ints = {}
+    for name, proto in protos.items():
+        arr = numpy_helper.to_array(proto)
+        if proto.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.INT8,
+                               onnx.TensorProto.UINT8):
+            ints[name] = (arr.astype(np.int64), proto.data_type)
+        floats[name] = arr if arr.dtype.kind != "V" else arr
+    zp_info = {n: (ints[n][0], ints[n][1]) for n in ints}
+    init_vals = {n: (floats[n] if n not in zp_info else zp_info[n]) for n in floats}
+
+    producer = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output if o}
+    graph_inputs = [i.name for i in graph.input if i.name not in protos]
+
+    def qtensor(node):
+        scale = floats[node.input[1]]
+        if scale.size != 1:
+            raise EdgekitError(f"node {node.name}: per-axis activation quantization is not supported")
+        if len(node.input) > 2 and node.input[2]:
+            zp, dt = zp_info[node.input[2]] if node.input[2] in zp_info else \
+                (floats[node.input[2]].astype(np.int64), protos[node.input[2]].data_type)
+            qt = _qtype_of(dt)
+            zp = int(np.asarray(zp).reshape(-1)[0])
+        else:
+            qt, zp = F.UINT8, 0
+            if node.op_type == "QuantizeLinear":
+                od = node_attrs(node).get("output_dtype", 0)
+                qt = _qtype_of(od) if od else F.UINT8
+        return QTensor(float(np.float32(scale.reshape(-1)[0])), zp, qt)
+
+    # Classify DequantizeLinear nodes: of a constant (weight / bias / operand) or of an activation.
+    dq_const: dict[str, dict] = {}   # DQ output -> {codes, scale, zp, axis, type, init}
+    dq_act: dict[str, tuple[str, QTensor]] = {}  # DQ output -> (quantized tensor name, params)
+    constants = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        src = node.input[0]
+        if src in protos:
+            codes = numpy_helper.to_array(protos[src]).astype(np.int64)
+            scale = floats[node.input[1]].astype(np.float32)
+            zp = None
+            if len(node.input) > 2 and node.input[2]:
+                zp = numpy_helper.to_array(protos[node.input[2]]).astype(np.int64)
+            dq_const[node.output[0]] = {"codes": codes, "scale": scale, "zp": zp, "init": src,
+                                        "axis": int(node_attrs(node).get("axis", 1)),
+                                        "type": protos[src].data_type}
+            if scale.size == 1 and protos[src].data_type != onnx.TensorProto.INT32:
+                qt = _qtype_of(protos[src].data_type)
+                constants[src] = (codes, QTensor(float(scale.reshape(-1)[0]),
+                                                 int(zp.reshape(-1)[0]) if zp is not None else 0, qt))
+        else:
+            dq_act[node.output[0]] = (src, qtensor(node))
+
+    # Value-moving ops fed by a dequantized activation keep its grid: they become
+    # integer 'layout' / 'maxpool' ops producing a virtual quantized tensor.
+    moves: list[tuple[int, QOp]] = []
+    for idx, node in enumerate(graph.node):
+        if node.op_type in MOVE_OPS and node.input and node.input[0] in dq_act:
+            src_q, qt = dq_act[node.input[0]]
+            kind = "maxpool" if node.op_type in ("MaxPool", "GlobalMaxPool") else "layout"
+            for out in node.output:
+                if not out:
+                    continue
+                vname = out + "__moved"
+                op = QOp(kind, node.name, [src_q] + [i for i in node.input[1:] if i], [vname], [qt], qt,
+                         attrs=node_attrs(node), op_type=node.op_type, nodes=[node],
+                         region_inputs=[node.input[0]] + [i for i in node.input[1:] if i], region_output=out,
+                         lo=qt.qtype.qmin, hi=qt.qtype.qmax)
+                op.in_q += [None] * (len(op.inputs) - 1)
+                moves.append((idx, op))
+                dq_act[out] = (vname, qt)
+
+    def region_of(tensor: str):
+        """Float nodes computing `tensor` from DQ outputs, graph inputs and initializers."""
+        nodes, inputs, seen = {}, [], set()
+        stack = [tensor]
+        while stack:
+            t = stack.pop()
+            if t in seen or not t:
+                continue
+            seen.add(t)
+            if t in dq_act or t in dq_const or t in graph_inputs:
+                inputs.append(t)
+                continue
+            if t in protos:
+                continue
+            if t not in producer:
+                raise EdgekitError(f"tensor {t} has no producer")
+            idx, node = producer[t]
+            if node.op_type in ("QuantizeLinear",):
+                raise EdgekitError(f"node {node.name}: a QuantizeLinear output read without DequantizeLinear")
+            nodes[idx] = node
+            stack.extend(node.input)
+        return [nodes[i] for i in sorted(nodes)], inputs
+
+    ops: list[tuple[int, QOp]] = list(moves)
+    for idx, node in enumerate(graph.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        out_q = qtensor(node)
+        src = node.input[0]
+        if src in graph_inputs:
+            ops.append((idx, QOp("quantize", node.name, [src], [node.output[0]], [None], out_q)))
+            continue
+        region, inputs = region_of(src)
+        op = _classify(region, inputs, src, node.output[0], out_q, dq_act, dq_const, floats)
+        ops.append((idx, op))
+    outputs = [o.name for o in graph.output]
+    for name in outputs:
+        if name in dq_act:
+            qname, qt = dq_act[name]
+            ops.append((producer[name][0], QOp("dequantize", name, [qname], [name], [qt], None)))
+        elif name in producer and producer[name][1].op_type != "QuantizeLinear":
+            region, inputs = region_of(name)
+            ops.append((producer[name][0], _float_op(region, inputs, name, name, None, dq_act)))
+    ops.sort(key=lambda t: t[0])
+    init_arrays = {n: v for n, v in floats.items() if n not in ints}
+    return QGraph([op for _, op in ops], graph_inputs, outputs, constants, init_arrays, model)
+
+
+def _float_op(region, inputs, region_out, out_name, out_q, dq_act, kind="float") -> QOp:
+    names, in_q = [], []
+    for t in inputs:
+        if t in dq_act:
+            names.append(dq_act[t][0])
+            in_q.append(dq_act[t][1])
+        else:
+            names.append(t)
+            in_q.append(None)
+    main = region[-1] if region else None
+    return QOp(kind, main.name if main is not None else out_name, names, [out_name], in_q, out_q,
+               nodes=region, region_inputs=list(inputs), region_output=region_out,
+               op_type=main.op_type if main is not None else "Identity",
+               attrs=node_attrs(main) if main is not None else {})
+
+
+def _clip_bounds(node, floats):
+    if node.op_type == "Relu":
+        return "relu", None
+    a = node_attrs(node)
+    lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in floats:
+            return None
+        lo = float(floats[node.input[1]].reshape(-1)[0])
+    if len(node.input) > 2 and node.input[2]:
+        if node.input[2] not in floats:
+            return None
+        hi = float(floats[node.input[2]].reshape(-1)[0])
+    return "clip", (float(lo), float(hi))
+
+
+def fused_bounds(act, clip, out_q: QTensor) -> tuple[int, int]:
+    if act is None:
+        return out_q.qtype.qmin, out_q.qtype.qmax
+    if act == "relu":
+        return F.activation_bounds("relu", out_q.scale, out_q.zero_point, out_q.qtype)
+    lo, hi = clip
+    qt = out_q.qtype
+    lo_q = qt.qmin if lo == -np.inf else max(qt.qmin, out_q.zero_point + int(np.rint(lo / out_q.scale)))
+    hi_q = qt.qmax if hi == np.inf else min(qt.qmax, out_q.zero_point + int(np.rint(hi / out_q.scale)))
+    if lo != -np.inf and hi != np.inf:
+        return F.activation_bounds("clip", out_q.scale, out_q.zero_point, qt, clip=(lo, hi))
+    return lo_q, hi_q
+
+
+def requant_scale(s_x: float, s_w: np.ndarray, s_y: float) -> np.ndarray:
+    prod = (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
+    return prod.astype(np.float64) / np.float64(s_y)
+
+
+def _classify(region, inputs, region_out, out_name, out_q, dq_act, dq_const, floats) -> QOp:
+    fallback = lambda kind="float": _float_op(region, inputs, region_out, out_name, out_q, dq_act, kind)  # noqa: E731
+    if not region:
+        return fallback()
+    act, clip, core = None, None, region
+    if len(region) >= 2 and region[-1].op_type in ("Relu", "Clip"):
+        b = _clip_bounds(region[-1], floats)
+        if b is not None and region[-1].input[0] == region[-2].output[0]:
+            act, clip = b
+            core = region[:-1]
+    main = core[0]
+    a = node_attrs(main)
+    op_type = main.op_type
+    act_in = [t for t in main.input if t in dq_act]
+
+    def int_op(kind, **kw):
+        op = QOp(kind, main.name, [dq_act[t][0] for t in kw.pop("acts")], [out_name],
+                 [dq_act[t][1] for t in kw.pop("acts_q")], out_q, act=act, attrs=a, op_type=op_type,
+                 nodes=region, region_inputs=list(inputs), region_output=region_out, **kw)
+        op.lo, op.hi = fused_bounds(act, clip, out_q)
+        return op
+
+    # conv / conv_transpose / gemm / linear: activation x constant symmetric int weight (+ int32 bias)
+    weight_ops = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "linear"}
+    if op_type in weight_ops and len(main.input) >= 2 and main.input[0] in dq_act and main.input[1] in dq_const:
+        w = dq_const[main.input[1]]
+        if w["zp"] is not None and np.any(w["zp"] != 0) or w["type"] not in (onnx.TensorProto.INT4,
+                                                                           onnx.TensorProto.INT8):
+            return fallback()
+        if op_type == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
+            return fallback()
+        bias_name = main.input[2] if len(main.input) > 2 and main.input[2] else None
+        if op_type == "MatMul" and len(core) == 2 and core[1].op_type == "Add":
+            other = [t for t in core[1].input if t != main.output[0]]
+            bias_name = other[0] if other else None
+        elif len(core) != 1:
+            return fallback()
+        ndim = w["codes"].ndim
+        axis = w["axis"] % ndim
+        expect = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1,
+                  "Gemm": 0 if a.get("transB", 0) else 1}[op_type]
+        n_out = w["codes"].shape[expect]
+        if w["scale"].size not in (1, n_out) or (w["scale"].size > 1 and axis != expect):
+            return fallback()
+        s_w = np.broadcast_to(w["scale"].reshape(-1), (n_out,)).astype(np.float32)
+        x_q = dq_act[main.input[0]][1]
+        bias = np.zeros(n_out, np.int64)
+        if bias_name is not None:
+            if bias_name not in dq_const or dq_const[bias_name]["type"] != onnx.TensorProto.INT32:
+                return fallback()
+            bq = dq_const[bias_name]
+            b = np.broadcast_to(bq["codes"].reshape(-1), (n_out,)).astype(np.int64)
+            b_scale = np.broadcast_to(bq["scale"].reshape(-1), (n_out,)).astype(np.float32)
+            expect_scale = (np.float32(x_q.scale) * s_w).astype(np.float32)
+            if not np.array_equal(b_scale, expect_scale):  # a file from elsewhere: rescale exactly once
+                b = np.rint(b * (b_scale.astype(np.float64) / expect_scale.astype(np.float64))).astype(np.int64)
+            bias = b
+        mult, shift = F.quantize_multiplier(requant_scale(x_q.scale, s_w, out_q.scale))
+        return int_op(weight_ops[op_type], acts=[main.input[0]], acts_q=[main.input[0]], weight=w["codes"],
+                      weight_scale=s_w, weight_qtype=_qtype_of(w["type"]), weight_axis=expect, bias=bias,
+                      mult=mult, shift=shift)
+    if len(core) != 1:
+        return fallback()
+    if op_type == "MatMul" and len(act_in) == 2 and main.input[0] != main.input[1]:
+        qa, qb = dq_act[main.input[0]][1], dq_act[main.input[1]][1]
+        mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), out_q.scale))
+        return int_op("matmul", acts=list(main.input), acts_q=list(main.input), mult=mult, shift=shift)
+    if op_type == "Add" and len(act_in) == 2:
+        qa, qb = dq_act[main.input[0]][1], dq_act[main.input[1]][1]
+        s_u = max(qa.scale, qb.scale) * 2.0 ** -ADD_ACCUM_BITS
+        ka, kb = int(np.rint(qa.scale / s_u)), int(np.rint(qb.scale / s_u))
+        mult, shift = F.quantize_multiplier(s_u / out_q.scale)
+        return int_op("add", acts=list(main.input), acts_q=list(main.input), mult=mult, shift=shift,
+                      extra={"k": [ka, kb], "accum_scale": s_u})
+    if act is not None:
+        return fallback()
+    if op_type == "Concat" and all(t in dq_act or t in dq_const for t in main.input):
+        ins = [dq_act[t] if t in dq_act else None for t in main.input]
+        if any(i is None for i in ins):
+            return fallback()
+        rq = [F.quantize_multiplier(q.scale / out_q.scale) for _, q in ins]
+        return int_op("concat", acts=list(main.input), acts_q=list(main.input),
+                      extra={"mult": [int(m) for m, _ in rq], "shift": [int(s) for _, s in rq]})
+    if op_type in ("AveragePool", "GlobalAveragePool") and main.input[0] in dq_act:
+        q = dq_act[main.input[0]][1]
+        mult, shift = F.quantize_multiplier(q.scale / out_q.scale)  # divisor applied per position
+        kind = "global_avgpool" if op_type == "GlobalAveragePool" else "avgpool"
+        return int_op(kind, acts=[main.input[0]], acts_q=[main.input[0]], mult=mult, shift=shift)
+    if op_type in ("MaxPool", "GlobalMaxPool") and main.input[0] in dq_act:
+        return int_op("maxpool", acts=[main.input[0]], acts_q=[main.input[0]])
+    if op_type in LAYOUT_OPS and main.input[0] in dq_act:
+        op = fallback("layout")
+        return op
+    return fallback()

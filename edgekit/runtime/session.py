@@ -1,0 +1,123 @@
+"""Run an artifact: a Session loads it once and runs it many times.
+
+`LocalSession` runs in this process with the TVM runtime. A remote session
+(`edgekit.runtime.remote`, TVM RPC to a board) has the same methods, so
+`run` and `bench` do not care where the model executes:
+
+    run(feeds) -> {output name: np.ndarray}
+    time(feeds, warmup, repeat) -> [seconds per run]
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+from edgekit.runtime.artifact import Artifact
+
+
+def _flatten(result) -> list:
+    """VM result (a tensor or a nested tuple of tensors) -> list of tensors."""
+    if hasattr(result, "numpy"):
+        return [result]
+    out = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+def _load_fresh(runtime, library):
+    """Load `library` from a private copy: dlopen returns an already-loaded library of the
+    same path, so a recompiled artifact at the same path would otherwise run the old code."""
+    import os
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="edgekit-", suffix=".so")
+    os.close(fd)
+    try:
+        shutil.copyfile(library, tmp)
+        return runtime.load_module(tmp)
+    finally:
+        os.unlink(tmp)  # the loaded mapping stays valid
+
+
+class Session:
+    """What every session offers; subclasses implement `_call`."""
+
+    artifact: Artifact
+
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, feeds) -> dict[str, np.ndarray]:
+        arrays = self.artifact.validate(feeds)
+        values = self._call(arrays)
+        names = [o["name"] for o in self.artifact.outputs]
+        if len(values) != len(names):
+            raise EdgekitError(f"{self.artifact.folder}: the library returned {len(values)} outputs, "
+                               f"metadata lists {len(names)}; the artifact is inconsistent, recompile")
+        return dict(zip(names, values))
+
+    def time(self, feeds, warmup: int = 5, repeat: int = 50) -> list[float]:
+        arrays = self.artifact.validate(feeds)
+        return self._time(arrays, warmup, repeat)
+
+    def _time(self, arrays, warmup, repeat) -> list[float]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LocalSession(Session):
+    """The artifact loaded into this process (TVM runtime + numpy only)."""
+
+    def __init__(self, artifact: Artifact, num_threads: int | None = None):
+        import tvm
+        from tvm import runtime
+
+        artifact.check_runtime(tvm.__version__)
+        self.artifact = artifact
+        self.num_threads = num_threads
+        if num_threads:
+            config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if config is not None:
+                config(1, int(num_threads))
+        try:
+            lib = _load_fresh(runtime, artifact.library)
+            from tvm.runtime.vm import VirtualMachine  # runtime-only import path
+
+            self._vm = VirtualMachine(lib, tvm.cpu())
+            self._main = self._vm["main"]
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise EdgekitError(f"{artifact.library}: cannot be loaded by this TVM runtime ({first})") from None
+        self._device = tvm.cpu()
+
+    def _inputs(self, arrays):
+        from tvm import runtime
+
+        return [runtime.tensor(a, self._device) for a in arrays]
+
+    def _call(self, arrays):
+        result = self._main(*self._inputs(arrays))
+        return [t.numpy() for t in _flatten(result)]
+
+    def _time(self, arrays, warmup, repeat):
+        args = self._inputs(arrays)
+        for _ in range(max(0, warmup)):
+            self._main(*args)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self._main(*args)
+            times.append(time.perf_counter() - start)
+        return times

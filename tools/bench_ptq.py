@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Benchmark edgekit PTQ on the zoo: one table per run, JSON + markdown, per-layer SQNR JSON + PNG.
+
+For each zoo model, on the held-out test split: FP32; RTN W4A4; onnxruntime
+quantize_static W4A4 (QInt4 weights per channel, QUInt4 activations, QDQ; the
+best of MinMax / Entropy / Percentile calibration on the test metric);
+edgekit W4A4 after each step (polish, +compensate, +reconstruct = full),
+full --fast, and W4A8 full; file size; quantization wall time.
+
+    python tools/bench_ptq.py --out bench/ptq                       # all four zoo models
+    python tools/bench_ptq.py --models litepose --test-count 50 --calib-count 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
+
+
+def evaluate_file(name, path_or_model, count, strict=False):
+    from edgekit.eval import evaluate
+    from edgekit.quant.ort import run, session
+
+    sess = session(path_or_model, strict=strict)
+    return evaluate(name, lambda inputs: run(sess, inputs), split="test", count=count)
+
+
+def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
+    """onnxruntime quantize_static at W4A4 (best calibration method by the test metric)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    best = None
+    tried = {}
+    for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
+        path = out_dir / f"{name}.ort_{method.name.lower()}.onnx"
+        t0 = time.time()
+        try:
+            quantize_static(str(prepared_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt4, weight_type=QuantType.QInt4, per_channel=True,
+                            calibrate_method=method)
+            seconds = time.time() - t0
+            res = evaluate_file(name, path, count, strict=True)
+        except Exception as exc:  # report, keep going
+            tried[method.name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            continue
+        tried[method.name] = res[metric_key]
+        row = {"metric": res[metric_key], "size": path.stat().st_size, "seconds": round(seconds, 1),
+               "calibration": method.name}
+        if best is None or sign * row["metric"] > sign * best["metric"]:
+            best = row
+    return best, tried
+
+
+def plot_layers(per_step: dict, title: str, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = list(per_step)
+    layers = list(per_step[steps[0]])
+    fig, ax = plt.subplots(figsize=(max(8, len(layers) * 0.18), 4.5))
+    for step in steps:
+        ax.plot(range(len(layers)), [per_step[step][l] for l in layers], marker=".", label=step)
+    ax.set_xlabel("layer (topological order)")
+    ax.set_ylabel("SQNR (dB) at block output")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_model(name, args, out_dir: Path) -> dict:
+    import onnx
+
+    from edgekit.data import samples, task_of
+    from edgekit.export import export_zoo
+    from edgekit.onnx_graph.model import prepare_model
+    from edgekit.quant import pipeline as P
+
+    task = task_of(name)
+    key, sign = PRIMARY[task]
+    fp32 = out_dir / f"{name}.fp32.onnx"
+    rep = export_zoo(name, fp32)
+    prepared = out_dir / f"{name}.prep.onnx"
+    onnx.save(prepare_model(fp32), str(prepared))
+    calib = [dict(s.inputs) for s in samples(name, "calib", args.calib_count)]
+    rows = {}
+
+    def add(label, metric, size, seconds, **extra):
+        rows[label] = {"metric": metric, "size_bytes": size, "quant_seconds": seconds, **extra}
+        print(f"[{name}] {label}: {key}={metric:.4f} size={size} time={seconds}", flush=True)
+
+    res = evaluate_file(name, fp32, args.test_count)
+    add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
+
+    def edgekit_run(tag, cfg):
+        cfg.snapshots = True
+        t0 = time.time()
+        q, report = P.quantize(str(fp32), calib, cfg)
+        total = time.time() - t0
+        cum = 0.0
+        for step in report["steps"]:
+            cum += step["seconds"]
+            model = report["_models"][step["step"]]
+            path = out_dir / f"{name}.{tag}.{step['step']}.onnx"
+            onnx.save(model, str(path))
+            label = f"edgekit {tag} {step['step']}"
+            if step["step"] == "rtn":
+                label = f"RTN {tag}"
+            add(label, evaluate_file(name, path, args.test_count)[key], path.stat().st_size, round(cum, 1))
+        report.pop("_models")
+        report.pop("_plan")
+        return report, total
+
+    report44, t44 = edgekit_run("W4A4", P.QuantConfig.for_method("full", weight_bits=4, act_bits=4))
+    per_step = {s["step"]: s["sqnr_db"]["layers"] for s in report44["steps"]}
+    (out_dir / f"{name}_layers.json").write_text(json.dumps(
+        {"model": name, "bits": "W4A4", "sqnr_db": per_step,
+         "outputs_sqnr_db": {s["step"]: s["sqnr_db"]["outputs"] for s in report44["steps"]},
+         "details": {s["step"]: s["details"] for s in report44["steps"]}}, indent=1, default=str))
+    plot_layers(per_step, f"{name} W4A4 per-layer SQNR after each step", out_dir / f"{name}_layers.png")
+
+    fast_s = None
+    if not args.skip_fast:
+        t0 = time.time()
+        q, _ = P.quantize(str(fp32), calib, P.QuantConfig.for_method("full", fast=True, weight_bits=4, act_bits=4))
+        fast_s = time.time() - t0
+        path = out_dir / f"{name}.W4A4.full_fast.onnx"
+        onnx.save(q, str(path))
+        add("edgekit W4A4 full --fast", evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
+            round(fast_s, 1))
+
+    t0 = time.time()
+    q, _ = P.quantize(str(fp32), calib, P.QuantConfig.for_method("full", weight_bits=4, act_bits=8))
+    path = out_dir / f"{name}.W4A8.full.onnx"
+    onnx.save(q, str(path))
+    add("edgekit W4A8 full", evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
+        round(time.time() - t0, 1))
+
+    best, tried = ort_static(name, prepared, calib, out_dir, args.test_count, key, sign)
+    if best:
+        add(f"onnxruntime quantize_static W4A4 ({best['calibration']})", best["metric"], best["size"],
+            best["seconds"], tried=tried)
+    else:
+        rows["onnxruntime quantize_static W4A4"] = {"metric": None, "tried": tried}
+
+    fp, rtn_m = rows["FP32"]["metric"], rows["RTN W4A4"]["metric"]
+    full_m = rows["edgekit W4A4 reconstruct"]["metric"]
+    lost = sign * (fp - rtn_m)
+    recovery = (sign * (full_m - rtn_m) / lost) if lost > 1e-12 else None
+    w4a8 = rows["edgekit W4A8 full"]["metric"]
+    ort_m = best["metric"] if best else None
+    targets = {
+        "recovery_of_rtn_loss": recovery, "recovery_target_met": recovery is not None and recovery >= 0.7,
+        "beats_onnxruntime": (ort_m is not None and sign * full_m > sign * ort_m),
+        "w4a8_relative_gap": abs(fp - w4a8) / max(abs(fp), 1e-12),
+        "w4a8_target_met": abs(fp - w4a8) / max(abs(fp), 1e-12) <= 0.02,
+        "full_seconds": t44, "fast_seconds": fast_s,
+    }
+    return {"model": name, "task": task, "metric": key, "higher_is_better": sign > 0,
+            "test_samples": args.test_count, "calib_samples": args.calib_count, "rows": rows, "targets": targets}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| model | variant | metric | size (KiB) | quant time (s) |", "|---|---|---|---|---|"]
+    for r in results:
+        for label, row in r["rows"].items():
+            m = "n/a" if row.get("metric") is None else f"{row['metric']:.4f}"
+            size = "" if not row.get("size_bytes") else f"{row['size_bytes'] / 1024:.1f}"
+            secs = "" if row.get("quant_seconds") is None else f"{row['quant_seconds']}"
+            lines.append(f"| {r['model']} | {label} | {r['metric']}={m} | {size} | {secs} |")
+    lines += ["", "| model | recovery of RTN loss (>=0.7) | beats onnxruntime | W4A8 rel. gap (<=2%) | full s | fast s |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["targets"]
+        rec = "n/a" if t["recovery_of_rtn_loss"] is None else f"{t['recovery_of_rtn_loss']:.2f}"
+        lines.append(f"| {r['model']} | {rec} | {t['beats_onnxruntime']} | {100 * t['w4a8_relative_gap']:.2f}% | "
+                     f"{t['full_seconds']:.0f} | {'-' if t['fast_seconds'] is None else round(t['fast_seconds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["litepose", "depth", "deblur", "lm"])
+    parser.add_argument("--out", default="bench/ptq")
+    parser.add_argument("--calib-count", type=int, default=32)
+    parser.add_argument("--test-count", type=int, default=None, help="test samples (default: the task's)")
+    parser.add_argument("--skip-fast", action="store_true", help="skip the extra full --fast run")
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.models:
+        results.append(bench_model(name, args, out_dir))
+        (out_dir / "bench_ptq.json").write_text(json.dumps(results, indent=1, default=str))
+        (out_dir / "bench_ptq.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
