@@ -88,15 +88,6 @@ def check_writable(path: Path) -> None:
     require(not path.is_dir(), f"cannot write {path}: it is a folder")
 
 
-def _make_readable(path: Path) -> None:
-    """Temp files are created 0600; give the result the usual umask permissions."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 # ---------------------------------------------------------------- graph passes
 
 def _initializers(graph):
@@ -336,7 +327,6 @@ def export_module(model, inputs, path, input_names, output_names=None, opset: in
                            f"(tolerance {tolerance:g}); nothing written to {path}")
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
-        _make_readable(tmp)
     counts: dict[str, int] = {}
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -392,8 +382,14 @@ def load_factory(spec: str):
     """'package.module:factory' -> the factory callable (EdgekitError if it cannot be found)."""
     import importlib
 
+    import os
+    import sys
+
     module_name, _, attr = spec.partition(":")
     require(module_name and attr, f"bad --module {spec!r}: expected package.module:factory")
+    # The console script does not put the working folder on sys.path; users expect it (as python -m does).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:

@@ -24,6 +24,12 @@ def _check_parent(path: Path) -> None:
         raise EdgekitError(f"cannot write {path}: it is a folder")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
     """Yield a temporary file path next to `path`; rename it into place on success."""
@@ -32,6 +38,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
                                dir=path.parent if str(path.parent) else ".")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -53,6 +60,7 @@ def atomic_dir(path: str | os.PathLike):
     if path.exists() and not path.is_dir():
         raise EdgekitError(f"cannot write folder {path}: a file of that name exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():

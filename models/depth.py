@@ -18,7 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgekit.errors import EdgekitError
+
 from .registry import InputSpec, ZooEntry, register
+
+HEAD_ACTIVATIONS = ("softplus", "sigmoid", "relu")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,9 @@ class DepthConfig:
     features: int = 32                  # DPT fusion width
     out_channels: tuple = (24, 48, 96, 96)  # reassemble widths, fine -> coarse
     head_hidden: int = 32
+    layer_scale: bool = False           # DINOv2-style per-channel residual scales (ls1, ls2)
+    head_activation: str = "softplus"   # 'softplus' (metres, unbounded) | 'sigmoid' (x max_depth) | 'relu'
+    max_depth: float = 20.0             # sigmoid head only
 
 
 class Attention(nn.Module):
@@ -50,18 +57,29 @@ class Attention(nn.Module):
         return self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d))
 
 
+class LayerScale(nn.Module):
+    def __init__(self, dim, init=1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
 class EncoderBlock(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio):
+    def __init__(self, dim, heads, mlp_ratio, layer_scale=False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
+        self.ls1 = LayerScale(dim) if layer_scale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
+        self.ls2 = LayerScale(dim) if layer_scale else nn.Identity()
 
     def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
 
 
 class ViTEncoder(nn.Module):
@@ -74,7 +92,7 @@ class ViTEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.dim, cfg.patch, cfg.patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, cfg.dim) * 0.02)
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(EncoderBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.layer_scale)
                                     for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
 
@@ -146,6 +164,11 @@ class DPTDecoder(nn.Module):
             nn.Conv2d(cfg.features // 2, cfg.head_hidden, 3, 1, 1), nn.ReLU(inplace=True),
             nn.Conv2d(cfg.head_hidden, 1, 1))
 
+        if cfg.head_activation not in HEAD_ACTIVATIONS:
+            raise EdgekitError(f"unknown depth head_activation {cfg.head_activation!r}; "
+                               f"valid: {', '.join(HEAD_ACTIVATIONS)}")
+        self.activation, self.max_depth = cfg.head_activation, cfg.max_depth
+
     def forward(self, taps, grid, out_size):
         h, w = grid
         maps = []
@@ -157,7 +180,12 @@ class DPTDecoder(nn.Module):
         x = self.fusion[1](x, maps[1], size=maps[0].shape[-2:])
         x = self.fusion[0](x, maps[0])
         x = F.interpolate(self.head(x), size=out_size, mode="bilinear", align_corners=True)
-        return F.softplus(self.head_out(x))
+        x = self.head_out(x)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(x) * self.max_depth
+        if self.activation == "relu":
+            return F.relu(x)
+        return F.softplus(x)
 
 
 class DepthModel(nn.Module):
@@ -180,10 +208,66 @@ class DepthModel(nn.Module):
 
 CONFIGS = {
     "tiny": DepthConfig(),
-    # Depth-Anything-Small shape: ViT-S/14, 518 input, DPT features 64.
+    # Depth-Anything-Small shape: ViT-S/14 (DINOv2, LayerScale), 518 input, DPT features 64,
+    # metric head as Depth Anything V2 metric (sigmoid x max_depth 20 m, indoor).
     "small": DepthConfig(input_size=518, patch=14, dim=384, layers=12, heads=6, taps=(2, 5, 8, 11),
-                         features=64, out_channels=(48, 96, 192, 384), head_hidden=32),
+                         features=64, out_channels=(48, 96, 192, 384), head_hidden=32,
+                         layer_scale=True, head_activation="sigmoid", max_depth=20.0),
 }
+
+
+# Official Depth Anything (V1/V2) checkpoint names -> ours. Order matters: first match wins.
+_OFFICIAL_RENAMES = [
+    (r"^pretrained\.patch_embed\.proj\.", "encoder.patch_embed."),
+    (r"^pretrained\.blocks\.(\d+)\.mlp\.fc1\.", r"encoder.blocks.\1.mlp.0."),
+    (r"^pretrained\.blocks\.(\d+)\.mlp\.fc2\.", r"encoder.blocks.\1.mlp.2."),
+    (r"^pretrained\.", "encoder."),
+    (r"^depth_head\.projects\.", "decoder.project."),
+    (r"^depth_head\.resize_layers\.", "decoder.resample."),
+    (r"^depth_head\.scratch\.layer(\d)_rn\.", lambda m: f"decoder.layer_rn.{int(m.group(1)) - 1}."),
+    (r"^depth_head\.scratch\.refinenet(\d)\.resConfUnit1\.", lambda m: f"decoder.fusion.{int(m.group(1)) - 1}.skip_unit."),
+    (r"^depth_head\.scratch\.refinenet(\d)\.resConfUnit2\.", lambda m: f"decoder.fusion.{int(m.group(1)) - 1}.refine_unit."),
+    (r"^depth_head\.scratch\.refinenet(\d)\.out_conv\.", lambda m: f"decoder.fusion.{int(m.group(1)) - 1}.out_conv."),
+    (r"^depth_head\.scratch\.output_conv1\.", "decoder.head.0."),
+    (r"^depth_head\.scratch\.output_conv2\.", "decoder.head_out."),
+]
+_OFFICIAL_UNUSED = ("pretrained.mask_token",)  # DINOv2 training-only parameter
+
+
+def rename_official(state: dict) -> dict:
+    """Map an official Depth Anything state_dict (`pretrained.*`, `depth_head.*`) to our names."""
+    import re
+
+    if not any(k.startswith(("pretrained.", "depth_head.")) for k in state):
+        return state  # already ours
+    out = {}
+    for key, value in state.items():
+        if key in _OFFICIAL_UNUSED:
+            continue
+        for pattern, repl in _OFFICIAL_RENAMES:
+            new, hits = re.subn(pattern, repl, key)
+            if hits:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def load_depth_anything(path, config: str = "small", head_activation: str | None = None) -> "DepthModel":
+    """Depth model with weights from an official Depth Anything checkpoint (strict, weights_only).
+
+    Relative-depth checkpoints end in ReLU (disparity): pass head_activation='relu'.
+    """
+    from dataclasses import replace
+
+    from .checkpoint import load_state_dict_strict, read_state_file
+
+    cfg = ENTRY.config(config)
+    if head_activation is not None:
+        cfg = replace(cfg, head_activation=head_activation)
+    model = ENTRY.build(cfg)
+    load_state_dict_strict(model, rename_official(read_state_file(path)), source=f"checkpoint {path}")
+    return model
 
 
 def _inputs(cfg: DepthConfig):
@@ -193,4 +277,5 @@ def _inputs(cfg: DepthConfig):
 ENTRY = register(ZooEntry(
     name="depth", task="depth", configs=CONFIGS, factory=DepthModel, inputs=_inputs,
     outputs=lambda cfg: list(DepthModel.output_names),
+    extra={"rename_checkpoint": rename_official},
     description="ViT encoder + DPT decoder, metric depth (softplus head)"))

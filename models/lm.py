@@ -18,7 +18,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .registry import InputSpec, ZooEntry, register
 

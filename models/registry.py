@@ -61,8 +61,9 @@ class ZooEntry:
     def load(self, config: str = "tiny", checkpoint=None):
         """Build `config` and load `checkpoint` (.safetensors/.pt/.pth) strictly.
 
-        A family may adapt the config to the checkpoint first (LitePose reads
-        its joint count from the head's shapes) through `extra['adapt_config']`.
+        A family may rename official keys (`extra['rename_checkpoint']`) and
+        adapt the config to the checkpoint (`extra['adapt_config']`: LitePose
+        reads its joint count from the head's shapes).
         """
         from .checkpoint import load_state_dict_strict, read_state_file
 
@@ -70,6 +71,9 @@ class ZooEntry:
         if checkpoint is None:
             return self.build(cfg)
         state = read_state_file(checkpoint)
+        rename = self.extra.get("rename_checkpoint")  # official names -> ours (depth)
+        if rename is not None:
+            state = rename(state)
         adapt = self.extra.get("adapt_config")
         if adapt is not None:
             cfg = adapt(cfg, state)

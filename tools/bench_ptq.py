@@ -87,6 +87,18 @@ def plot_layers(per_step: dict, title: str, path: Path):
     plt.close(fig)
 
 
+def tuned(cfg, args):
+    """Apply the command line's cost knobs to a QuantConfig."""
+    from edgekit.quant import pipeline as P
+
+    if args.layer_samples:
+        cfg.layer_samples = args.layer_samples
+    for step in cfg.steps:
+        if isinstance(step, P.Reconstruct) and args.iters is not None:
+            step.iters = args.iters
+    return cfg
+
+
 def bench_model(name, args, out_dir: Path) -> dict:
     import onnx
 
@@ -130,7 +142,7 @@ def bench_model(name, args, out_dir: Path) -> dict:
         report.pop("_plan")
         return report, total
 
-    report44, t44 = edgekit_run("W4A4", P.QuantConfig.for_method("full", weight_bits=4, act_bits=4))
+    report44, t44 = edgekit_run("W4A4", tuned(P.QuantConfig.for_method("full", weight_bits=4, act_bits=4), args))
     per_step = {s["step"]: s["sqnr_db"]["layers"] for s in report44["steps"]}
     (out_dir / f"{name}_layers.json").write_text(json.dumps(
         {"model": name, "bits": "W4A4", "sqnr_db": per_step,
@@ -141,7 +153,8 @@ def bench_model(name, args, out_dir: Path) -> dict:
     fast_s = None
     if not args.skip_fast:
         t0 = time.time()
-        q, _ = P.quantize(str(fp32), calib, P.QuantConfig.for_method("full", fast=True, weight_bits=4, act_bits=4))
+        q, _ = P.quantize(str(fp32), calib, tuned(P.QuantConfig.for_method("full", fast=True, weight_bits=4,
+                                                                             act_bits=4), args))
         fast_s = time.time() - t0
         path = out_dir / f"{name}.W4A4.full_fast.onnx"
         onnx.save(q, str(path))
@@ -149,10 +162,12 @@ def bench_model(name, args, out_dir: Path) -> dict:
             round(fast_s, 1))
 
     t0 = time.time()
-    q, _ = P.quantize(str(fp32), calib, P.QuantConfig.for_method("full", weight_bits=4, act_bits=8))
+    q, _ = P.quantize(str(fp32), calib, tuned(P.QuantConfig.for_method("full", fast=args.w4a8_fast, weight_bits=4,
+                                                                     act_bits=8), args))
     path = out_dir / f"{name}.W4A8.full.onnx"
     onnx.save(q, str(path))
-    add("edgekit W4A8 full", evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
+    w4a8_label = "edgekit W4A8 full" + (" --fast" if args.w4a8_fast else "")
+    add(w4a8_label, evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
         round(time.time() - t0, 1))
 
     best, tried = ort_static(name, prepared, calib, out_dir, args.test_count, key, sign)
@@ -166,7 +181,7 @@ def bench_model(name, args, out_dir: Path) -> dict:
     full_m = rows["edgekit W4A4 reconstruct"]["metric"]
     lost = sign * (fp - rtn_m)
     recovery = (sign * (full_m - rtn_m) / lost) if lost > 1e-12 else None
-    w4a8 = rows["edgekit W4A8 full"]["metric"]
+    w4a8 = rows[w4a8_label]["metric"]
     ort_m = best["metric"] if best else None
     targets = {
         "recovery_of_rtn_loss": recovery, "recovery_target_met": recovery is not None and recovery >= 0.7,
@@ -204,9 +219,20 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-count", type=int, default=32)
     parser.add_argument("--test-count", type=int, default=None, help="test samples (default: the task's)")
     parser.add_argument("--skip-fast", action="store_true", help="skip the extra full --fast run")
+    parser.add_argument("--w4a8-fast", action="store_true", help="W4A8 with --fast rounding (cheaper)")
+    parser.add_argument("--iters", type=int, default=None, help="learned-rounding iterations per layer")
+    parser.add_argument("--layer-samples", type=int, default=None, help="samples used layer by layer")
+    parser.add_argument("--collect", nargs="+", metavar="JSON",
+                        help="merge bench_ptq.json files of separate runs into one table in --out")
     args = parser.parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.collect:
+        results = [r for path in args.collect for r in json.loads(Path(path).read_text())]
+        (out_dir / "bench_ptq.json").write_text(json.dumps(results, indent=1, default=str))
+        (out_dir / "bench_ptq.md").write_text(markdown(results))
+        print(markdown(results))
+        return 0
     results = []
     for name in args.models:
         results.append(bench_model(name, args, out_dir))

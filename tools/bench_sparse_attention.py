@@ -16,6 +16,7 @@ examples:
   python tools/bench_sparse_attention.py                       # markdown table, 4K..32K + LM
   python tools/bench_sparse_attention.py --seq 32768 --json    # one length, JSON
   nice -n 10 python tools/bench_sparse_attention.py --seq 4096,8192 --repeats 5 --no-lm
+  python tools/bench_sparse_attention.py --lm-only                # tiny LM accuracy only
 """
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ def markdown(results: list[dict], lm_result: dict | None, args) -> str:
         lines.append(f"| {r['seq']} | {r['dense_ms']:.1f} | {r['sparse_ms']:.1f} | {r['speedup']:.2f}x | "
                      f"{r['density']:.3f} | {100 * r['rel_error']:.2f}% | {100 * r['overhead']:.1f}% | "
                      f"{sum(t == 0 for t in r['taus'])}/{len(r['taus'])} |")
+    if not results:
+        lines = []
     if lm_result:
         lines += ["", f"Tiny LM retrieval accuracy ({lm_result['samples']} test sequences per length, plan: "
                       f"{lm_result['plan']}, {lm_result['dense_heads']} dense heads):", "",
@@ -146,6 +149,7 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print JSON (one object per length; LM only with --lm)")
     p.add_argument("--lm", action="store_true", help="with --json: add the tiny LM accuracy")
     p.add_argument("--no-lm", action="store_true", help="skip the tiny LM accuracy")
+    p.add_argument("--lm-only", action="store_true", help="only the tiny LM accuracy (no attention timing)")
     p.add_argument("--lm-samples", type=int, default=24)
     p.add_argument("--save-plan", action="store_true", help="save a freshly calibrated LM plan with the model")
     return p.parse_args(argv)
@@ -163,8 +167,8 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     try:
-        results = [bench_length(n, args) for n in seqs]
-        want_lm = (args.lm or not args.json) and not args.no_lm
+        results = [] if args.lm_only else [bench_length(n, args) for n in seqs]
+        want_lm = (args.lm or args.lm_only or not args.json) and not args.no_lm
         lm_result = bench_lm(args) if want_lm else None
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
@@ -172,7 +176,7 @@ def main(argv=None) -> int:
     if args.json:
         payload = results[0] if len(results) == 1 else results
         if lm_result is not None:
-            payload = {"attention": payload, "lm": lm_result}
+            payload = {"attention": payload, "lm": lm_result} if results else {"lm": lm_result}
         print(json.dumps(payload, indent=2))
     else:
         print(markdown(results, lm_result, args))

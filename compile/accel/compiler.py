@@ -33,8 +33,8 @@ from edgekit.fileio import atomic_dir
 
 from . import asm, isa
 from . import layout as L
-from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, add_param_row, choose_tiling, lower_add, \
-    lower_conv_like
+from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, Regions, add_param_row, choose_tiling, \
+    lower_add, lower_conv_like
 from .program import Program, Tensor
 
 FORMAT_KIND = "compiled-model"
@@ -42,14 +42,42 @@ HOST_KINDS = ("quantize", "dequantize")   # always on the host: the float <-> in
 
 
 # --------------------------------------------------------------------------- op table
-class ConvLowering:
-    """Conv (dense or depthwise) and ConvTranspose with fused bias/requant/activation(/residual add)."""
+def act_dims(shape) -> tuple[int, int, int, str]:
+    """(C, H, W, view) of a tensor on the accelerator: [1,C,H,W] as is ("nchw"); any other shape
+    [..., T, K] as K channels x T rows x 1 ("rows": tokens of a Gemm/MatMul)."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[0] == 1:
+        return shape[1], shape[2], shape[3], "nchw"
+    require(len(shape) >= 1 and int(np.prod(shape[:-1])) >= 1, f"cannot place a tensor of shape {list(shape)}")
+    return shape[-1], int(np.prod(shape[:-1])), 1, "rows"
 
-    kinds = ("conv", "conv_transpose")
+
+def conv_weight(op) -> np.ndarray:
+    """The op's weight as a conv kernel: Gemm/MatMul weights become [N, K, 1, 1]."""
+    w = op.weight
+    if op.kind == "gemm":
+        w = w if op.attrs.get("transB", 0) else w.T
+        return w[:, :, None, None]
+    if op.kind == "linear":
+        return w.T[:, :, None, None]
+    return w
+
+
+def conv_shape(shape) -> tuple:
+    c, h, w, _ = act_dims(shape)
+    return (1, c, h, w)
+
+
+class ConvLowering:
+    """Conv (dense or depthwise), ConvTranspose and Gemm/MatMul-with-weights (as 1x1 convs over
+    token rows) with fused bias/requant/activation(/residual add)."""
+
+    kinds = ("conv", "conv_transpose", "gemm", "linear")
 
     def geometry(self, op, x_shape, y_shape) -> ConvGeometry:
-        a = op.attrs
-        w = op.weight
+        a = op.attrs if op.kind in ("conv", "conv_transpose") else {}
+        x_shape, y_shape = conv_shape(x_shape), conv_shape(y_shape)
+        w = conv_weight(op)
         kh, kw = w.shape[2], w.shape[3]
         pads = list(a.get("pads", [0, 0, 0, 0]))
         if op.kind == "conv_transpose":
@@ -62,6 +90,12 @@ class ConvLowering:
 
     def unsupported(self, op, shapes, hw) -> str | None:
         x_shape, y_shape = shapes.get(op.inputs[0]), shapes.get(op.outputs[0])
+        if op.kind in ("gemm", "linear"):
+            if x_shape is None or y_shape is None or len(x_shape) < 2 or op.weight.ndim != 2:
+                return "only 2-D weights on [..., tokens, features] inputs are supported"
+            if L.blocks(y_shape[-1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
+                return f"{y_shape[-1]} output features exceed the parameter buffer"
+            return self.fits(op, shapes, hw)
         if x_shape is None or len(x_shape) != 4 or len(y_shape) != 4 or x_shape[0] != 1:
             return "only 2-D convolutions on batch 1 are supported"
         if op.weight.ndim != 4:
@@ -91,6 +125,15 @@ class ConvLowering:
             return "padding above 15 is not supported"
         if L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
             return f"{y_shape[1]} output channels exceed the parameter buffer"
+        return self.fits(op, shapes, hw)
+
+    def fits(self, op, shapes, hw) -> str | None:
+        geo = self.geometry(op, shapes[op.inputs[0]], shapes[op.outputs[0]])
+        n = hw["N"]
+        cbi = L.blocks(conv_shape(shapes[op.inputs[0]])[1], n)
+        cbo = L.blocks(conv_shape(shapes[op.outputs[0]])[1], n)
+        if choose_tiling(geo, cbi, cbo, Regions.of(hw), n, geo.kind == "depthwise") is None:
+            return "no tiling of this layer fits the on-chip buffers"
         return None
 
 
@@ -99,8 +142,8 @@ class AddLowering:
 
     def unsupported(self, op, shapes, hw) -> str | None:
         sa, sb, sy = (shapes.get(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
-        if sa is None or sb is None or tuple(sa) != tuple(sb) or len(sa) != 4 or sa[0] != 1:
-            return "only element-wise adds of two equal-shape [1,C,H,W] tensors are supported"
+        if sa is None or sb is None or tuple(sa) != tuple(sb) or len(sa) == 0:
+            return "only element-wise adds of two equal-shape tensors are supported (no broadcasting)"
         if any(abs(k) >= 1 << 15 for k in op.extra["k"]):
             return "add multipliers exceed 16 bits"
         return None
@@ -153,7 +196,7 @@ def plan_fusion(qg, placement: dict, fusion: bool) -> dict:
         if op.kind != "add" or placement[op.name] != "accel" or i == 0:
             continue
         prev = qg.ops[i - 1]
-        if prev.kind not in ("conv", "conv_transpose") or placement[prev.name] != "accel":
+        if prev.kind not in ("conv", "conv_transpose", "gemm", "linear") or placement[prev.name] != "accel":
             continue
         out = prev.outputs[0]
         if out in op.inputs and op.inputs[0] != op.inputs[1] and consumers.get(out) == 1 \
@@ -215,7 +258,7 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
             placement[op.name] = "host"
             refused.append(f"{op.name} ({op.kind}/{op.op_type}): {reason}")
     if refused and fallback != "cpu":
-        raise EdgekitError(f"{src}: {len(refused)} op(s) cannot run on the accelerator: " + "; ".join(refused)
+        raise EdgekitError(f"{src}: {len(refused)} op(s) cannot run on the accelerator: " + _group(refused)
                            + " (use --fallback cpu to run them on the host)")
     fused = plan_fusion(qg, placement, opts.fusion)
     fused_into = {v: k for k, v in fused.items()}   # conv index -> add name
@@ -228,9 +271,8 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
 
     def act(name, q) -> Act:
         if name not in acts:
-            s = shapes[name]
-            require(len(s) == 4 and s[0] == 1, f"tensor {name}: accelerator tensors are [1,C,H,W], got {list(s)}")
-            a = Act(name, s[1], s[2], s[3], q)
+            c, h, w, view = act_dims(shapes[name])
+            a = Act(name, c, h, w, q)
             if name not in on_chip:
                 a.addr = image.alloc(a.nbytes(n))
             acts[name] = a
@@ -257,17 +299,17 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
             continue   # emitted with its conv
         start = len(em.insns)
         names, macs = [op.name], 0
-        if op.kind in ("conv", "conv_transpose"):
+        if op.kind in ("conv", "conv_transpose", "gemm", "linear"):
             add = by_name[fused_into[i]] if i in fused_into else None
-            macs = _lower_conv(em, op, add, acts, shapes, image, opts)
+            macs, where = _lower_conv(em, op, add, acts, shapes, image, opts)
             if add is not None:
                 names.append(add.name)
         else:
-            _lower_add(em, op, acts, image)
+            where = _lower_add(em, op, acts, image)
         em.emit("finish")
         steps.append({"kind": "accel", "name": op.name, "ops": names,
                       "op_kinds": [by_name[nm].kind for nm in names], "insn_start": start,
-                      "insn_count": len(em.insns) - start, "macs": int(macs)})
+                      "insn_count": len(em.insns) - start, "macs": int(macs), **where})
         insn_starts.append(start)
 
     # 4. Image and program container.
@@ -279,7 +321,8 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
         if s["kind"] == "accel":
             s["insn_addr"] = insn_addr + s["insn_start"] * isa.INSN_BYTES
     tensors = {a.name: {"addr": a.addr, "c": a.c, "h": a.h, "w": a.w, "scale": a.q.scale,
-                        "zero_point": a.q.zero_point, "type": a.q.qtype.name} for a in acts.values()}
+                        "zero_point": a.q.zero_point, "type": a.q.qtype.name,
+                        "view": act_dims(shapes[a.name])[3], "shape": list(shapes[a.name])} for a in acts.values()}
     as_tensor = lambda a: Tensor(a.name, a.addr, (a.blocks(n), a.h, a.w, n),  # noqa: E731
                                  "int8" if a.q.qtype.signed else "uint8", "CBHWN")
     graph_in = [acts[o] for op in qg.ops if op.kind == "quantize" for o in op.outputs if o in acts]
@@ -301,20 +344,38 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
     with atomic_dir(out_dir) as tmp:
         program.save(tmp)
         shutil.copyfile(src, tmp / "model.q.onnx")
+    summary = meta["summary"]
     return {"target": "accel", "output": str(out_dir), "array": n, "fusion": opts.fusion,
-            "fallback_ops": refused, **meta["summary"]}
+            "library": (f"accelerator program: {summary['segments']} segments, {summary['instructions']} "
+                        f"instructions, {len(refused)} host fallback ops, {'fused' if opts.fusion else 'unfused'}"),
+            "fallback_op_list": refused, **summary}
+
+
+def _group(refused: list[str], per_kind: int = 6) -> str:
+    """'name (kind/Op): reason' lines grouped by reason, a few names each (all are in program.json)."""
+    groups: dict[str, list[str]] = {}
+    for line in refused:
+        head, reason = line.split(": ", 1)
+        name, kind = head.rsplit(" (", 1)
+        groups.setdefault(f"{kind[:-1]} ({reason})", []).append(name)
+    parts = []
+    for key, names in groups.items():
+        shown = ", ".join(names[:per_kind]) + (f", ... {len(names) - per_kind} more" if len(names) > per_kind else "")
+        parts.append(f"{len(names)} x {key}: {shown}")
+    return "; ".join(parts)
 
 
 def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, opts: CompileOptions) -> int:
     n = em.n
     x, y1 = acts[op.inputs[0]], acts[op.outputs[0]]
     geo = ConvLowering().geometry(op, shapes[op.inputs[0]], shapes[op.outputs[0]])
+    weight = conv_weight(op)
     if geo.kind == "depthwise":
-        tiles = L.depthwise_tiles(op.weight, n)
+        tiles = L.depthwise_tiles(weight, n)
     elif geo.kind == "transposed":
-        tiles = L.transposed_tiles(op.weight, n)
+        tiles = L.transposed_tiles(weight, n)
     else:
-        tiles = L.dense_tiles(op.weight, n)
+        tiles = L.dense_tiles(weight, n)
     wt_addr = image.place(tiles)
     cbo = L.blocks(y1.c, n)
     params = L.param_rows(op.bias, np.broadcast_to(op.mult, op.bias.shape), np.broadcast_to(op.shift, op.bias.shape), n)
@@ -338,16 +399,14 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, o
     tmp_addr = -1
     if not opts.fusion:
         tmp_addr = image.alloc(cbo * y1.h * y1.w * n * 4)
-    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr, geo.wo)
+    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr)
     tiling = choose_tiling(geo, x.blocks(n), cbo, em.reg, n, geo.kind == "depthwise")
-    if tiling is None:
-        raise EdgekitError(f"node {op.name} ({op.op_type}): input {x.name} {[1, x.c, x.h, x.w]} does not fit "
-                           f"the accelerator's buffers even one output row at a time")
     lower_conv_like(em, geo, x, cbo, wt_addr // isa.WORD_BYTES, epi, tiling)
-    cin_per_group = op.weight.shape[0] if op.kind == "conv_transpose" else op.weight.shape[1]
+    where = {"weights_addr": wt_addr, "params_addr": p_addr,
+             "tiling": {"rows": tiling.th, "cols": tiling.wt, "out_blocks": tiling.group, "in_blocks": tiling.chunk}}
     if op.kind == "conv_transpose":
-        return int(np.prod(op.weight.shape)) * x.h * x.w
-    return int(y1.c * cin_per_group * geo.kh * geo.kw * y1.h * y1.w)
+        return int(np.prod(weight.shape)) * x.h * x.w, where
+    return int(y1.c * weight.shape[1] * geo.kh * geo.kw * y1.h * y1.w), where
 
 
 def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> None:
@@ -357,3 +416,4 @@ def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> None:
     row = em.param_slot(1)
     em.load_rows("param", row, p_addr // isa.WORD_BYTES, 1)
     lower_add(em, a, b, y, int(ka), int(kb), row, op.lo, op.hi)
+    return {"params_addr": p_addr}

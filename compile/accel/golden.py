@@ -110,11 +110,14 @@ class Golden:
             if f["xsize"] == 0 or f["ysize"] == 0:
                 return
             rw = isa.row_bytes(b, self.n) // isa.WORD_BYTES
+            packed = name == "load" and f["int4"]
+            if packed and (f["xsize"] * rw) % 2:
+                raise Fault("bad_operand")
             if name == "load":
                 rows = (f["pad_top"] + f["ysize"] + f["pad_bottom"]) * (f["pad_left"] + f["xsize"] + f["pad_right"])
             else:
                 rows = f["ysize"] * f["xsize"]
-            end_word = f["dram"] + (f["ysize"] - 1) * f["xstride"] + f["xsize"] * rw
+            end_word = f["dram"] + (f["ysize"] - 1) * f["xstride"] + f["xsize"] * rw // (2 if packed else 1)
             if f["sram"] + rows > depth[b] or end_word > ADDR_LIMIT_WORDS:
                 raise Fault("addr_range")
         elif name in ("gemm", "vec"):
@@ -146,17 +149,22 @@ class Golden:
         width = f["pad_left"] + x + f["pad_right"]
         height = f["pad_top"] + y + f["pad_bottom"]
         data_rows = []
+        packed = f["int4"]
+        beats_per_line = x * rw // 2 if packed else x * rw
         for ly in range(y):
             w0 = f["dram"] + ly * f["xstride"]
-            for b0, beats in split_bursts(w0, x * rw, self.hw["MAX_BURST"]):
+            for b0, beats in split_bursts(w0, beats_per_line, self.hw["MAX_BURST"]):
                 if not self._dram_ok(b0, beats):
                     raise Fault("load_bus")
                 self.bursts += 1
-            data_rows.append(self.dram[w0 * 8:(w0 + x * rw) * 8].reshape(x, rb))
+            raw = self.dram[w0 * 8:(w0 + beats_per_line) * 8]
+            if packed:
+                raw = (formats.unpack_int4(raw, x * rb, bool(f["int4_signed"])) & 0xFF).astype(np.uint8)
+            data_rows.append(raw.reshape(x, rb))
         block = np.full((height, width, rb), f["pad_value"], np.uint8)
         block[f["pad_top"]:f["pad_top"] + y, f["pad_left"]:f["pad_left"] + x] = np.stack(data_rows)
         buf[f["sram"]:f["sram"] + height * width] = block.reshape(-1, rb)
-        self.counters["dram_rd_bytes"] += x * y * rb
+        self.counters["dram_rd_bytes"] += y * beats_per_line * isa.WORD_BYTES
         self.load_words += x * y * rw
         self.pad_words += (height * width - x * y) * rw
 

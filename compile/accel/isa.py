@@ -95,9 +95,12 @@ _DMA_GEOMETRY = (
 OPCODES: tuple[Opcode, ...] = (
     Opcode("load", 1, "load", _DMA_COMMON + (Field("pad_value", 8, doc="byte written into padding rows"),)
            + _DMA_GEOMETRY + (
-               Field("pad_top", 4), Field("pad_bottom", 4), Field("pad_left", 4), Field("pad_right", 4)),
+               Field("pad_top", 4), Field("pad_bottom", 4), Field("pad_left", 4), Field("pad_right", 4),
+               Field("int4", 1, doc="DRAM holds packed 4-bit values (2 per byte, low nibble first)"),
+               Field("int4_signed", 1, doc="sign-extend unpacked nibbles (int4) instead of zero-extending")),
            "DRAM -> buffer, 2-D with zero-point padding: writes (pad_top+ysize+pad_bottom) x "
-           "(pad_left+xsize+pad_right) rows from `sram` on; nothing if ysize or xsize is 0."),
+           "(pad_left+xsize+pad_right) rows from `sram` on; nothing if ysize or xsize is 0. With int4=1 "
+           "each DRAM byte becomes two buffer bytes (half the DRAM traffic; xsize x row words must be even)."),
     Opcode("store", 2, "store", _DMA_COMMON + _DMA_GEOMETRY,
            "buffer (act or acc) -> DRAM, 2-D: ysize lines of xsize rows from `sram` on."),
     Opcode("gemm", 3, "compute", (
@@ -146,7 +149,7 @@ ERRORS = {
     "none": (0, "no error"),
     "illegal_opcode": (1, "opcode not in the table"),
     "reserved_bits": (2, "a reserved bit is set"),
-    "bad_operand": (3, "an enumerated field holds an unsupported value (store from wgt/param)"),
+    "bad_operand": (3, "an operand combination is unsupported (store from wgt/param; int4 load of an odd word count)"),
     "addr_range": (4, "a buffer row beyond the buffer's depth, or a DRAM address beyond 2^32 bytes"),
     "fetch_bus": (5, "bus error response while fetching the instruction"),
     "load_bus": (6, "bus error response on a load's read burst"),

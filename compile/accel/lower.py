@@ -25,9 +25,11 @@ separate post pass, and every Add is its own pass over DRAM.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from edgekit.errors import EdgekitError
 
 from . import asm, isa
 from . import layout as L
@@ -131,6 +133,22 @@ class AddFusion:
 
 
 @dataclass
+class Strip:
+    """A column strip of the output: [x0, x0 + wt) and the input columns it reads (with padding)."""
+
+    x0: int
+    wt: int
+    in_x0: int       # first input column loaded from DRAM
+    in_cols: int     # columns loaded
+    pl: int          # zero-point columns left / right of them
+    pr: int
+
+    @property
+    def wp(self) -> int:
+        return self.pl + self.in_cols + self.pr
+
+
+@dataclass
 class Epilogue:
     y: Act                   # where the final result goes (the Add's output when fused)
     conv_q: object           # the conv's own output grid
@@ -139,32 +157,34 @@ class Epilogue:
     param_base: int
     fused: bool
     add: AddFusion | None = None
-    tmp_addr: int = -1       # unfused: int32 accumulator spill area in DRAM
-    wo: int = 0
+    tmp_addr: int = -1       # unfused: int32 accumulator spill area in DRAM (CBHW x N int32)
 
-    def run(self, em: Emitter, ob: int, oy0: int, th: int, acc: int) -> None:
-        count = th * self.wo
-        n = em.n
+    def run(self, em: Emitter, ob: int, oy0: int, th: int, strip: Strip, acc: int) -> None:
+        wt, n, rw = strip.wt, em.n, em.rw
+        count = th * wt
+        y = self.y
         out = em.take("out")
         if not self.fused:
             # Separate pass over DRAM: spill the int32 accumulators, read them back.
-            word = self.tmp_addr // isa.WORD_BYTES + (ob * self.y.h + oy0) * self.y.w * 4 * em.rw
-            em.store_rows("acc", acc, word, count)
-            em.load_rows("acc", acc, word, count)
+            word = self.tmp_addr // isa.WORD_BYTES + ((ob * y.h + oy0) * y.w + strip.x0) * 4 * rw
+            em.emit("store", buf="acc", sram=acc, dram=word, ysize=th, xsize=wt, xstride=y.w * 4 * rw)
+            em.emit("load", buf="acc", sram=acc, dram=word, ysize=th, xsize=wt, xstride=y.w * 4 * rw)
         q = self.conv_q
         target = em.reg.mid if self.add else out
         em.emit("post", out_type=q.qtype.name, count=count, acc=acc, out=target, param=self.param_base + ob,
                 zp=q.zero_point, lo=self.lo, hi=self.hi)
         if self.add:
             a = self.add
-            em.load_rows("act", em.reg.res, a.other.word(n, ob, oy0), count)
+            em.emit("load", buf="act", sram=em.reg.res, dram=a.other.word(n, ob, oy0, strip.x0), ysize=th,
+                    xsize=wt, xstride=a.other.w * rw)
             em.emit("vec", op="set", act_signed=int(q.qtype.signed), za=q.zero_point, mult=a.k_self,
                     outer=count, inner=1, acc=acc, act=em.reg.mid, acc_so=1, act_so=1)
             em.emit("post", out_type=a.out_q.qtype.name, count=count, acc=acc, out=out, param=a.param_row,
                     zp=a.out_q.zero_point, lo=a.lo, hi=a.hi, res_en=1,
                     res_signed=int(a.other.q.qtype.signed), res=em.reg.res, res_zp=a.other.q.zero_point,
                     res_mult=a.k_other)
-        em.store_rows("act", out, self.y.word(n, ob, oy0), count)
+        em.emit("store", buf="act", sram=out, dram=y.word(n, ob, oy0, strip.x0), ysize=th, xsize=wt,
+                xstride=y.w * rw)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -186,7 +206,7 @@ class Gemm:
 
 @dataclass
 class ConvGeometry:
-    """Where the input rows of an output band come from and which GEMMs compute it."""
+    """Where the input rows/columns of an output tile come from and which GEMMs compute it."""
 
     kind: str                # conv | depthwise | transposed
     h: int
@@ -199,126 +219,177 @@ class ConvGeometry:
     pads: tuple              # top, left, bottom, right (ONNX begin/end)
     dil: tuple
     row_step: int = 1
-    pl: int = 0
-    pr: int = 0
-    wp: int = 0
     dy: tuple = (0, 0)       # transposed: input row offset range
-    gemms_cache: dict = field(default_factory=dict)
+    dx: tuple = (0, 0)
 
     def __post_init__(self):
-        sy, sx = self.stride
         if self.kind == "transposed":
+            sy, sx = self.stride
             self.row_step = sy
             dys = self._offsets(sy, self.pads[0], self.kh)
             dxs = self._offsets(sx, self.pads[1], self.kw)
             self.dy = (min(dys), max(dys))
-            self.pl, self.pr = max(0, -min(dxs)), max(0, max(dxs))
-            self.wp = self.w + self.pl + self.pr
-        else:
-            self.pl = self.pads[1]
-            need = (self.wo - 1) * sx + (self.kw - 1) * self.dil[1] + 1
-            self.pr = max(0, need - self.w - self.pl)
-            self.wp = self.w + self.pl + self.pr
+            self.dx = (min(dxs), max(dxs))
 
     @staticmethod
     def _offsets(s, p, k):
         return [(r + p - kk) // s for r in range(s) for kk in range(k) if (r + p - kk) % s == 0]
 
-    def input_rows(self, oy0: int, th: int) -> tuple[int, int]:
-        """[first, last) input rows (may reach outside the image: zero-point padding)."""
+    def _span(self, o0: int, count: int, axis: int) -> tuple[int, int]:
+        """[first, last) input index along an axis for outputs [o0, o0 + count)."""
         if self.kind == "transposed":
-            s = self.stride[0]
-            q0, tq = oy0 // s, th // s
-            return q0 + self.dy[0], q0 + tq + self.dy[1]
-        sy, dy = self.stride[0], self.dil[0]
-        first = oy0 * sy - self.pads[0]
-        return first, (oy0 + th - 1) * sy - self.pads[0] + (self.kh - 1) * dy + 1
+            s = self.stride[axis]
+            d = self.dy if axis == 0 else self.dx
+            return o0 // s + d[0], (o0 + count) // s + d[1]
+        s, dil, k = self.stride[axis], self.dil[axis], (self.kh, self.kw)[axis]
+        first = o0 * s - self.pads[axis]
+        return first, (o0 + count - 1) * s - self.pads[axis] + (k - 1) * dil + 1
 
-    def gemms(self, th: int) -> list[Gemm]:
-        if th in self.gemms_cache:
-            return self.gemms_cache[th]
+    def input_rows(self, oy0: int, th: int) -> tuple[int, int]:
+        return self._span(oy0, th, 0)
+
+    def strip(self, x0: int, wt: int) -> Strip:
+        first, last = self._span(x0, wt, 1)
+        c0, c1 = max(first, 0), min(last, self.w)
+        return Strip(x0, wt, c0, max(0, c1 - c0), max(0, -first), max(0, last - max(c1, first, 0)))
+
+    def strips(self, wt: int) -> list[Strip]:
+        return [self.strip(x0, min(wt, self.wo - x0)) for x0 in range(0, self.wo, wt)]
+
+    def gemms(self, th: int, st: Strip) -> list[Gemm]:
         out = []
+        wp = st.wp
         if self.kind == "transposed":
             s, p = self.stride, self.pads
             for ky in range(self.kh):
                 for kx in range(self.kw):
                     ry, rx = (ky - p[0]) % s[0], (kx - p[1]) % s[1]
                     dy, dx = (ry + p[0] - ky) // s[0], (rx + p[1] - kx) // s[1]
-                    out.append(Gemm(ky * self.kw + kx, (dy - self.dy[0]) * self.wp + dx + self.pl,
-                                    ry * self.wo + rx, th // s[0], self.w, self.wp, 1, s[0] * self.wo, s[1],
+                    out.append(Gemm(ky * self.kw + kx, (dy - self.dy[0]) * wp + dx - self.dx[0],
+                                    ry * st.wt + rx, th // s[0], st.wt // s[1], wp, 1, s[0] * st.wt, s[1],
                                     ry * s[1] + rx))
         else:
             sy, sx = self.stride
             for ky in range(self.kh):
                 for kx in range(self.kw):
-                    out.append(Gemm(ky * self.kw + kx, ky * self.dil[0] * self.wp + kx * self.dil[1], 0, th,
-                                    self.wo, sy * self.wp, sx, self.wo, 1, 0))
-        self.gemms_cache[th] = out
+                    out.append(Gemm(ky * self.kw + kx, ky * self.dil[0] * wp + kx * self.dil[1], 0, th,
+                                    st.wt, sy * wp, sx, st.wt, 1, 0))
         return out
 
-    def phases(self) -> int:
-        return self.stride[0] * self.stride[1] if self.kind == "transposed" else 1
 
-
-def _load_input_band(em: Emitter, x: Act, cb: int, geo: ConvGeometry, oy0: int, th: int, sram: int) -> int:
-    """Load one channel block of the input band with zero-point padding; returns rows written."""
+def _load_input_tile(em: Emitter, x: Act, cb: int, geo: ConvGeometry, oy0: int, th: int, st: Strip,
+                     sram: int) -> int:
+    """Load one channel block of the input tile with zero-point padding; returns rows written."""
     first, last = geo.input_rows(oy0, th)
-    top, bottom = max(0, -first), max(0, last - x.h)
+    top, bottom = max(0, -first), max(0, last - max(x.h, first, 0))
     y0, y1 = max(first, 0), min(last, x.h)
     lines = max(0, y1 - y0)
     pad = x.q.zero_point & 0xFF
-    if lines == 0:  # the whole band is padding (can happen at the border of a transposed conv)
-        top, bottom = last - first, 0
-    em.emit("load", buf="act", sram=sram, dram=x.word(em.n, cb, y0 if lines else 0), ysize=lines if lines else 1,
-            xsize=x.w, xstride=x.w * em.rw, pad_value=pad, pad_top=top, pad_bottom=bottom,
-            pad_left=geo.pl, pad_right=geo.pr)
-    return (last - first) * geo.wp
+    if lines == 0 or st.in_cols == 0:
+        # The whole tile is padding: a one-row load whose data row is overwritten below never happens
+        # in practice (every output reads some input); keep the buffer defined anyway.
+        raise EdgekitError("internal: an output tile that reads no input")
+    em.emit("load", buf="act", sram=sram, dram=x.word(em.n, cb, y0, st.in_x0), ysize=lines, xsize=st.in_cols,
+            xstride=x.w * em.rw, pad_value=pad, pad_top=top, pad_bottom=bottom, pad_left=st.pl, pad_right=st.pr)
+    return (last - first) * st.wp
 
 
 @dataclass
 class Tiling:
     th: int          # output rows per band
+    wt: int          # output columns per strip
     group: int       # output blocks per accumulator half
     chunk: int       # input blocks per input load
     cost: float
+
+
+def _strip_widths(geo: ConvGeometry) -> list[int]:
+    if geo.kind == "transposed":
+        return [geo.wo]            # transposed convs: whole rows (their column phases interleave)
+    widths = []
+    for k in range(1, geo.wo + 1):
+        wt = -(-geo.wo // k)
+        if wt not in widths:
+            widths.append(wt)
+    return widths
 
 
 def choose_tiling(geo: ConvGeometry, cbi: int, cbo: int, reg: Regions, n: int, depthwise: bool) -> Tiling | None:
     """Smallest estimated DRAM traffic (+ instruction bytes) among tilings that fit the buffers."""
     best = None
     taps = geo.kh * geo.kw
-    for th in range(geo.row_step, geo.ho + 1, geo.row_step):
-        rows = th * geo.wo
-        if rows > reg.small or th > 1023:
-            break
-        first, last = geo.input_rows(0, th)
-        band = (last - first) * geo.wp
-        if band > reg.in_rows:
-            break
-        bands = -(-geo.ho // th)
-        groups_opts = [1] if depthwise else range(1, cbo + 1)
-        for g in groups_opts:
-            if g * rows > reg.acc_rows:
+    for wt in _strip_widths(geo):
+        if wt > 1023 or any(st.pl > 15 or st.pr > 15 for st in geo.strips(wt)):
+            continue
+        wp = max(st.wp for st in geo.strips(wt))
+        strips = -(-geo.wo // wt)
+        for th in range(geo.row_step, geo.ho + 1, geo.row_step):
+            rows = th * wt
+            if rows > reg.small or th > 1023:
                 break
-            chunk = 1 if depthwise else max(1, min(cbi, reg.in_rows // band))
-            passes = -(-cbo // g)
-            if depthwise:
-                in_bytes = bands * cbo * band * n
-                w_bytes = bands * cbo * taps * n * n
-                insns = bands * cbo * (taps + 4 + -(-taps // reg.wgt_rows))
-            else:
-                in_bytes = bands * passes * cbi * band * n
-                w_bytes = bands * cbo * cbi * taps * n * n
-                insns = bands * passes * (-(-cbi // chunk)) * (chunk + g * (chunk * taps + 1)) + bands * cbo * 4
-            cost = in_bytes + w_bytes + 16 * insns + 32 * insns
-            if best is None or cost < best.cost:
-                best = Tiling(th, g, chunk, cost)
+            first, last = geo.input_rows(0, th)
+            band = (last - first) * wp
+            if band > reg.in_rows or last - first > 1023:
+                break
+            tiles = -(-geo.ho // th) * strips
+            for g in ([1] if depthwise else range(1, cbo + 1)):
+                if g * rows > reg.acc_rows:
+                    break
+                chunk = 1 if depthwise else max(1, min(cbi, reg.in_rows // band))
+                passes = -(-cbo // g)
+                if depthwise:
+                    in_bytes = tiles * cbo * band * n
+                    w_bytes = (1 if taps <= 2 * reg.wgt_rows else tiles) * cbo * taps * n * n
+                    insns = tiles * cbo * (taps + 4 + -(-taps // reg.wgt_rows))
+                else:
+                    in_bytes = tiles * passes * cbi * band * n
+                    w_bytes = tiles * cbo * cbi * taps * n * n
+                    insns = tiles * passes * (-(-cbi // chunk)) * (chunk + g * (chunk * taps + 1)) + tiles * cbo * 4
+                cost = in_bytes + w_bytes + 48 * insns
+                if best is None or cost < best.cost:
+                    best = Tiling(th, wt, g, chunk, cost)
     return best
+
+
+def lower_depthwise(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: int, epi: Epilogue,
+                    tiling: Tiling) -> None:
+    """Depthwise conv, channel block by channel block: a block's diagonal tiles are loaded once
+    (when they fit the weight buffer) and serve every output tile of that block."""
+    n, reg = em.n, em.reg
+    taps = geo.kh * geo.kw
+    tile_words = n * n // isa.WORD_BYTES
+    depth = 2 * reg.wgt_rows
+    resident = taps <= depth
+    for cb in range(cbo):
+        if resident:
+            wbase = em.take("wgt") if taps <= reg.wgt_rows else reg.wgt_base[0]
+            em.load_rows("wgt", wbase, wt_word + cb * taps * tile_words, taps)
+        for oy0 in range(0, geo.ho, tiling.th):
+            th = min(tiling.th, geo.ho - oy0)
+            for st in geo.strips(tiling.wt):
+                gemms = geo.gemms(th, st)
+                acc = em.take("acc")
+                base = em.take("in")
+                _load_input_tile(em, x, cb, geo, oy0, th, st, base)
+                for t0 in range(0, taps, taps if resident else reg.wgt_rows):
+                    part = range(t0, min(taps, t0 + (taps if resident else reg.wgt_rows)))
+                    if not resident:
+                        wbase = em.take("wgt")
+                        em.load_rows("wgt", wbase, wt_word + (cb * taps + t0) * tile_words, len(part))
+                    for k, t in enumerate(part):
+                        gm = gemms[t]
+                        em.emit("gemm", reset=int(t == 0), act_signed=int(x.q.qtype.signed), za=x.q.zero_point,
+                                outer=gm.outer, inner=gm.inner, acc=acc + gm.acc, act=base + gm.act,
+                                wgt=wbase + (t if resident else k), acc_so=gm.acc_so, acc_si=gm.acc_si,
+                                act_so=gm.act_so, act_si=gm.act_si)
+                epi.run(em, cb, oy0, th, st, acc)
 
 
 def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: int, epi: Epilogue,
                     tiling: Tiling) -> None:
     """Emit a conv / depthwise conv / transposed conv over the whole output."""
+    if geo.kind == "depthwise":
+        return lower_depthwise(em, geo, x, cbo, wt_word, epi, tiling)
     n, reg = em.n, em.reg
     cbi = x.blocks(n)
     depthwise = geo.kind == "depthwise"
@@ -326,37 +397,38 @@ def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: i
     tile_words = n * n // isa.WORD_BYTES
     for oy0 in range(0, geo.ho, tiling.th):
         th = min(tiling.th, geo.ho - oy0)
-        gemms = geo.gemms(th)
-        for g0 in range(0, cbo, tiling.group):
-            obs = list(range(g0, min(cbo, g0 + tiling.group)))
-            acc = em.take("acc")
-            acc_of = {ob: acc + i * th * geo.wo for i, ob in enumerate(obs)}
-            started = {ob: set() for ob in obs}
-            ib_chunks = [[ob] for ob in obs] if depthwise else \
-                [list(range(c, min(cbi, c + tiling.chunk))) for c in range(0, cbi, tiling.chunk)]
-            for chunk in ib_chunks:
-                base = em.take("in")
-                band = 0
-                for i, ib in enumerate(chunk):
-                    band = _load_input_band(em, x, ib, geo, oy0, th, base + i * band)
-                for ob in ([chunk[0]] if depthwise else obs):
-                    seq = [(i, ib, t) for i, ib in enumerate(chunk) for t in range(taps)]
-                    for s0 in range(0, len(seq), reg.wgt_rows):
-                        part = seq[s0:s0 + reg.wgt_rows]
-                        _, ib_first, t_first = part[0]
-                        tile0 = (ob * taps + t_first) if depthwise else ((ob * cbi + ib_first) * taps + t_first)
-                        wbase = em.take("wgt")
-                        em.load_rows("wgt", wbase, wt_word + tile0 * tile_words, len(part))
-                        for k, (i, ib, t) in enumerate(part):
-                            gm = gemms[t]
-                            reset = gm.group not in started[ob]
-                            started[ob].add(gm.group)
-                            em.emit("gemm", reset=int(reset), act_signed=int(x.q.qtype.signed),
-                                    za=x.q.zero_point, outer=gm.outer, inner=gm.inner,
-                                    acc=acc_of[ob] + gm.acc, act=base + i * band + gm.act, wgt=wbase + k,
-                                    acc_so=gm.acc_so, acc_si=gm.acc_si, act_so=gm.act_so, act_si=gm.act_si)
-            for ob in obs:
-                epi.run(em, ob, oy0, th, acc_of[ob])
+        for st in geo.strips(tiling.wt):
+            gemms = geo.gemms(th, st)
+            for g0 in range(0, cbo, tiling.group):
+                obs = list(range(g0, min(cbo, g0 + tiling.group)))
+                acc = em.take("acc")
+                acc_of = {ob: acc + i * th * st.wt for i, ob in enumerate(obs)}
+                started = {ob: set() for ob in obs}
+                ib_chunks = [[ob] for ob in obs] if depthwise else \
+                    [list(range(c, min(cbi, c + tiling.chunk))) for c in range(0, cbi, tiling.chunk)]
+                for chunk in ib_chunks:
+                    base = em.take("in")
+                    band = 0
+                    for i, ib in enumerate(chunk):
+                        band = _load_input_tile(em, x, ib, geo, oy0, th, st, base + i * band)
+                    for ob in ([chunk[0]] if depthwise else obs):
+                        seq = [(i, ib, t) for i, ib in enumerate(chunk) for t in range(taps)]
+                        for s0 in range(0, len(seq), reg.wgt_rows):
+                            part = seq[s0:s0 + reg.wgt_rows]
+                            _, ib_first, t_first = part[0]
+                            tile0 = (ob * taps + t_first) if depthwise else ((ob * cbi + ib_first) * taps + t_first)
+                            wbase = em.take("wgt")
+                            em.load_rows("wgt", wbase, wt_word + tile0 * tile_words, len(part))
+                            for k, (i, ib, t) in enumerate(part):
+                                gm = gemms[t]
+                                reset = gm.group not in started[ob]
+                                started[ob].add(gm.group)
+                                em.emit("gemm", reset=int(reset), act_signed=int(x.q.qtype.signed),
+                                        za=x.q.zero_point, outer=gm.outer, inner=gm.inner,
+                                        acc=acc_of[ob] + gm.acc, act=base + i * band + gm.act, wgt=wbase + k,
+                                        acc_so=gm.acc_so, acc_si=gm.acc_si, act_so=gm.act_so, act_si=gm.act_si)
+                for ob in obs:
+                    epi.run(em, ob, oy0, th, st, acc_of[ob])
 
 
 def lower_add(em: Emitter, a: Act, b: Act, y: Act, ka: int, kb: int, param_row: int, lo: int, hi: int) -> None:

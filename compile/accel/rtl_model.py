@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import cocotb
 import numpy as np
@@ -17,7 +18,7 @@ from cocotb.triggers import FallingEdge
 
 from edgekit.compile.accel import isa
 from edgekit.compile.accel.run_model import CompiledModel, execute
-from edgekit.hw.tb.components import Harness
+from edgekit.hw.tb.components import Harness, MemoryTiming
 
 
 class RtlDevice:
@@ -54,7 +55,9 @@ async def run_compiled_model(dut):
     model = CompiledModel(os.environ["EDGEKIT_ACCEL_MODEL"])
     feeds = dict(np.load(os.environ["EDGEKIT_ACCEL_FEEDS"], allow_pickle=False))
     dram = model.program.dram
-    h = Harness(dut, seed=0, dram_size=dram.size)
+    seed = int(os.environ.get("EDGEKIT_ACCEL_SEED", "0"))
+    timing = MemoryTiming.random(random.Random(seed)) if seed else None   # 0: ideal memory
+    h = Harness(dut, seed=seed, timing=timing, dram_size=dram.size)
     await h.start()
     h.mem.load_image(dram)
     device = RtlDevice(h, int(os.environ.get("EDGEKIT_ACCEL_MAX_CYCLES", "50000000")))

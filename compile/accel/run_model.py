@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -72,11 +71,17 @@ class CompiledModel:
         t = self.tensors[name]
         nbytes = L.blocks(t["c"], self.n) * t["h"] * t["w"] * self.n
         raw = np.asarray(dram[t["addr"]:t["addr"] + nbytes])
-        return L.from_device(raw, t["c"], t["h"], t["w"], self.n, t["type"].startswith("int"))
+        codes = L.from_device(raw, t["c"], t["h"], t["w"], self.n, t["type"].startswith("int"))
+        if t.get("view") == "rows":   # [1, K, T, 1] -> [..., T, K]
+            return codes[0, :, :, 0].T.reshape(t["shape"])
+        return codes
 
     def write(self, dram: np.ndarray, name: str, codes) -> None:
         t = self.tensors[name]
-        raw = L.to_device(np.asarray(codes).reshape(1, t["c"], t["h"], t["w"]), self.n, t["zero_point"])
+        codes = np.asarray(codes)
+        if t.get("view") == "rows":
+            codes = codes.reshape(t["h"], t["c"]).T
+        raw = L.to_device(codes.reshape(1, t["c"], t["h"], t["w"]), self.n, t["zero_point"])
         dram[t["addr"]:t["addr"] + raw.size] = raw.reshape(-1)
 
     def in_dram(self, name: str) -> bool:
@@ -276,7 +281,11 @@ def summarize(model: CompiledModel, layers: list, simulator: str) -> dict:
 
 
 def run_model(folder, feeds: dict | None = None, simulator: str = "golden", check: bool = True,
-              progress: bool = False) -> dict:
+              progress: bool = False, rtl_seed: int = 0, max_cycles: int = 50_000_000) -> dict:
+    """Run all steps on `simulator`; with `check`, compare with the integer reference.
+
+    rtl_seed: 0 = ideal memory, else seeded random back-pressure and latency on every AXI channel;
+    max_cycles: per segment (RTL)."""
     model = CompiledModel(folder)
     feeds = feeds if feeds is not None else default_input(model)
     if simulator == "golden":
@@ -289,7 +298,7 @@ def run_model(folder, feeds: dict | None = None, simulator: str = "golden", chec
             log = lambda k, total, step: next(it, None)  # noqa: E731
         run = asyncio.run(execute(model, GoldenDevice(model.program), feeds, log))
     elif simulator == "rtl":
-        run = run_rtl(model, feeds)
+        run = run_rtl(model, feeds, max_cycles, rtl_seed)
     else:
         raise EdgekitError(f"unknown simulator {simulator!r} (golden or rtl)")
     result = summarize(model, run["layers"], simulator)
@@ -299,7 +308,7 @@ def run_model(folder, feeds: dict | None = None, simulator: str = "golden", chec
     return result
 
 
-def run_rtl(model: CompiledModel, feeds: dict, timeout_cycles: int = 50_000_000) -> dict:
+def run_rtl(model: CompiledModel, feeds: dict, timeout_cycles: int = 50_000_000, seed: int = 0) -> dict:
     """The same step loop inside a cocotb test on the Verilator build of the RTL."""
     from edgekit.hw.tb import runner
 
@@ -310,7 +319,8 @@ def run_rtl(model: CompiledModel, feeds: dict, timeout_cycles: int = 50_000_000)
         tmp = Path(tmp)
         np.savez(tmp / "feeds.npz", **feeds)
         env = {"EDGEKIT_ACCEL_MODEL": str(model.folder.resolve()), "EDGEKIT_ACCEL_FEEDS": str(tmp / "feeds.npz"),
-               "EDGEKIT_ACCEL_RESULT": str(tmp / "result.npz"), "EDGEKIT_ACCEL_MAX_CYCLES": str(timeout_cycles)}
+               "EDGEKIT_ACCEL_RESULT": str(tmp / "result.npz"), "EDGEKIT_ACCEL_MAX_CYCLES": str(timeout_cycles),
+               "EDGEKIT_ACCEL_SEED": str(seed)}
         tests, failed = runner.run(build_dir, "edgekit.compile.accel.rtl_model", "run_compiled_model",
                                    extra_env=env, test_dir=tmp / "sim", log_file=tmp / "sim.log")
         result_file = tmp / "result.npz"
@@ -377,11 +387,13 @@ def simulate_compiled_model(args) -> int:
     simulator = "rtl" if args.rtl else "golden"
     model = CompiledModel(args.program)
     feeds = load_input(model, args.input) if args.input else default_input(model)
-    result = run_model(args.program, feeds, simulator, check=args.check, progress=True)
+    rtl = {"rtl_seed": getattr(args, "seed", 0) or 0,
+           "max_cycles": getattr(args, "max_cycles", 0) or 50_000_000}   # per segment
+    result = run_model(args.program, feeds, simulator, check=args.check, progress=True, **rtl)
     other = None
     if args.compare:
         require(is_compiled_model(args.compare), f"--compare {args.compare}: not a compiled-model folder")
-        other = run_model(args.compare, feeds, simulator, check=args.check, progress=True)
+        other = run_model(args.compare, feeds, simulator, check=args.check, progress=True, **rtl)
     out = sys.stderr if args.json == "-" else sys.stdout
     print(format_table(result, other), file=out)
     doc = json_result(result)
@@ -421,17 +433,18 @@ def plot_layers(result: dict, other: dict | None, path) -> None:
 
     from edgekit.fileio import atomic_path
 
-    names = [r["name"] for r in result["layers"]]
+    mine = {r["name"]: r for r in result["layers"]}
     others = {r["name"]: r for r in (other or {}).get("layers", [])}
+    names = list(mine) + [nm for nm in others if nm not in mine]   # unfused builds have extra Add layers
     x = np.arange(len(names))
     w = 0.4 if other else 0.8
     label = lambda r: ("fused" if r.get("fusion") else "unfused") + f" ({r['simulator']})"  # noqa: E731
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(names)), 8), sharex=True)
     for ax, key, title in ((axes[0], "cycles", "cycles per layer"), (axes[1], None, "DRAM bytes per layer")):
-        val = lambda r: r["cycles"] if key else r["dram_read"] + r["dram_written"]  # noqa: E731
-        ax.bar(x - (w / 2 if other else 0), [val(r) for r in result["layers"]], w, label=label(result))
+        val = lambda r: (r["cycles"] if key else r["dram_read"] + r["dram_written"]) if r else 0  # noqa: E731
+        ax.bar(x - (w / 2 if other else 0), [val(mine.get(nm)) for nm in names], w, label=label(result))
         if other:
-            ax.bar(x + w / 2, [val(others[n]) if n in others else 0 for n in names], w, label=label(other))
+            ax.bar(x + w / 2, [val(others.get(nm)) for nm in names], w, label=label(other))
         ax.set_title(title)
         ax.legend()
     axes[1].set_xticks(x)

@@ -73,11 +73,24 @@ def count_scheduled(mod) -> tuple[int, int]:
     return scheduled, total
 
 
-def zoo_info(model) -> dict:
-    """Zoo metadata the exporter left in the ONNX file (model name, pre/post-processing)."""
+def zoo_info(model, onnx_path: Path, inputs) -> dict:
+    """Zoo metadata: what the exporter left in the ONNX file, else the zoo model whose name
+    starts the file name and whose input names/shapes match (task, inputs, outputs)."""
     import json
 
     info = {}
+    stem = onnx_path.name.split(".")[0]
+    try:
+        from edgekit import models
+
+        if stem in models.list_models():
+            entry = models.get(stem)
+            specs = entry.input_spec(entry.default_config)
+            if [(s.name, list(s.shape)) for s in specs] == [(t.name, list(t.shape)) for t in inputs]:
+                info = {"model": stem, "config": entry.default_config, "task": entry.task,
+                        "preprocess": {"scale": 1.0 / 255.0} if entry.task != "lm" else {}}
+    except Exception:  # the zoo is optional for compiling: no match, no zoo info
+        info = {}
     for prop in model.metadata_props:
         value = prop.value
         try:
@@ -169,7 +182,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "integer_ops": lowered,
             "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": scheduled,
                        "kernels_total": total, "report": tune_report.as_dict() if tune_report else None},
-            "zoo": zoo_info(model),
+            "zoo": zoo_info(model, onnx_path, inputs),
             "compile_seconds": round(time.time() - started, 2),
         }
         save_json(meta, tmp / METADATA)

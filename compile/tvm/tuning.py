@@ -143,7 +143,7 @@ def heaviest(extracted, top: int | None):
 
 
 def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | None = None,
-         build_timeout: float = 60.0, run_timeout: float = 30.0, builders: int = 1,
+         build_timeout: float = 180.0, run_timeout: float = 60.0, builders: int = 1,
          seed: int | None = 0, top_tasks: int | None = None, trials_per_round: int = 8,
          population: int = 256) -> TuneReport:
     """Tune every TIR task of `mod` (already legalized and fused) into the database at `db_dir`."""
@@ -166,7 +166,7 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
         extracted, work_dir=str(db_dir / "logs"), num_threads=max(1, int(builders)), seed=seed,
         # A small population keeps each search round cheap on a loaded 2-core machine.
         strategy=ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=16))
-    per_task = max_trials_per_task or max(trials_per_round, -(-trials // len(contexts)))
+    per_task = max_trials_per_task or max(1, -(-trials // len(contexts)))
     bar = progress(desc=f"tuning {len(contexts)} tasks", total=trials, unit="trial")
     with torchless_workers():
         builder = ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout)

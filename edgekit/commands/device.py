@@ -85,6 +85,7 @@ def emulate(args) -> int:
         print(f"arm64 root: {root}")
         return 0
     device = emu.start_emulated(args.host, args.port, args.tracker, args.key, sysroot=root)
+    _stop_on_sigterm()
     where = f", registered at {args.tracker} as {device.key}" if args.tracker else ""
     print(f"emulated arm64 device serving on {device.address}{where} (pid {device.proc.pid}; "
           f"Ctrl-C stops it). Emulated timings are not device timings.", flush=True)
@@ -99,8 +100,23 @@ def emulate(args) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """`kill PID` stops the emulator like Ctrl-C does (and a background job
+    started by a script ignores SIGINT): the finally-block stops qemu."""
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def tracker(args) -> int:
-    from tvm.rpc import tracker as rpc_tracker
+    try:
+        from tvm.rpc import tracker as rpc_tracker
+    except ImportError as exc:  # TVM's tracker runs on tornado's event loop
+        raise EdgekitError(f"the RPC tracker needs tornado: pip install tornado ({exc})") from None
 
     try:
         state = rpc_tracker.PopenTrackerServerState(args.host, args.port, args.port + 1,

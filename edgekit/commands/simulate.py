@@ -105,7 +105,8 @@ def run_rtl(program, waves: str | None, max_cycles: int, seed: int) -> dict:
         return result
 
 
-def print_table(result: dict, out=sys.stdout) -> None:
+def print_table(result: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time (pytest swaps stdout)
     print(f"engine: {result['engine']}   error: {result['error']}"
           + (f" at instruction {result['error_pc']}" if result["error"] != "none" else ""), file=out)
     width = max(len(k) for k in result["counters"])

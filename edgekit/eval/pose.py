@@ -4,8 +4,9 @@ Decoding follows associative embedding (Newell et al., as in HigherHRNet and
 LitePose): the 1/4-resolution heatmaps are upsampled and averaged with the
 1/2-resolution ones, peaks are found by 3x3 max-pooling, joints are greedily
 grouped into people by their tag values (Hungarian matching per joint type),
-missing joints are filled in from the heatmap near the person's tag, and
-peaks are refined by a quarter pixel towards the higher neighbour.
+missing joints are filled in from the heatmap near the person's tag,
+peaks are refined by a quarter pixel towards the higher neighbour, and
+near-duplicate people (OKS > 0.8 with a higher-scoring one) are dropped.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import io
 
 import numpy as np
 
-from edgekit.data.pose import AREA_PER_BOX, KEYPOINTS, SKELETON
+from edgekit.data.pose import AREA_PER_BOX, KEYPOINTS, OKS_SIGMAS, SKELETON
 
 # HigherHRNet's grouping order: head, shoulders, hips, then the limbs outwards
 JOINT_ORDER = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
@@ -41,7 +42,7 @@ def _upsample(x: np.ndarray, size: int) -> np.ndarray:
 
 def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
            max_people: int = 20, detection_threshold: float = 0.1, tag_threshold: float = 1.0,
-           refine: bool = True) -> list[tuple[np.ndarray, float]]:
+           refine: bool = True, nms_oks: float = 0.8) -> list[tuple[np.ndarray, float]]:
     """LitePose outputs (batch 1) -> [(keypoints [J, 3] as x, y, score in input pixels, person score)]."""
     from scipy.ndimage import maximum_filter
     from scipy.optimize import linear_sum_assignment
@@ -79,6 +80,9 @@ def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
     results = []
     for p in people:
         joints = p["joints"]
+        # score from the joints found by grouping (sum / J): a "person" made of one
+        # stray peak ranks low even after refinement fills in its other joints
+        score = float(joints[:, 2].sum() / j)
         if refine:
             _fill_missing(joints, heat, tags, float(np.mean(p["tags"])))
         _quarter_offset(joints, heat)
@@ -87,8 +91,24 @@ def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
         kp[:, 0] = (joints[:, 0] + 0.5) * stride
         kp[:, 1] = (joints[:, 1] + 0.5) * stride
         kp[:, 2] = joints[:, 2]
-        results.append((kp, float(joints[:, 2].mean())))
-    return results
+        results.append((kp, score))
+    return pose_nms(results, nms_oks)
+
+
+def oks(a: np.ndarray, b: np.ndarray) -> float:
+    """COCO object keypoint similarity of two poses [J, 3], scaled by a's keypoint box."""
+    area = max(np.ptp(a[:, 0]) * np.ptp(a[:, 1]) * AREA_PER_BOX, 1.0)
+    d2 = ((a[:, :2] - b[:, :2]) ** 2).sum(-1)
+    return float(np.mean(np.exp(-d2 / (2 * area * (2 * OKS_SIGMAS) ** 2))))
+
+
+def pose_nms(people: list, threshold: float) -> list:
+    """Drop a person whose pose nearly repeats a higher-scoring one (OKS above threshold)."""
+    kept = []
+    for kp, score in sorted(people, key=lambda p: -p[1]):
+        if all(oks(other, kp) <= threshold for other, _ in kept):
+            kept.append((kp, score))
+    return kept
 
 
 def _new_person(j, joint, row):

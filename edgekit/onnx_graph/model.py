@@ -95,12 +95,45 @@ def _constants_to_initializers(model: onnx.ModelProto) -> None:
     model.graph.node.extend(keep)
 
 
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LayerNormalization", "BatchNormalization",
+              "InstanceNormalization", "PRelu")
+
+
 def _check_finite_weights(model: onnx.ModelProto) -> None:
+    """NaN anywhere, or Inf in a weight, is an error (an Inf mask constant for Where is fine)."""
+    weights = {name for node in model.graph.node if node.op_type in WEIGHT_OPS for name in node.input[1:]}
     for init in model.graph.initializer:
         if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
             arr = numpy_helper.to_array(init)
-            require(bool(np.all(np.isfinite(arr))),
+            bad = ~np.isfinite(arr) if init.name in weights else np.isnan(arr)
+            require(not bool(np.any(bad)),
                     f"weight {init.name} (shape {list(arr.shape)}) contains NaN or Inf")
+
+
+def _unshare_weights(model: onnx.ModelProto) -> None:
+    """Give every Conv/Gemm/MatMul its own copy of a shared weight initializer.
+
+    Each layer then gets its own quantization (codes, scales, compensation)
+    while the float function is unchanged.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    seen: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        for idx in range(1, len(node.input)):
+            name = node.input[idx]
+            if name not in inits:
+                continue
+            count = seen.get(name, 0)
+            seen[name] = count + 1
+            if count == 0:
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = f"{name}__copy{count}"
+            model.graph.initializer.append(copy)
+            node.input[idx] = copy.name
 
 
 def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.ModelProto:
@@ -135,6 +168,7 @@ def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.
     if model.ir_version < 10:
         model.ir_version = 10
     _constants_to_initializers(model)
+    _unshare_weights(model)
     _name_nodes(model)
     if supported is not None:
         check_supported(model, supported)

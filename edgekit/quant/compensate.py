@@ -50,8 +50,8 @@ def compensate_layer(plan: QuantPlan, layer: Layer, xq, xf, damp: float = 0.01) 
     if not supports_features(layer, w):
         return False
     b = inits[layer.bias].reshape(-1) if layer.bias else None
-    if b is not None and b.size != group_weight(layer, torch.from_numpy(w)).shape[0] * \
-            group_weight(layer, torch.from_numpy(w)).shape[1]:
+    wg_shape = group_weight(layer, torch.from_numpy(np.array(w, np.float32))).shape
+    if b is not None and b.size != wg_shape[0] * wg_shape[1]:
         b = None
     new_w, new_b = ridge_update(layer, w, b, xq, xf, damp)
     if not (np.all(np.isfinite(new_w)) and (new_b is None or np.all(np.isfinite(new_b)))):

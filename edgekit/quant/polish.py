@@ -120,7 +120,7 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
         xmax = x.abs().amax(dim=dims).double().clamp_min(1e-8)
         wmax = torch.zeros_like(xmax)
         for l in layers:
-            w = torch.from_numpy(inits[l.weight]).double()
+            w = torch.from_numpy(np.array(inits[l.weight], np.float64))
             ax = _in_axis(l, inits[l.weight])
             wmax = torch.maximum(wmax, w.abs().amax(dim=[d for d in range(w.dim()) if d != ax]))
         wmax = wmax.clamp_min(1e-8)
@@ -129,7 +129,7 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
             s = xmax ** alpha / wmax ** (1 - alpha)
             cands[f"smooth{alpha}"] = s / s.mean()
         if kind == "layer":
-            wp = torch.from_numpy(inits[prod.weight]).double()
+            wp = torch.from_numpy(np.array(inits[prod.weight], np.float64))
             rp = wp.abs().amax(dim=[d for d in range(wp.dim()) if d != prod.out_axis]).clamp_min(1e-8)
             cands["cle"] = torch.sqrt(rp / wmax)
         best, best_err = "none", None

@@ -36,6 +36,10 @@ def open_session(folder, *, device: str | None = None, tracker: str | None = Non
         raise EdgekitError("give either --device HOST:PORT or --tracker HOST:PORT --key KEY, not both")
     if tracker and not key:
         raise EdgekitError("--tracker needs --key (the device key the board registered with)")
+    if device:
+        parse_hostport(device, "--device")
+    if tracker:
+        parse_hostport(tracker, "--tracker")
     if device or tracker:
         try:
             from edgekit.runtime import remote

@@ -12,9 +12,9 @@
 `define DEF_IQ_DEPTH 16
 `define DEF_MAX_BURST 16
 
-// load: DRAM -> buffer, 2-D with zero-point padding: writes (pad_top+ysize+pad_bottom) x (pad_left+xsize+pad_right) rows from `sram` on; nothing if ysize or xsize is 0.
+// load: DRAM -> buffer, 2-D with zero-point padding: writes (pad_top+ysize+pad_bottom) x (pad_left+xsize+pad_right) rows from `sram` on; nothing if ysize or xsize is 0. With int4=1 each DRAM byte becomes two buffer bytes (half the DRAM traffic; xsize x row words must be even).
 `define OP_LOAD 4'd1
-`define LOAD_USED 107
+`define LOAD_USED 109
 `define LOAD_BUF(i) i[5:4]
 `define LOAD_PAD_VALUE(i) i[13:6]
 `define LOAD_SRAM(i) i[25:14]
@@ -26,6 +26,8 @@
 `define LOAD_PAD_BOTTOM(i) i[98:95]
 `define LOAD_PAD_LEFT(i) i[102:99]
 `define LOAD_PAD_RIGHT(i) i[106:103]
+`define LOAD_INT4(i) i[107:107]
+`define LOAD_INT4_SIGNED(i) i[108:108]
 
 // store: buffer (act or acc) -> DRAM, 2-D: ysize lines of xsize rows from `sram` on.
 `define OP_STORE 4'd2
@@ -112,7 +114,7 @@
 `define ERR_NONE 4'd0  // no error
 `define ERR_ILLEGAL_OPCODE 4'd1  // opcode not in the table
 `define ERR_RESERVED_BITS 4'd2  // a reserved bit is set
-`define ERR_BAD_OPERAND 4'd3  // an enumerated field holds an unsupported value (store from wgt/param)
+`define ERR_BAD_OPERAND 4'd3  // an operand combination is unsupported (store from wgt/param; int4 load of an odd word count)
 `define ERR_ADDR_RANGE 4'd4  // a buffer row beyond the buffer's depth, or a DRAM address beyond 2^32 bytes
 `define ERR_FETCH_BUS 4'd5  // bus error response while fetching the instruction
 `define ERR_LOAD_BUS 4'd6  // bus error response on a load's read burst

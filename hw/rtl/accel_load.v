@@ -4,6 +4,9 @@
 // data lines are read in bursts of at most MAX_BURST beats that never cross
 // a 4 KiB boundary. A bus error ends the instruction after its burst's last
 // beat (so the read channel stays in step) and is reported with `err`.
+// Packed int4 (int4=1): each 64-bit beat carries 16 nibbles that expand to
+// two buffer words (sign- or zero-extended bytes); the high half is written
+// the cycle after the beat, while `hold` keeps RREADY low.
 `include "accel_isa.vh"
 `default_nettype none
 module accel_load #(
@@ -18,6 +21,7 @@ module accel_load #(
     /* verilator lint_on UNUSEDSIGNAL */
     output wire         busy,
     output reg          err,          // pulse: the instruction ended with a bus error
+    output reg          hold,         // the high half of a packed int4 beat is still to be written
     output wire         rd_req,
     output wire [31:0]  rd_addr,
     output wire [7:0]   rd_len,
@@ -43,6 +47,17 @@ module accel_load #(
     reg [15:0] xstride;
     reg [4:0]  beats;
     reg        err_seen;
+    reg        unpack4, nib_signed;
+    reg [31:0] hold_half;
+
+    // 8 packed nibbles -> 8 bytes, element 2i in the low nibble of byte i (ONNX order)
+    function [63:0] expand(input [31:0] nibbles, input sgn);
+        integer e;
+        begin
+            for (e = 0; e < 8; e = e + 1)
+                expand[8*e +: 8] = {{4{sgn & nibbles[4*e+3]}}, nibbles[4*e +: 4]};
+        end
+    endfunction
 
     // Row size in 64-bit words of each buffer.
     localparam integer RW_ACT_I = N / 8, RW_WGT_I = N * N / 8, RW_ACC_I = N / 2, MAXB_I = MAX_BURST;
@@ -71,18 +86,24 @@ module accel_load #(
     wire pad_line = (ly < pad_top) || (ly >= pad_top + ysize);
 
     assign busy = (state != S_IDLE);
-    assign rd_req = (state == S_DREQ) && (data_left != 20'd0);
+    assign rd_req = (state == S_DREQ) && (data_left != 20'd0) && !hold;   // the FSM is stalled while holding
     assign rd_addr = {dram_w[28:0], 3'b000};
     assign rd_len = {3'd0, next_beats[4:0]} - 8'd1;
-    assign wr_en = ((state == S_PAD) && (cnt != 20'd0)) || ((state == S_DBEAT) && rd_valid);
+    assign wr_en = hold || ((state == S_PAD) && (cnt != 20'd0)) || ((state == S_DBEAT) && rd_valid);
     assign wr_buf = buf_sel;
     assign wr_addr = sram_w;
-    assign wr_data = (state == S_PAD) ? {8{pad_value}} : rd_data;
+    assign wr_data = hold ? expand(hold_half, nib_signed)
+                   : (state == S_PAD) ? {8{pad_value}}
+                   : unpack4 ? expand(rd_data[31:0], nib_signed) : rd_data;
 
     always @(posedge clk) begin
         err <= 1'b0;
         if (rst) begin
             state <= S_IDLE;
+            hold <= 1'b0;
+        end else if (hold) begin       // finish the packed beat before anything else
+            hold <= 1'b0;
+            sram_w <= sram_w + 20'd1;
         end else case (state)
             S_IDLE: if (issue) begin
                 buf_sel <= `LOAD_BUF(insn);
@@ -92,7 +113,10 @@ module accel_load #(
                 line_words  <= in_w * in_rw;
                 left_words  <= {16'd0, `LOAD_PAD_LEFT(insn)} * in_rw;
                 right_words <= {16'd0, `LOAD_PAD_RIGHT(insn)} * in_rw;
-                data_words  <= {10'd0, `LOAD_XSIZE(insn)} * in_rw;
+                // DRAM beats per line: half as many when int4 values come packed
+                data_words  <= ({10'd0, `LOAD_XSIZE(insn)} * in_rw) >> `LOAD_INT4(insn);
+                unpack4 <= `LOAD_INT4(insn);
+                nib_signed <= `LOAD_INT4_SIGNED(insn);
                 sram_w <= {8'd0, `LOAD_SRAM(insn)} * in_rw;
                 line_dram <= {3'd0, `LOAD_DRAM(insn)};
                 xstride <= `LOAD_XSTRIDE(insn);
@@ -137,6 +161,10 @@ module accel_load #(
             default: begin // S_DBEAT
                 if (rd_valid) begin
                     sram_w <= sram_w + 20'd1;
+                    if (unpack4 && !rd_err && !err_seen) begin
+                        hold <= 1'b1;
+                        hold_half <= rd_data[63:32];
+                    end
                     if (rd_err) err_seen <= 1'b1;
                     if (rd_last) begin
                         dram_w <= dram_w + {27'd0, beats};

@@ -87,7 +87,7 @@ module accel_top #(
     wire        head_valid, head_err;
     wire [127:0] head;
     wire        pop;
-    wire        ld_busy, ld_err, cp_busy, st_busy, st_flushing, st_err, st_beat, mac_step;
+    wire        ld_busy, ld_err, ld_hold, cp_busy, st_busy, st_flushing, st_err, st_beat, mac_step;
     reg         issue_ld, issue_cp, issue_st;
     wire        abort_ld, abort_cp, abort_st;
     wire        r_fetch, r_load;           // routed read beats
@@ -103,7 +103,7 @@ module accel_top #(
     wire [19:0] lw_addr;
     wire [63:0] lw_data;
     accel_load #(.N(N), .MAX_BURST(MAX_BURST)) u_load (
-        .clk(clk), .rst(unit_rst || abort_ld), .issue(issue_ld), .insn(head), .busy(ld_busy), .err(ld_err),
+        .clk(clk), .rst(unit_rst || abort_ld), .issue(issue_ld), .insn(head), .busy(ld_busy), .err(ld_err), .hold(ld_hold),
         .rd_req(l_req), .rd_addr(l_addr), .rd_len(l_len), .rd_grant(l_grant),
         .rd_valid(r_load), .rd_data(m_axi_rdata), .rd_err(m_axi_rresp != 2'b00), .rd_last(m_axi_rlast),
         .wr_en(lw_en), .wr_buf(lw_buf), .wr_addr(lw_addr), .wr_data(lw_data));
@@ -179,7 +179,8 @@ module accel_top #(
     wire pick_load = l_req && (!f_req || !last_was_load);
     assign f_grant = (r_state == R_IDLE) && f_req && !pick_load;
     assign l_grant = (r_state == R_IDLE) && pick_load;
-    assign m_axi_rready = (r_state == R_DATA);
+    // (the load unit holds RREADY low for one cycle per packed int4 beat)
+    assign m_axi_rready = (r_state == R_DATA) && !(owner == OWN_LOAD && ld_hold);
     wire r_beat = m_axi_rvalid && m_axi_rready;
     assign r_fetch = r_beat && owner == OWN_FETCH;
     assign r_load = r_beat && owner == OWN_LOAD;
@@ -268,11 +269,15 @@ module accel_top #(
                 else
                     t_rows = t_x * t_y;
                 if (opc == `OP_LOAD)
-                    t_dend = {3'd0, `LOAD_DRAM(head)} + (t_y - 32'd1) * {16'd0, `LOAD_XSTRIDE(head)} + t_x * t_rw;
+                    t_dend = {3'd0, `LOAD_DRAM(head)} + (t_y - 32'd1) * {16'd0, `LOAD_XSTRIDE(head)}
+                           + ((t_x * t_rw) >> `LOAD_INT4(head));
                 else
                     t_dend = {3'd0, `STORE_DRAM(head)} + (t_y - 32'd1) * {16'd0, `STORE_XSTRIDE(head)} + t_x * t_rw;
                 if (opc == `OP_STORE && (t_buf == `BUF_WGT || t_buf == `BUF_PARAM)) begin
                     d_err = `ERR_BAD_OPERAND;
+                end else if (opc == `OP_LOAD && `LOAD_INT4(head) == 1'b1 && t_x != 0 && t_y != 0
+                             && (t_x * t_rw) % 2 != 0) begin
+                    d_err = `ERR_BAD_OPERAND;   // packed int4 lines must fill whole bus words
                 end else if (t_x != 0 && t_y != 0) begin
                     // t_dend < 2^33 always; beyond 2^29 words is outside the 32-bit byte address space
                     if ({20'd0, (opc == `OP_LOAD) ? `LOAD_SRAM(head) : `STORE_SRAM(head)} + t_rows > depth(t_buf)

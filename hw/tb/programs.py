@@ -78,6 +78,18 @@ def each_instruction() -> list[tuple[str, object]]:
         if buf in ("wgt", "param"):  # make wgt/param visible through compute
             pass
         out.append((f"load_{buf}", b.build()))
+    for signed in (0, 1):  # packed int4 -> bytes, 2-D with padding
+        b = ProgramBuilder(DRAM)
+        _seed_buffers(b, rng)
+        src = b.place(_rand_bytes(rng, 2048))
+        b.emit("load", buf="act", sram=2, dram=src // 8, ysize=3, xsize=4, xstride=5, int4=1, int4_signed=signed,
+               pad_value=0xF8, pad_top=1, pad_left=1, pad_right=1)
+        b.emit("load", buf="wgt", sram=3, dram=src // 8 + 100, ysize=2, xsize=1, xstride=9, int4=1,
+               int4_signed=signed)
+        b.emit("gemm", reset=1, act_signed=signed, outer=4, inner=2, acc=0, act=2, wgt=3, acc_so=2, acc_si=1,
+               act_so=3, act_si=1, wgt_si=1)
+        _dump_buffers(b)
+        out.append((f"load_int4_s{signed}", b.build()))
     out.append(("store_act_2d", single([("store", dict(buf="act", sram=3, dram=0xC000 // 8, ysize=3, xsize=5, xstride=7))])))
     out.append(("store_acc_2d", single([("store", dict(buf="acc", sram=2, dram=0xC000 // 8, ysize=2, xsize=3, xstride=17))])))
     for reset in (0, 1):
@@ -125,6 +137,7 @@ def error_programs() -> list[tuple[str, str, object]]:
         ("reserved_gemm", "reserved_bits", _with_insns([e("gemm") | 1 << 127])),
         ("reserved_finish", "reserved_bits", _with_insns([e("finish") | 1 << 4])),
         ("bad_operand", "bad_operand", _with_insns([e("store", buf="wgt", xsize=1, ysize=1)])),
+        ("bad_operand_int4", "bad_operand", _with_insns([e("load", buf="act", xsize=3, ysize=1, int4=1)])),
         ("range_act_gemm", "addr_range", _with_insns([e("gemm", outer=2, inner=1, act=2047, act_so=1)])),
         ("range_acc_vec", "addr_range", _with_insns([e("vec", outer=1, inner=2, acc=1023, acc_si=1)])),
         ("range_wgt", "addr_range", _with_insns([e("gemm", outer=1, inner=1, wgt=64)])),
@@ -155,9 +168,9 @@ def corner_programs() -> list[tuple[str, object]]:
     b = ProgramBuilder(DRAM)
     _seed_buffers(b, rng)
     a = b.place(np.full(N * 4, -8, np.int8))
-    w = b.place(np.full(N * N, -8, np.int8))
+    w = b.place(formats.pack_int4(np.full(N * N, -8)))            # packed int4 weights
     b.emit("load", buf="act", sram=0, dram=a // 8, ysize=1, xsize=4)
-    b.emit("load", buf="wgt", sram=0, dram=w // 8, ysize=1, xsize=1)
+    b.emit("load", buf="wgt", sram=0, dram=w // 8, ysize=1, xsize=1, int4=1, int4_signed=1)
     b.emit("gemm", reset=1, act_signed=1, outer=4, inner=1, acc_so=1, act_so=1)
     b.emit("vec", op="add", act_signed=1, mult=-8, outer=4, inner=1, acc=0, act=0, acc_so=1, act_so=1)
     _dump_buffers(b)
@@ -257,11 +270,12 @@ def random_program(seed: int, n_insns: int = 14, p_error: float = 0.04):
             if rows > WIN[buf]:
                 continue
             rw = isa.row_bytes(buf, N) // 8
+            int4 = int((x * rw) % 2 == 0 and rng.random() < 0.3)
             stride = rng.randrange(x * rw, x * rw + 6)
             dram = rng.randrange(0, (0xC000 // 8) - y * stride - 1)
             b.emit("load", buf=buf, sram=rng.randrange(0, WIN[buf] - rows + 1), dram=dram, ysize=y, xsize=x,
                    xstride=stride, pad_value=rng.randrange(256), pad_top=pads[0], pad_bottom=pads[1],
-                   pad_left=pads[2], pad_right=pads[3])
+                   pad_left=pads[2], pad_right=pads[3], int4=int4, int4_signed=rng.randrange(2))
         elif kind == "store":
             buf = rng.choice(["act", "acc"])
             x, y = rng.randrange(1, 6), rng.randrange(1, 4)
@@ -333,7 +347,7 @@ def conv_layer(seed: int = 5, h: int = 8, w: int = 8, cin: int = N, cout: int = 
     xa = b.place(blocked(x, cb).astype(np.uint8))
     tiles = [wt[o * N:(o + 1) * N, c * N:(c + 1) * N, ky, kx]
              for o in range(ob) for c in range(cb) for ky in range(3) for kx in range(3)]
-    wa = b.place(np.stack(tiles).astype(np.int8))
+    wa = b.place(formats.pack_int4(np.stack(tiles)))                  # W4: packed, half the DRAM bytes
     ra = b.place(blocked(res, ob).astype(np.int8))
     pa = b.place(params_block(bias, mult, shift))
     ya = b.alloc(oh * ow * cout)
@@ -343,7 +357,7 @@ def conv_layer(seed: int = 5, h: int = 8, w: int = 8, cin: int = N, cout: int = 
     for c in range(cb):
         b.emit("load", buf="act", sram=c * hp * wp, dram=xa // 8 + c * h * w, ysize=h, xsize=w, xstride=w,
                pad_value=zx, pad_top=1, pad_bottom=1, pad_left=1, pad_right=1)
-    b.emit("load", buf="wgt", sram=0, dram=wa // 8, ysize=1, xsize=len(tiles))
+    b.emit("load", buf="wgt", sram=0, dram=wa // 8, ysize=1, xsize=len(tiles), int4=1, int4_signed=1)
     b.emit("load", buf="param", sram=0, dram=pa // 8, ysize=1, xsize=ob)
     rbase = cb * hp * wp
     b.emit("load", buf="act", sram=rbase, dram=ra // 8, ysize=1, xsize=ob * oh * ow)
@@ -393,11 +407,11 @@ def gemm_sequence(tiles: int = 6, m: int = 32, kb: int = 8, nb: int = 8):
     feeds nb output blocks, then a fused post + store per tile."""
     rng = np.random.default_rng(1)
     b = ProgramBuilder(1 << 20)
-    wa = b.place(_rand_bytes(rng, kb * nb * N * N))
+    wa = b.place(_rand_bytes(rng, kb * nb * N * N // 2))          # packed int4 weights (W4A8)
     pa = b.place(params_block(rng.integers(-1000, 1000, N), [20000] * N, [20] * N))
     xs = [b.place(_rand_bytes(rng, m * kb * N)) for _ in range(tiles)]
     ys = [b.alloc(nb * m * N) for _ in range(tiles)]
-    b.emit("load", buf="wgt", sram=0, dram=wa // 8, ysize=1, xsize=kb * nb)
+    b.emit("load", buf="wgt", sram=0, dram=wa // 8, ysize=1, xsize=kb * nb, int4=1, int4_signed=1)
     b.emit("load", buf="param", sram=0, dram=pa // 8, ysize=1, xsize=1)
     half = m * kb
     b.emit("load", buf="act", sram=0, dram=xs[0] // 8, ysize=1, xsize=half)

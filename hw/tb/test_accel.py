@@ -1,6 +1,6 @@
 """cocotb tests for accel_top: every test compares the RTL with the golden model bit for bit.
 
-Run through pytest (tests/hw/test_rtl.py) or `edgekit.hw.tb.runner`. Knobs:
+Run through pytest (tests/hw/test_hw_rtl.py) or `edgekit.hw.tb.runner`. Knobs:
   EDGEKIT_HW_RANDOM   number of constrained-random programs (default 200)
   EDGEKIT_HW_SEED     base seed of the random programs (default 20261127; logged)
   EDGEKIT_HW_REPORT   folder to write measurements (JSON) into
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import cocotb
-from cocotb.triggers import FallingEdge
+from cocotb.triggers import ClockCycles, FallingEdge
 
 from edgekit.compile.accel import golden, isa
 from edgekit.hw.tb import programs as P
@@ -137,6 +137,7 @@ async def test_reset_mid_program_and_burst(dut):
     for when in ("program", "read", "write"):
         await interrupt(when)
     await interrupt("program", hard=True)
+    await interrupt("write", hard=True)
     finish(h)
 
 
@@ -147,18 +148,28 @@ async def test_random_programs(dut):
     dut._log.info("random programs: %d, seeds %d..%d (EDGEKIT_HW_SEED)", count, base, base + count - 1)
     h = await make(dut, seed=base)
     errors = {}
+    resets = 0
     t0, c0 = time.perf_counter(), h.cycle
     for k in range(count):
         seed = base + k
         h.mem.timing = random_timing(seed)
         program = P.random_program(seed)
+        pick = random.Random(seed)
+        if pick.random() < 0.1:  # interrupt a first attempt at a random cycle; the rerun must be exact
+            h.mem.load_image(program.dram)
+            await h.ctrl.start(program.insn_addr, program.insn_count)
+            await ClockCycles(dut.clk, pick.randrange(5, 1500), rising=False)
+            await h.ctrl.soft_reset()
+            resets += 1
         rtl, gold = await h.check_program(f"random seed={seed}", program)
         errors[gold.error] = errors.get(gold.error, 0) + 1
     wall = time.perf_counter() - t0
     cycles = h.cycle - c0
-    dut._log.info("random: %d programs, %d mismatches, outcomes %s, %d cycles in %.1f s (%.0f cycles/s)",
-                  count, len(h.scoreboard.mismatches), errors, cycles, wall, cycles / wall)
+    dut._log.info("random: %d programs (%d after a random soft reset), %d mismatches, outcomes %s, "
+                  "%d cycles in %.1f s (%.0f cycles/s)",
+                  count, resets, len(h.scoreboard.mismatches), errors, cycles, wall, cycles / wall)
     report("random", {"programs": count, "base_seed": base, "mismatches": len(h.scoreboard.mismatches),
+                      "interrupted_by_soft_reset": resets,
                       "outcomes": errors, "cycles": cycles, "wall_s": wall, "cycles_per_s": cycles / wall})
     finish(h)
 
@@ -179,4 +190,9 @@ async def test_mac_utilization(dut):
     report("utilization", {"utilization": util, "counters": rtl.counters,
                            "golden_estimate": gold.counters["estimate"], "cycles_per_s": rtl.counters["cycles"] / wall})
     assert util >= 0.80, f"MAC utilization {util:.3f} < 0.80"
+    # the golden model's estimate brackets the RTL: overlapped <= real <= serial (10-cycle memory)
+    est = golden.Golden(program.dram)
+    est.run(program.insn_addr, program.insn_count)
+    bounds = est.estimate_cycles(latency=10)
+    assert bounds["overlapped"] <= rtl.counters["cycles"] <= bounds["serial"], (bounds, rtl.counters["cycles"])
     finish(h)

@@ -32,8 +32,22 @@ constexpr int VL = 16;
 constexpr int ROWS = 4;  // register blocking: rows per micro-kernel step
 constexpr int INT4_MAX = 7;
 constexpr int U8_OFFSET = 8;  // q + 8 is unsigned for vpdpbusd (u8 x s8)
+constexpr float LOG2E = 1.44269504088896341f;
 
+#ifdef SALE_VNNI
+inline v16f splat(float x) {  // a plain broadcast (v16f{} + x costs an extra scalar add)
+  __m512 r = _mm512_set1_ps(x);
+  v16f out;
+  std::memcpy(&out, &r, 64);
+  return out;
+}
+// Keep a loaded vector in a register: stops GCC from re-loading it as a memory
+// operand of every FMA (4x the loads in the micro-kernels below).
+#define SALE_IN_REGISTER(x) asm("" : "+v"(x))
+#else
 inline v16f splat(float x) { return v16f{} + x; }
+#define SALE_IN_REGISTER(x) (void)0
+#endif
 inline v16f load(const float* p) { return *reinterpret_cast<const v16f*>(p); }
 inline void store(float* p, v16f x) { *reinterpret_cast<v16f*>(p) = x; }
 inline v16f vmax(v16f a, v16f b) { return a > b ? a : b; }
@@ -51,17 +65,22 @@ inline float hmax(v16f x) {
 }
 
 inline float hsum(v16f x) {
+#ifdef SALE_VNNI
+  __m512 r;
+  std::memcpy(&r, &x, 64);
+  return _mm512_reduce_add_ps(r);
+#endif
   float s = 0;
   for (int i = 0; i < VL; ++i) s += x[i];
   return s;
 }
 
-// exp(x) to ~2e-7 relative: 2^n * 2^f with a degree-6 polynomial for 2^f, f in [-.5, .5].
-inline v16f vexp(v16f x) {
-  v16f t = x * 1.44269504088896341f;
-  t = t > -126.f ? t : splat(-126.f);
-  v16f n = (t + 12582912.f) - 12582912.f;  // round to nearest integer
-  v16f f = t - n;
+// 2^x to ~2e-7 relative: 2^n * 2^f with a degree-6 polynomial for 2^f, f in [-.5, .5].
+// The exact pass works in log2 units (Q pre-scaled by log2(e)/sqrt(D)), so no extra multiply.
+inline v16f vexp2(v16f t) {
+  const v16f tc = t > -126.f ? t : splat(-126.f);
+  v16f n = (tc + 12582912.f) - 12582912.f;  // round to nearest integer
+  v16f f = tc - n;
   v16f p = splat(1.5403530393381610e-4f);
   p = p * f + 1.3333558146428443e-3f;
   p = p * f + 9.6181291076284772e-3f;
@@ -71,7 +90,7 @@ inline v16f vexp(v16f x) {
   p = p * f + 1.0f;
   v16i e = (__builtin_convertvector(n, v16i) + 127) << 23;
   v16f r = p * reinterpret_cast<v16f&>(e);
-  return x < -87.f ? splat(0.f) : r;  // exp(-inf) and underflow -> exactly 0
+  return t < -125.f ? splat(0.f) : r;  // 2^-inf and underflow -> exactly 0
 }
 
 void* aligned_alloc64(size_t bytes) {
@@ -206,7 +225,10 @@ inline void qk_micro(const float* Q, int D, const float* kt, int bk, int j0, flo
     for (int v = 0; v < JV; ++v) acc[r][v] = splat(0.f);
   for (int d = 0; d < D; ++d) {
     v16f kv[JV];
-    for (int v = 0; v < JV; ++v) kv[v] = load(kt + (size_t)d * bk + j0 + v * VL);
+    for (int v = 0; v < JV; ++v) {
+      kv[v] = load(kt + (size_t)d * bk + j0 + v * VL);
+      SALE_IN_REGISTER(kv[v]);
+    }
     for (int r = 0; r < ROWS; ++r) {
       v16f qv = splat(Q[(size_t)r * D + d]);
       for (int v = 0; v < JV; ++v) acc[r][v] += qv * kv[v];
@@ -225,7 +247,10 @@ inline void pv_micro(const float* P, int bk, int nkeys, const float* V, int D, i
     for (int v = 0; v < DV; ++v) acc[r][v] = load(O + (size_t)r * D + d0 + v * VL) * alpha[r];
   for (int j = 0; j < nkeys; ++j) {
     v16f vv[DV];
-    for (int v = 0; v < DV; ++v) vv[v] = load(V + (size_t)j * D + d0 + v * VL);
+    for (int v = 0; v < DV; ++v) {
+      vv[v] = load(V + (size_t)j * D + d0 + v * VL);
+      SALE_IN_REGISTER(vv[v]);
+    }
     for (int r = 0; r < ROWS; ++r) {
       v16f pv = splat(P[(size_t)r * bk + j]);
       for (int v = 0; v < DV; ++v) acc[r][v] += pv * vv[v];
@@ -261,11 +286,11 @@ void exact_tile(const Shape& s, int bh, int r0, int n, int c, const float* v, co
       for (int j = valid; j < bk; ++j) srow[j] = -INFINITY;
     v16f mx = splat(-INFINITY);
     for (int j = 0; j < bk; j += VL) mx = vmax(mx, load(srow + j));
-    float m_new = std::max(w.m[i], hmax(mx) * s.scale);
-    float a = std::exp(w.m[i] - m_new);  // exp(-inf) = 0 on the first tile
+    float m_new = std::max(w.m[i], hmax(mx));  // m, l in log2 units (see vexp2)
+    float a = std::exp2(w.m[i] - m_new);        // 2^-inf = 0 on the first tile
     v16f sum = splat(0.f);
     for (int j = 0; j < bk; j += VL) {
-      v16f p = vexp(load(srow + j) * s.scale - m_new);
+      v16f p = vexp2(load(srow + j) - m_new);
       store(srow + j, p);
       sum += p;
     }
@@ -401,7 +426,11 @@ int sale_forward(const float* q, const float* k, const float* v, float* out, int
       const float tau = taus[bh % H];
       double ta = now();
       std::fill(w.qblk.begin(), w.qblk.end(), 0.f);
-      std::memcpy(w.qblk.data(), q + ((size_t)bh * T + r0) * D, (size_t)n * D * 4);
+      {  // Q pre-scaled so that scores come out in log2 units: s * log2(e) / sqrt(D)
+        const float* qs = q + ((size_t)bh * T + r0) * D;
+        const float f = s.scale * LOG2E;
+        for (size_t x = 0; x < (size_t)n * D; ++x) w.qblk[x] = qs[x] * f;
+      }
       std::fill(w.O.begin(), w.O.end(), 0.f);
       std::fill(w.m.begin(), w.m.end(), -INFINITY);
       std::fill(w.l.begin(), w.l.end(), 0.f);
@@ -415,7 +444,7 @@ int sale_forward(const float* q, const float* k, const float* v, float* out, int
       const bool dense = !(tau > 0.f);
       if (!dense)
         for (int i = 0; i < n; ++i)  // theta_i in raw-dot units, row correction moved across
-          w.theta[i] = (w.m[i] + std::log(tau * w.l[i])) / s.scale - P.row[(size_t)bh * s.Tq + r0 + i];
+          w.theta[i] = (w.m[i] / LOG2E + std::log(tau * w.l[i])) / s.scale - P.row[(size_t)bh * s.Tq + r0 + i];
       for (int c = 0; c <= last_c; ++c)
         if (!forced(c) && (dense || estimate_tile(s, bh, b, n, c, P, w))) w.kept[nkept++] = c;
       double tc = now();

@@ -24,7 +24,7 @@ import torch
 
 
 def structured_qkv(seq_len: int, heads: int = 8, head_dim: int = 64, batch: int = 1, seed: int = 0,
-                   local: float = 7.0, needle: float = 17.0, sink: float = 17.0, needles: int = 32,
+                   local: float = 7.0, needle: float = 19.0, sink: float = 19.0, needles: int = 32,
                    noise: float = 0.22, key_offset: float = 20.0, periods=(8.0, 512.0), head_seed: int = 0):
     """Q, K, V [batch, heads, seq_len, head_dim] float32 with LLM-like attention structure.
 

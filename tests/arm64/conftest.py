@@ -88,6 +88,7 @@ def native_device():
 @pytest.fixture
 def tracker():
     """A TVM RPC tracker on a free loopback port: yields 'HOST:PORT'."""
+    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (edgekit[tvm])")
     from tvm.rpc.tracker import Tracker
 
     for _ in range(10):

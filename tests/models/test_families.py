@@ -115,3 +115,60 @@ def test_dense_attention_matches_reference_with_longer_keys():
     mask = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
     ref = torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
     assert torch.allclose(dense_causal_attention(q, k, v), ref, atol=1e-6)
+
+
+def _official_depth_anything_names(ours: dict) -> dict:
+    """Our depth state_dict renamed to the official Depth Anything layout (the test's own inverse map)."""
+    import re
+
+    rules = [
+        (r"^encoder\.patch_embed\.", "pretrained.patch_embed.proj."),
+        (r"^encoder\.blocks\.(\d+)\.mlp\.0\.", r"pretrained.blocks.\1.mlp.fc1."),
+        (r"^encoder\.blocks\.(\d+)\.mlp\.2\.", r"pretrained.blocks.\1.mlp.fc2."),
+        (r"^encoder\.", "pretrained."),
+        (r"^decoder\.project\.", "depth_head.projects."),
+        (r"^decoder\.resample\.", "depth_head.resize_layers."),
+        (r"^decoder\.layer_rn\.(\d)\.", lambda m: f"depth_head.scratch.layer{int(m.group(1)) + 1}_rn."),
+        (r"^decoder\.fusion\.(\d)\.skip_unit\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit1."),
+        (r"^decoder\.fusion\.(\d)\.refine_unit\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit2."),
+        (r"^decoder\.fusion\.(\d)\.out_conv\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.out_conv."),
+        (r"^decoder\.head\.0\.", "depth_head.scratch.output_conv1."),
+        (r"^decoder\.head_out\.", "depth_head.scratch.output_conv2."),
+    ]
+    out = {}
+    for key, value in ours.items():
+        for pattern, repl in rules:
+            new, hits = re.subn(pattern, repl, key)
+            if hits:
+                key = new
+                break
+        out[key] = value
+    return out
+
+
+def test_depth_anything_checkpoint_layout_loads(tmp_path):
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from edgekit.models.depth import DepthModel, load_depth_anything
+
+    cfg = replace(models.get("depth").config("tiny"), layer_scale=True, head_activation="sigmoid")
+    source = DepthModel(cfg).eval()
+    official = _official_depth_anything_names(source.state_dict())
+    assert "pretrained.blocks.1.ls2.gamma" in official and "depth_head.scratch.refinenet4.resConfUnit1.conv1.weight" in official
+    assert "depth_head.scratch.output_conv2.2.weight" in official and "pretrained.patch_embed.proj.weight" in official
+    official["pretrained.mask_token"] = torch.zeros(1, cfg.dim)
+    path = tmp_path / "depth_anything.safetensors"
+    save_file({k: v.contiguous() for k, v in official.items()}, str(path))
+    loaded = load_depth_anything(path, cfg)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+    assert (loaded(x) <= cfg.max_depth).all()
+
+
+def test_depth_tiny_keeps_checkpoint_layout():
+    keys = set(models.build("depth").state_dict())
+    assert not any(".ls1." in k or ".ls2." in k for k in keys)
+    assert {"encoder.pos_embed", "decoder.head_out.2.weight", "decoder.fusion.3.skip_unit.conv1.weight"} <= keys

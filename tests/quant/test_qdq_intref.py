@@ -26,8 +26,8 @@ def block(tmp_path_factory):
     return export(TinyBlock(), (1, 8, 16), tmp_path_factory.mktemp("blk") / "blk.onnx")
 
 
-def _lsb_diff(qg, model, data):
-    sess = session(model)
+def _lsb_diff(qg, model, data, strict=False):
+    sess = session(model, strict=strict)
     out_q = {op.outputs[0]: op.in_q[0] for op in qg.ops if op.kind == "dequantize"}
     worst, flips, total = 0.0, 0, 0
     for f in data:
@@ -53,14 +53,22 @@ def test_cnn_intref_within_one_lsb_of_onnxruntime(cnn, act_bits):
     assert flip_rate < 0.05
 
 
-def test_transformer_block_intref_close_to_onnxruntime(block):
+def test_transformer_block_intref_within_one_lsb_of_qdq_semantics(block):
     q, _ = P.quantize(block, feeds((1, 8, 16), 4), P.QuantConfig.for_method("rtn", act_bits=8))
     qg = qgraph.parse(q)
     assert qg.summary().get("matmul", 0) == 2 and qg.summary().get("gemm", 0) == 4
-    worst, flip_rate = _lsb_diff(qg, q, feeds((1, 8, 16), 3, seed=5))
-    # float regions (softmax, layernorm, erf) run in torch here and in onnxruntime there;
-    # a one-step difference upstream can reach two steps at the output.
-    assert worst <= 2.0 + 1e-4
+    # strict: onnxruntime executes the QDQ graph as written (no QLinearSoftmax / QGemm
+    # fusion, whose own rounding differs by a further step or two).
+    worst, flip_rate = _lsb_diff(qg, q, feeds((1, 8, 16), 3, seed=5), strict=True)
+    assert worst <= 1.0 + 1e-4
+    assert flip_rate < 0.1
+
+
+def test_transformer_block_w4a4_mostly_exact(block):
+    """At A4, a float32 softmax/layernorm landing on a rounding tie can flip one 4-bit code
+    (torch vs onnxruntime kernels); one 4-bit step is ~16 steps of the 8-bit output."""
+    q, _ = P.quantize(block, feeds((1, 8, 16), 4), P.QuantConfig.for_method("rtn", act_bits=4))
+    worst, flip_rate = _lsb_diff(qgraph.parse(q), q, feeds((1, 8, 16), 3, seed=5), strict=True)
     assert flip_rate < 0.1
 
 

@@ -46,3 +46,13 @@ def test_plan_round_trip(tmp_path):
         SalePlan.load(tmp_path / "bad.json")
     with pytest.raises(EdgekitError, match="cannot read SALE plan"):
         SalePlan.load(tmp_path / "missing.json")
+
+
+def test_calibrate_lm_cli_help_and_missing_checkpoint(tmp_path, monkeypatch, capsys):
+    from edgekit.models.sale import lm
+
+    with pytest.raises(SystemExit) as exc:
+        lm.main(["--help"])
+    assert exc.value.code == 0 and "calibrate-lm" in capsys.readouterr().out
+    with pytest.raises(EdgekitError, match="SALE plan .* is missing"):
+        lm.load_plan(tmp_path / "none.json")

@@ -36,7 +36,7 @@ def test_dense_heads_match_sdpa_and_threads_agree():
     cfg = SaleConfig(taus=(0.0, 0.0))
     out1 = sale_attention(q, k, v, cfg, threads=1)
     out2 = sale_attention(q, k, v, cfg, threads=2)
-    torch.testing.assert_close(out1, dense_causal_attention(q, k, v), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out1, dense_causal_attention(q, k, v), atol=5e-5, rtol=1e-4)
     torch.testing.assert_close(out1, out2)
 
 

@@ -34,3 +34,24 @@ def test_rtl(rtl_build, name, tmp_path):
     assert tests == 1, f"cocotb ran {tests} tests for {name}:\n{text[-3000:]}"
     assert failed == 0, f"{name} failed:\n" + "\n".join(
         line for line in text.splitlines() if "Error" in line or "assert" in line or "FAIL" in line)[-4000:]
+
+
+def test_simulate_cli_rtl(rtl_build, tmp_path, capsys):
+    """`edgekit simulate --rtl` on a program folder equals `--golden` (outputs and exact counters)."""
+    import json
+
+    import numpy as np
+
+    from edgekit.cli import main as cli_main
+    from edgekit.hw.tb import programs as P
+
+    conv, expected = P.conv_layer()
+    conv.save(tmp_path / "prog")
+    for engine in ("golden", "rtl"):
+        assert cli_main(["simulate", str(tmp_path / "prog"), f"--{engine}", "--seed", "3",
+                         "--json", str(tmp_path / f"{engine}.json"), "--outputs", str(tmp_path / engine)]) == 0
+        assert (np.load(tmp_path / engine / "y.npy") == expected).all()
+    gold, rtl = (json.loads((tmp_path / f"{e}.json").read_text()) for e in ("golden", "rtl"))
+    for key, value in gold["counters"].items():
+        assert rtl["counters"][key] == value, key
+    assert rtl["protocol_errors"] == []

@@ -1,0 +1,68 @@
+"""compile -> run parity for every zoo model: FP32 vs onnxruntime, integer vs the integer reference.
+
+Heavy (export, quantize and compile four models untuned: minutes on 2 cores): marked slow.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ZOO = ["litepose", "depth", "deblur", "lm"]
+
+
+def feeds_for(path, seed=0):
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in model.graph.input:
+        shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
+        if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            feeds[i.name] = rng.random(shape, dtype=np.float32)
+        else:
+            feeds[i.name] = rng.integers(0, 2, shape).astype(np.int64)
+    return feeds
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("zoo")
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_fp32_and_integer_parity(name, zoo_dir):
+    import onnxruntime as ort
+
+    from edgekit.compile import compile_model
+    from edgekit.export import export_zoo
+    from edgekit.quant import intref
+    from edgekit.runtime import open_session
+
+    fp32 = zoo_dir / f"{name}.onnx"
+    export_zoo(name, fp32)
+    feeds = feeds_for(fp32)
+    compile_model(fp32, "x86-64", zoo_dir / f"{name}_fp32")
+    sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    with open_session(zoo_dir / f"{name}_fp32") as s:
+        got = s.run(feeds)
+    for key, r in ref.items():
+        err = np.abs(got[key] - r).max() / max(float(np.abs(r).max()), 1e-12)
+        assert err <= 1e-4, (key, err)
+
+    qdq = zoo_dir / f"{name}.w4a8.onnx"
+    model = onnx.load(str(fp32))
+    calib = [feeds_for(fp32, seed) for seed in range(1, 3)]
+    from edgekit.quant.pipeline import QuantConfig, quantize
+
+    q, _ = quantize(model, calib, QuantConfig.for_method("rtn", weight_bits=4, act_bits=8))
+    onnx.save(q, str(qdq))
+    meta = compile_model(qdq, "x86-64", zoo_dir / f"{name}_int")
+    assert sum(meta["integer_ops"].values()) > 0
+    iref = intref.run(str(qdq), feeds)
+    with open_session(zoo_dir / f"{name}_int") as s:
+        got = s.run(feeds)
+    for key, r in iref.items():
+        np.testing.assert_array_equal(got[key], np.asarray(r), err_msg=f"{name}:{key}")
