@@ -114,9 +114,10 @@ def main(argv=None) -> int:
             row[f"{key}_compile_s"] = meta["wall_seconds"]
             row[f"{key}_kernels_tuned"] = f"{meta['tuning']['kernels_tuned']}/{meta['tuning']['kernels_total']}"
             with open_session(out / f"{name}.{key}", num_threads=args.threads) as session:
-                feeds = feeds or random_inputs(session.artifact.inputs, 0)
-                if np.dtype(session.artifact.inputs[0]["dtype"]).kind == "f":
-                    feeds = {k: np.abs(v).astype(v.dtype) * 0.5 for k, v in feeds.items()}
+                if feeds is None:  # one set of inputs for every runner (images in [0, 1))
+                    feeds = random_inputs(session.artifact.inputs, 0)
+                    feeds = {k: (np.abs(v) * 0.5).astype(v.dtype) if v.dtype.kind == "f" else v
+                             for k, v in feeds.items()}
                 outputs[key] = session.run(feeds)
                 row[key + "_ms"] = summarize(session.time(feeds, args.warmup, args.repeat))["median_ms"]
         log(f"{name}: onnxruntime")

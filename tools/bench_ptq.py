@@ -66,27 +66,6 @@ def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
     return best, tried
 
 
-def plot_layers(per_step: dict, title: str, path: Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = list(per_step)
-    layers = list(per_step[steps[0]])
-    fig, ax = plt.subplots(figsize=(max(8, len(layers) * 0.18), 4.5))
-    for step in steps:
-        ax.plot(range(len(layers)), [per_step[step][l] for l in layers], marker=".", label=step)
-    ax.set_xlabel("layer (topological order)")
-    ax.set_ylabel("SQNR (dB) at block output")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def tuned(cfg, args):
     """Apply the command line's cost knobs to a QuantConfig."""
     from edgekit.quant import pipeline as P
@@ -148,7 +127,9 @@ def bench_model(name, args, out_dir: Path) -> dict:
         {"model": name, "bits": "W4A4", "sqnr_db": per_step,
          "outputs_sqnr_db": {s["step"]: s["sqnr_db"]["outputs"] for s in report44["steps"]},
          "details": {s["step"]: s["details"] for s in report44["steps"]}}, indent=1, default=str))
-    plot_layers(per_step, f"{name} W4A4 per-layer SQNR after each step", out_dir / f"{name}_layers.png")
+    from edgekit.quant.report import plot_layer_sqnr
+
+    plot_layer_sqnr(per_step, f"{name} W4A4 per-layer SQNR after each step", out_dir / f"{name}_layers.png")
 
     fast_s = None
     if not args.skip_fast:

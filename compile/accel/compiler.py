@@ -241,6 +241,8 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
     hw = opts.hw()
     n = hw["N"]
     src = Path(onnx_path)
+    parent = Path(out_dir).resolve().parent
+    require(parent.is_dir(), f"cannot write {out_dir}: folder {parent} does not exist")   # before any work
     qg = parse(src)
     shapes = tensor_shapes(qg)
 

@@ -304,11 +304,12 @@ class Tiling:
 
 
 def _strip_widths(geo: ConvGeometry) -> list[int]:
-    if geo.kind == "transposed":
-        return [geo.wo]            # transposed convs: whole rows (their column phases interleave)
+    # transposed convs: strips hold whole groups of `stride` columns (all column phases of an input column)
+    step = geo.stride[1] if geo.kind == "transposed" else 1
+    units = geo.wo // step
     widths = []
-    for k in range(1, geo.wo + 1):
-        wt = -(-geo.wo // k)
+    for k in range(1, units + 1):
+        wt = step * -(-units // k)
         if wt not in widths:
             widths.append(wt)
     return widths

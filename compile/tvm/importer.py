@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,17 +175,48 @@ def clamp_four_bit_quantizers(model, clamps: dict[str, tuple[int, int]]) -> None
         model.opset_import.append(helper.make_opsetid(EDGEKIT_DOMAIN, 1))
 
 
+class _NamedConverter:
+    """Wraps a frontend converter so a failure names the ONNX op and node (the k-th call of an
+    op type converts the k-th node of that type: the frontend walks nodes in graph order)."""
+
+    def __init__(self, op_type: str, converter, nodes: dict[str, list[str]], calls: dict[str, int]):
+        self.op_type, self.converter, self.nodes, self.calls = op_type, converter, nodes, calls
+
+    def get_converter(self, opset):
+        convert = self.converter.get_converter(opset)
+
+        def run(*args, **kwargs):
+            index = self.calls.get(self.op_type, 0)
+            self.calls[self.op_type] = index + 1
+            try:
+                return convert(*args, **kwargs)
+            except EdgekitError:
+                raise
+            except Exception as exc:
+                names = self.nodes.get(self.op_type, [])
+                node = names[index] if index < len(names) else "?"
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise EdgekitError(f"ONNX op {self.op_type} (node {node!r}) cannot be imported by the TVM "
+                                   f"Relax ONNX frontend: {first}") from None
+
+        return run
+
+
 @contextlib.contextmanager
-def _frontend_with_edgekit_ops():
-    """Temporarily add edgekit's converters to the frontend's op table."""
+def _frontend_with_edgekit_ops(model):
+    """Temporarily add edgekit's converters to the frontend's op table (all of them named)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     original = onnx_frontend._get_convert_map
+    nodes: dict[str, list[str]] = {}
+    for index, node in enumerate(model.graph.node):
+        nodes.setdefault(node.op_type, []).append(node.name or f"#{index}")
+    calls: dict[str, int] = {}
 
     def extended():
         table = original()
         table.update(CUSTOM_CONVERTERS)
-        return table
+        return {op: _NamedConverter(op, conv, nodes, calls) for op, conv in table.items()}
 
     onnx_frontend._get_convert_map = extended
     try:
@@ -203,17 +235,16 @@ def to_relax(model, inputs: list[TensorSpec]):
     shape_dict = {t.name: list(t.shape) for t in inputs}
     dtype_dict = {t.name: t.dtype for t in inputs}
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    with _frontend_with_edgekit_ops():
+    with _frontend_with_edgekit_ops(model), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the frontend warns about every shape-less value_info
         try:
             return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, opset=opset,
                              keep_params_in_input=False)
         except EdgekitError:
             raise
-        except Exception as exc:  # the frontend raises bare errors for unsupported attributes
-            node = getattr(exc, "edgekit_node", None)
+        except Exception as exc:  # failures outside a converter (graph-level checks)
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            where = f" at node {node}" if node else ""
-            raise EdgekitError(f"TVM Relax ONNX frontend failed{where}: {first}") from None
+            raise EdgekitError(f"TVM Relax ONNX frontend failed: {first}") from None
 
 
 def is_quantized(model) -> bool:

@@ -31,7 +31,8 @@ def register(subparsers):
     p.add_argument("--keep-8bit", nargs="+", default=[], metavar="PATTERN",
                    help="node-name patterns (fnmatch) of layers kept at 8 bits")
     p.add_argument("--iters", type=int, default=None, help="learned-rounding iterations per layer")
-    p.add_argument("--report", help="write a JSON report (per-step, per-layer SQNR)")
+    p.add_argument("--report", help="write a JSON report (per-step, per-layer SQNR) and a PNG chart "
+                                    "of it next to it")
     return p
 
 
@@ -81,6 +82,11 @@ def run(args) -> int:
                             "quantized": out.stat().st_size}
     if args.report:
         save_json(report, args.report)
+        from edgekit.quant.report import plot_layer_sqnr
+
+        plot_layer_sqnr({s["step"]: s["sqnr_db"]["layers"] for s in report["steps"]},
+                        f"{Path(args.model).name}: per-layer SQNR after each step",
+                        Path(args.report).with_suffix(".png"))
     last = report["steps"][-1]["sqnr_db"]["outputs"]
     print(f"wrote {out} (W{args.weights}A{args.activations}, method {args.method}{' fast' if args.fast else ''}, "
           f"{report['seconds']:.1f} s); output SQNR vs float on calibration data: "

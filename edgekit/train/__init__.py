@@ -121,6 +121,7 @@ def _save(model, output: Path) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(output) as tmp:
         save_file(state, str(tmp))
+        tmp.chmod(0o644)  # a committed file, readable by all (mkstemp makes 0600)
 
 
 def write_card(card: dict, checkpoint: Path) -> None:
@@ -137,6 +138,7 @@ def write_card(card: dict, checkpoint: Path) -> None:
              f"- optimiser: {card['optimizer']}",
              f"- training time: {card['train_seconds']:.0f} s on {card['torch_threads']} CPU threads",
              f"- reproduce: `{card['command']}`"]
+    lines += [f"- note: {note}" for note in card.get("notes", [])]
     if "metrics" in card:
         lines += ["", f"Metrics on the held-out test split (`{card['eval_command']}`, FP32 PyTorch):", "",
                   "| metric | value |", "|---|---|"]
@@ -144,6 +146,8 @@ def write_card(card: dict, checkpoint: Path) -> None:
                   for k, v in card["metrics"].items() if not isinstance(v, (dict, list))]
     with atomic_path(stem.with_suffix(".md")) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o644)
+    stem.with_suffix(".json").chmod(0o644)
 
 
 EXAMPLES = """  edgekit zoo train litepose                 # reproduce models/checkpoints/litepose_tiny.safetensors

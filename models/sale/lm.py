@@ -36,6 +36,20 @@ def load_plan(path=None) -> SalePlan:
     return SalePlan.load(path)
 
 
+def checkpoint_digest() -> str:
+    """sha256 of the LM reference checkpoint: a plan is only valid for the weights it was calibrated on."""
+    import hashlib
+
+    from edgekit.models import reference_checkpoint
+
+    path = reference_checkpoint("lm")
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def plan_matches_checkpoint(plan: SalePlan) -> bool:
+    return plan.calibration.get("checkpoint_sha256") == checkpoint_digest()
+
+
 def lm_samples(split: str, count: int, length: int, seed: int = 0):
     from edgekit.data import samples
 
@@ -63,10 +77,12 @@ def calibrate_reference_lm(count: int = 8, length: int = TRAIN_LENGTH, error_bou
     """Calibrate the trained tiny LM on the calib split and save the plan (atomic JSON)."""
     from edgekit import models
 
+    model_is_reference = model is None
     model = model if model is not None else models.load_reference("lm")
     tokens = [torch.from_numpy(s.inputs["tokens"]) for s in lm_samples("calib", count, length)]
     plan = calibrate_model(model, tokens, cfg, error_bound,
-                           info={"split": "calib", "model": "lm/tiny"})
+                           info={"split": "calib", "model": "lm/tiny",
+                                 "checkpoint_sha256": checkpoint_digest() if model_is_reference else ""})
     plan.save(output or plan_path())
     return plan
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import fcntl
+import os
 
 import pytest
 
 
 def shared_file(tmp_path_factory, name: str, make) -> str:
     """`make(path)` once across all workers; everyone gets the same file."""
-    root = tmp_path_factory.getbasetemp().parent / "accel_compiler_models"
+    base = tmp_path_factory.getbasetemp()   # under xdist: .../pytest-N/popen-gwK, shared parent pytest-N
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "accel_compiler_models"
     root.mkdir(exist_ok=True)
     path = root / name
     with open(root / f".{name}.lock", "w") as lock:

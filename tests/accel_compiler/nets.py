@@ -101,4 +101,5 @@ def wide_image(height: int = 10, width: int = 230) -> onnx.ModelProto:
     g = GraphBuilder(3)
     a = g.clip(g.conv("x", 3, 8, 3))
     b = g.node("Relu", [g.conv(a, 8, 8, 5, stride=2, group=8)])
-    return g.model([1, 3, height, width], [g.conv(b, 8, 16, 3)])
+    c = g.conv(b, 8, 16, 3)
+    return g.model([1, 3, height, width], [c, g.deconv(b, 8, 8)])   # deconv back to 230 columns

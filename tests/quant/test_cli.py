@@ -42,6 +42,7 @@ def test_quantize_rtn_writes_model_and_report(tmp_path, capsys):
     report = json.loads(rep.read_text())
     assert report["steps"][0]["step"] == "rtn" and "conv" in report["steps"][0]["sqnr_db"]["layers"]
     assert "wrote" in capsys.readouterr().out
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _fails(argv, capsys, out):

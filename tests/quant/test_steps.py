@@ -134,7 +134,7 @@ def test_clip_search_reduces_consumer_error(tmp_path):
     conv2 = plan.layers["conv2"]
     xin = torch.cat([TorchGraph(plan.model).run(f, keep={conv2.input})[conv2.input] for f in calib])
     inits = initializers(plan.model)
-    w, b = torch.from_numpy(inits["w2"]), torch.from_numpy(inits["b2"])
+    w, b = torch.from_numpy(np.array(inits["w2"])), torch.from_numpy(np.array(inits["b2"]))
     target = layer_forward(conv2, xin, w, b)
     err = lambda qp: float(((layer_forward(conv2, fake_quant(xin, qp), w, b) - target) ** 2).sum())  # noqa: E731
     minmax = plan.params[conv2.input]

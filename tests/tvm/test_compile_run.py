@@ -116,6 +116,15 @@ def test_unsupported_op_names_op_and_node(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_op_the_frontend_fails_on_names_op_and_node(tmp_path):
+    from edgekit.compile import compile_model
+
+    bad = tiny.dynamic_pad_net(tmp_path / "pad.onnx")
+    with pytest.raises(EdgekitError, match=r"ONNX op Pad \(node 'mypad'\) cannot be imported") as info:
+        compile_model(bad, "x86-64", tmp_path / "out")
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_target_and_accel(conv_onnx, tmp_path):
     from edgekit.compile import compile_model
 

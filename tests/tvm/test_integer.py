@@ -6,22 +6,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from tiny import with_code_outputs
 
 from edgekit.runtime import METADATA, open_session
-
-
-def with_code_outputs(src, dst) -> dict[str, int]:
-    """Copy of QDQ `src` that also outputs every QuantizeLinear result (the integer codes)."""
-    model = onnx.load(src)
-    zp_types = {t.name: t.data_type for t in model.graph.initializer}
-    names = {}
-    for node in model.graph.node:
-        if node.op_type == "QuantizeLinear":
-            names[node.output[0]] = zp_types[node.input[2]]
-            model.graph.output.append(helper.make_tensor_value_info(node.output[0], zp_types[node.input[2]], None))
-    onnx.save(model, dst)
-    return names
 
 
 @pytest.mark.parametrize("bits", [(4, 4), (4, 8)], ids=["w4a4", "w4a8"])

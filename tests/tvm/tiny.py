@@ -71,6 +71,19 @@ def unsupported_net(path) -> str:
     return str(path)
 
 
+def dynamic_pad_net(path) -> str:
+    """Pad whose pads come from a graph input: an op the frontend has but cannot convert."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="r0"), helper.make_node("Pad", ["r", "p"], ["y"], name="mypad")],
+        "dynpad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                   helper.make_tensor_value_info("p", TensorProto.INT64, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return str(path)
+
+
 def quantize(src, dst, weight_bits: int, act_bits: int, samples: int = 4) -> str:
     """QDQ model from edgekit's own quantizer (RTN: fast), calibrated on random inputs."""
     from edgekit.quant.pipeline import QuantConfig
@@ -84,3 +97,16 @@ def quantize(src, dst, weight_bits: int, act_bits: int, samples: int = 4) -> str
     qdq, _ = ek_quantize(src, calib, QuantConfig.for_method("rtn", weight_bits=weight_bits, act_bits=act_bits))
     onnx.save(qdq, dst)
     return str(dst)
+
+
+def with_code_outputs(src, dst) -> dict[str, int]:
+    """Copy of QDQ `src` that also outputs every QuantizeLinear result (the integer codes)."""
+    model = onnx.load(src)
+    zp_types = {t.name: t.data_type for t in model.graph.initializer}
+    names = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            names[node.output[0]] = zp_types[node.input[2]]
+            model.graph.output.append(helper.make_tensor_value_info(node.output[0], zp_types[node.input[2]], None))
+    onnx.save(model, dst)
+    return names
