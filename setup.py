@@ -22,7 +22,7 @@ setup(
     packages=discover(),
     package_dir=ROOTS,
     package_data={
-        "edgekit.models": ["checkpoints/*", "checkpoints/**/*"],
+        "edgekit.models": ["checkpoints/*", "checkpoints/**/*", "sale/kernel.cc"],
         "edgekit.compile": ["tvm/tuning_db/**/*", "tvm/tuning_db/*"],
         "edgekit.hw": ["rtl/*", "rtl/**/*", "tb/*"],
     },

@@ -93,8 +93,6 @@ class ConvLowering:
         if op.kind in ("gemm", "linear"):
             if x_shape is None or y_shape is None or len(x_shape) < 2 or op.weight.ndim != 2:
                 return "only 2-D weights on [..., tokens, features] inputs are supported"
-            if L.blocks(y_shape[-1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
-                return f"{y_shape[-1]} output features exceed the parameter buffer"
             return self.fits(op, shapes, hw)
         if x_shape is None or len(x_shape) != 4 or len(y_shape) != 4 or x_shape[0] != 1:
             return "only 2-D convolutions on batch 1 are supported"
@@ -123,8 +121,8 @@ class ConvLowering:
         pads = a.get("pads", [0, 0, 0, 0])
         if max(pads) > 15:
             return "padding above 15 is not supported"
-        if L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
-            return f"{y_shape[1]} output channels exceed the parameter buffer"
+        if group != 1 and L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
+            return f"depthwise conv with {y_shape[1]} channels exceeds the parameter buffer"
         return self.fits(op, shapes, hw)
 
     def fits(self, op, shapes, hw) -> str | None:
@@ -394,14 +392,18 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, o
         y = acts[add.outputs[0]]
         fusion = AddFusion(acts[other_name], int(k_self), int(k_other), -1, add.out_q, add.lo, add.hi)
     p_addr = image.place(params)
-    pbase = em.param_slot(rows)
-    em.load_rows("param", pbase, p_addr // isa.WORD_BYTES, rows)
-    if fusion is not None:
-        fusion.param_row = pbase + cbo
+    per_group = rows > em.reg.param_depth        # loaded by each output-block group instead
+    pbase = -1
+    if not per_group:
+        pbase = em.param_slot(rows)
+        em.load_rows("param", pbase, p_addr // isa.WORD_BYTES, rows)
+        if fusion is not None:
+            fusion.param_row = pbase + cbo
     tmp_addr = -1
     if not opts.fusion:
         tmp_addr = image.alloc(cbo * y1.h * y1.w * n * 4)
-    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr)
+    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr,
+                   p_addr // isa.WORD_BYTES if per_group else -1)
     tiling = choose_tiling(geo, x.blocks(n), cbo, em.reg, n, geo.kind == "depthwise")
     lower_conv_like(em, geo, x, cbo, wt_addr // isa.WORD_BYTES, epi, tiling)
     where = {"weights_addr": wt_addr, "params_addr": p_addr,

@@ -158,6 +158,20 @@ class Epilogue:
     fused: bool
     add: AddFusion | None = None
     tmp_addr: int = -1       # unfused: int32 accumulator spill area in DRAM (CBHW x N int32)
+    param_word: int = -1     # >= 0: too many output blocks for the parameter buffer; load per group
+    param_of: dict | None = None
+
+    def load_group_params(self, em: Emitter, obs: list[int], cbo: int) -> None:
+        """Layers with more output blocks than parameter rows: each output-block group loads its own."""
+        if self.param_word < 0:
+            return
+        extra = 1 if self.add else 0
+        slot = em.param_slot(len(obs) + extra)
+        em.load_rows("param", slot, self.param_word + obs[0] * em.n, len(obs))
+        if self.add:
+            em.load_rows("param", slot + len(obs), self.param_word + cbo * em.n, 1)
+            self.add.param_row = slot + len(obs)
+        self.param_of = {ob: slot + i for i, ob in enumerate(obs)}
 
     def run(self, em: Emitter, ob: int, oy0: int, th: int, strip: Strip, acc: int) -> None:
         wt, n, rw = strip.wt, em.n, em.rw
@@ -171,7 +185,8 @@ class Epilogue:
             em.emit("load", buf="acc", sram=acc, dram=word, ysize=th, xsize=wt, xstride=y.w * 4 * rw)
         q = self.conv_q
         target = em.reg.mid if self.add else out
-        em.emit("post", out_type=q.qtype.name, count=count, acc=acc, out=target, param=self.param_base + ob,
+        row = self.param_of[ob] if self.param_of is not None else self.param_base + ob
+        em.emit("post", out_type=q.qtype.name, count=count, acc=acc, out=target, param=row,
                 zp=q.zero_point, lo=self.lo, hi=self.hi)
         if self.add:
             a = self.add
@@ -333,7 +348,7 @@ def choose_tiling(geo: ConvGeometry, cbi: int, cbo: int, reg: Regions, n: int, d
             if band > reg.in_rows or last - first > 1023:
                 break
             tiles = -(-geo.ho // th) * strips
-            for g in ([1] if depthwise else range(1, cbo + 1)):
+            for g in ([1] if depthwise else range(1, min(cbo, reg.param_depth - 1) + 1)):
                 if g * rows > reg.acc_rows:
                     break
                 chunk = 1 if depthwise else max(1, min(cbi, reg.in_rows // band))
@@ -402,6 +417,7 @@ def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: i
             gemms = geo.gemms(th, st)
             for g0 in range(0, cbo, tiling.group):
                 obs = list(range(g0, min(cbo, g0 + tiling.group)))
+                epi.load_group_params(em, obs, cbo)
                 acc = em.take("acc")
                 acc_of = {ob: acc + i * th * st.wt for i, ob in enumerate(obs)}
                 started = {ob: set() for ob in obs}

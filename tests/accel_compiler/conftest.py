@@ -34,5 +34,6 @@ def quantized(tmp_path_factory):
         "acts_w8a8": lambda p: nets.quantize(nets.activation_heavy(), p, weight_bits=8),
         "sigmoid_w4a8": lambda p: nets.quantize(nets.mixed_cnn(tail="sigmoid"), p),
         "strips_w4a8": lambda p: nets.quantize(nets.wide_image(), p),
+        "channels_w4a8": lambda p: nets.quantize(nets.many_channels(), p),
     }
     return lambda name: shared_file(tmp_path_factory, f"{name}.q.onnx", recipes[name])

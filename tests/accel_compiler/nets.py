@@ -103,3 +103,12 @@ def wide_image(height: int = 10, width: int = 230) -> onnx.ModelProto:
     b = g.node("Relu", [g.conv(a, 8, 8, 5, stride=2, group=8)])
     c = g.conv(b, 8, 16, 3)
     return g.model([1, 3, height, width], [c, g.deconv(b, 8, 8)])   # deconv back to 230 columns
+
+
+def many_channels(size: int = 6) -> onnx.ModelProto:
+    """More output blocks (72) than parameter rows (64): parameters load per output-block group."""
+    g = GraphBuilder(4)
+    a = g.node("Relu", [g.conv("x", 3, 16, 3)])
+    b = g.conv(a, 16, 576, 1)
+    c = g.node("Add", [g.conv(b, 576, 16, 1), a])
+    return g.model([1, 3, size, size], [c])
