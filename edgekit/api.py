@@ -1,0 +1,91 @@
+"""The Python API: the same verbs as the CLI, one function each.
+
+    from edgekit import api
+    api.export("litepose", "lp.onnx")
+    api.quantize("lp.onnx", "lp.q.onnx", weights=4, activations=8)
+    api.compile("lp.q.onnx", "x86-64", "build/lp")
+    outputs = api.run("build/lp", {"image": x})
+    metrics = api.evaluate("litepose", "build/lp", count=20)
+
+Each verb reads the previous stage's file and writes its own; the CLI in
+`edgekit/commands/` is a thin layer over these functions.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def export(model: str, output, *, config: str = "tiny", input_shapes=None, opset: int | None = None,
+           checkpoint=None, random_init: bool = False):
+    """Zoo model -> verified ONNX file (checked with onnx.checker and against PyTorch in onnxruntime)."""
+    from edgekit.export import DEFAULT_OPSET, export_zoo
+
+    return export_zoo(model, output, config=config, input_shapes=input_shapes,
+                      opset=opset or DEFAULT_OPSET, checkpoint=checkpoint, random_init=random_init)
+
+
+def quantize(model_path, output, *, weights: int = 4, activations: int = 4, method: str = "full",
+             fast: bool = False, calib: str | None = None, calib_count: int = 32, preprocess: str | None = None,
+             keep_8bit=(), iters: int | None = None) -> dict:
+    """Float ONNX -> QDQ ONNX with int4/int8 weights; returns the quantization report.
+
+    `calib` is a zoo dataset name, an image folder (with `preprocess`) or .npy/.npz files;
+    by default the zoo dataset named by the file's stem (litepose.onnx -> litepose).
+    """
+    import onnx
+
+    from edgekit.errors import require
+    from edgekit.fileio import atomic_path
+    from edgekit.onnx_graph.model import load_model
+    from edgekit.quant import calib as K
+    from edgekit.quant import pipeline as P
+
+    model = load_model(model_path)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    names = [i.name for i in inputs]
+    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+              for i in inputs]
+    source = calib or Path(model_path).name.split(".")[0]
+    require(bool(source), "give a calibration source (calib=...)")
+    feeds = K.load_calibration(source, names, shapes, calib_count, preprocess)
+    config = P.QuantConfig.for_method(method, fast=fast, weight_bits=weights, act_bits=activations,
+                                      keep_8bit=tuple(keep_8bit))
+    if iters is not None:
+        for step in config.steps:
+            if isinstance(step, P.Reconstruct):
+                step.iters = iters
+    qdq, report = P.quantize(model, feeds, config)
+    report.pop("_plan", None)
+    with atomic_path(output) as tmp:
+        onnx.save(qdq, str(tmp))
+    report["output"] = str(output)
+    report["size_bytes"] = {"float": os.path.getsize(model_path) if os.path.isfile(model_path) else None,
+                            "quantized": Path(output).stat().st_size}
+    return report
+
+
+def compile(model_path, target: str, output, **options) -> dict:  # noqa: A001 - the verb's name
+    """ONNX (float or QDQ) -> artifact folder for `target` (x86-64, arm64, android-arm64, accel)."""
+    from edgekit.compile import compile_model
+
+    return compile_model(model_path, target, output, **options)
+
+
+def run(artifact, inputs: dict, *, device: str | None = None, tracker: str | None = None,
+        key: str | None = None) -> dict:
+    """Run a compiled artifact here, on a board (`device`) or on a board from a tracker."""
+    from edgekit.runtime import open_session
+
+    with open_session(artifact, device=device, tracker=tracker, key=key) as session:
+        return session.run(inputs)
+
+
+def evaluate(model_name: str, obj, *, count: int | None = None, split: str = "test", save_vis=None) -> dict:
+    """Task metrics of a torch module, an ONNX file or a compiled artifact on the held-out split."""
+    import edgekit.runtime.predictor  # noqa: F401 - registers the artifact predictor
+    from edgekit.eval import evaluate as _evaluate
+    from edgekit.eval import predictor
+
+    return _evaluate(model_name, predictor(obj), split=split, count=count, save_vis=save_vis)
