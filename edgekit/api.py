@@ -84,7 +84,6 @@ def run(artifact, inputs: dict, *, device: str | None = None, tracker: str | Non
 
 def evaluate(model_name: str, obj, *, count: int | None = None, split: str = "test", save_vis=None) -> dict:
     """Task metrics of a torch module, an ONNX file or a compiled artifact on the held-out split."""
-    import edgekit.runtime.predictor  # noqa: F401 - registers the artifact predictor
     from edgekit.eval import evaluate as _evaluate
     from edgekit.eval import predictor
 

@@ -48,7 +48,6 @@ def prepare(mod, target):
 
 def apply_databases(mod, target, folders: list[Path]):
     """Replace each TIR function that has a tuning record by its best schedule."""
-    import tvm
     from tvm import relax
 
     from edgekit.compile.tvm import tuning

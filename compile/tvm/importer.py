@@ -47,7 +47,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
-def load_onnx(path) -> "onnx.ModelProto":
+def load_onnx(path):
     import onnx
 
     path = Path(path)

@@ -34,6 +34,10 @@ LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "c
 
 
 # --------------------------------------------------------------------------- the ONNX rewrite
+def _key(node) -> str:
+    return node.output[0]
+
+
 def _consumers(graph) -> dict[str, list]:
     users: dict[str, list] = {}
     for node in graph.node:
@@ -129,8 +133,10 @@ def lower(model) -> dict:
     outputs = {o.name for o in graph.output}
     shapes = _known_shapes(model)
     quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}
-    removed: set[int] = set()
-    insert_at: dict[int, list] = {}  # id(QuantizeLinear replaced) -> new nodes
+    # Nodes are keyed by their first output (unique in SSA form): qgraph.parse may work on a copy
+    # of the model, so object identity does not carry over.
+    removed: set[str] = set()
+    insert_at: dict[str, list] = {}  # key of the QuantizeLinear replaced -> new nodes
     added_quantizers: dict[str, str] = {}
     counts: dict[str, int] = {}
     for index, op in enumerate(qgraph.ops):
@@ -138,11 +144,11 @@ def lower(model) -> dict:
             continue
         q_node = quantizers[op.outputs[0]]
         region = list(op.nodes) + [q_node]
-        region_ids = {id(n) for n in region}
+        region_ids = {_key(n) for n in region}
         # Every region tensor must stay inside the region (the Q output is the op's output).
-        leaks = any(out in outputs or any(id(u) not in region_ids for u in users.get(out, []))
+        leaks = any(out in outputs or any(_key(u) not in region_ids for u in users.get(out, []))
                     for n in region[:-1] for out in n.output)
-        if leaks or any(id(n) in removed for n in region):
+        if leaks or any(_key(n) in removed for n in region):
             continue
         inputs, extra = [], []
         for name, q in zip(op.inputs, op.in_q):
@@ -163,7 +169,7 @@ def lower(model) -> dict:
         node = _node_for(op, index, inputs, shapes)
         if node is None:
             continue
-        insert_at.setdefault(id(q_node), []).extend(extra + [node])
+        insert_at.setdefault(_key(q_node), []).extend(extra + [node])
         removed |= region_ids
         counts[op.kind] = counts.get(op.kind, 0) + 1
     if not counts:
@@ -172,8 +178,8 @@ def lower(model) -> dict:
     # input of the op (earlier codes, layout outputs) is defined before that point.
     nodes = []
     for node in graph.node:
-        nodes.extend(insert_at.get(id(node), []))
-        if id(node) not in removed:
+        nodes.extend(insert_at.get(_key(node), []))
+        if _key(node) not in removed:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)

@@ -1,7 +1,6 @@
 """`edgekit run`: run a compiled artifact on an input (.npy/.npz or an image) and save the outputs."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from edgekit.commands import add_command

@@ -54,6 +54,7 @@ def predictor(obj, **options) -> Predictor:
     """A predict function for a torch nn.Module, an ONNX file path, or a registered kind."""
     if isinstance(obj, Predictor):
         return obj
+    import edgekit.runtime.predictor  # noqa: F401 - registers compiled TVM artifacts (cheap: no tvm import)
     for entry in _PREDICTORS:
         if entry.matches(obj):
             return entry.factory(obj, **options)

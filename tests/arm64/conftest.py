@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+import arm64_tiny_models  # noqa: E402
 from arm64_helpers import LOOPBACK, free_port  # noqa: E402
 
 from edgekit.errors import EdgekitError  # noqa: E402
@@ -42,8 +42,8 @@ def built(tmp_path_factory, arm64_tools):
     from edgekit.compile.tvm import build, targets
 
     root = tmp_path_factory.mktemp("arm64-built")
-    tiny_models.fp32_convnet(root / "fp32.onnx")
-    tiny_models.w4a8_convnet(root / "w4a8.onnx")
+    arm64_tiny_models.fp32_convnet(root / "fp32.onnx")
+    arm64_tiny_models.w4a8_convnet(root / "w4a8.onnx")
     folders = {}
     for name in ("fp32", "w4a8"):
         for target in ("x86-64", "arm64"):
