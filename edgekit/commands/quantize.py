@@ -46,40 +46,16 @@ def _check_output(path: Path, what: str):
 
 
 def run(args) -> int:
-    import onnx
-
-    from edgekit.errors import require
-    from edgekit.fileio import atomic_path, save_json
-    from edgekit.onnx_graph.model import load_model
-    from edgekit.quant import calib as K
-    from edgekit.quant import pipeline as P
+    from edgekit import api
+    from edgekit.fileio import save_json
 
     out = Path(args.output)
     _check_output(out, "output")
     if args.report:
         _check_output(Path(args.report), "report")
-    model = load_model(args.model)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    names = [i.name for i in inputs]
-    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-              for i in inputs]
-    source = args.calib or Path(args.model).name.split(".")[0]
-    require(args.calib or source, "give --calib")
-    feeds = K.load_calibration(source, names, shapes, args.calib_count, args.preprocess)
-    cfg = P.QuantConfig.for_method(args.method, fast=args.fast, weight_bits=args.weights,
-                                   act_bits=args.activations, keep_8bit=tuple(args.keep_8bit))
-    if args.iters is not None:
-        for step in cfg.steps:
-            if isinstance(step, P.Reconstruct):
-                step.iters = args.iters
-    qdq, report = P.quantize(model, feeds, cfg)
-    report.pop("_plan", None)
-    with atomic_path(out) as tmp:
-        onnx.save(qdq, str(tmp))
-    report["output"] = str(out)
-    report["size_bytes"] = {"float": os.path.getsize(args.model) if os.path.isfile(args.model) else None,
-                            "quantized": out.stat().st_size}
+    report = api.quantize(args.model, out, weights=args.weights, activations=args.activations, method=args.method,
+                          fast=args.fast, calib=args.calib, calib_count=args.calib_count,
+                          preprocess=args.preprocess, keep_8bit=args.keep_8bit, iters=args.iters)
     if args.report:
         save_json(report, args.report)
         from edgekit.quant.report import plot_layer_sqnr

@@ -130,17 +130,15 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(in
 
 
 def _onnx_predictor(path, threads: int | None = None, **_) -> Predictor:
-    import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise EdgekitError(f"ONNX file {path} does not exist")
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    opts.log_severity_level = 3
+    from edgekit.quant.ort import session as ort_session
+
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        # edgekit's session options: onnxruntime 1.32 mishandles 4-bit activations otherwise.
+        session = ort_session(path, threads=int(threads) if threads else None)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise EdgekitError(f"onnxruntime cannot load {path}: {first}") from None

@@ -18,7 +18,7 @@ from edgekit.quant.sequential import group_weight, sampled_features, supports_fe
 def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Tensor, xf: torch.Tensor,
                  damp: float = 0.01, max_rows: int = 16384):
     """New (weight, bias) for one layer; bias None stays None."""
-    wt = torch.from_numpy(np.asarray(w, np.float32)).double()
+    wt = torch.from_numpy(np.array(w, np.float32)).double()
     wg = group_weight(layer, wt)                                   # [G, Co, K]
     phi_q = sampled_features(layer, xq, max_rows).double()         # [G, R, K]
     phi_f = sampled_features(layer, xf, max_rows).double()
