@@ -103,6 +103,7 @@ def zoo_info(model, onnx_path: Path, inputs) -> dict:
 def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
                 committed_db: bool = True, max_trials_per_task: int | None = None,
                 tune_workers: int | None = None, tune_top_tasks: int | None = None,
+                tune_tracker: str | None = None, tune_key: str | None = None,
                 progress_log=None) -> dict:
     """Compile `onnx_path` for TargetSpec `spec` into `out_dir`; returns the metadata dict."""
     import tvm
@@ -139,9 +140,20 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     if tune:
         if tuning_db is None:
             raise EdgekitError("--tune needs --tuning-db DIR (where the tuning records are kept for later compiles)")
-        log(f"tuning with MetaSchedule: {tune} trials into {tuning_db}")
+        builder = runner = None
+        if tune_tracker:
+            # Candidates are linked for the board and measured there (TVM's RPC runner).
+            from edgekit.runtime import remote
+
+            if not tune_key:
+                raise EdgekitError("--tracker needs --key (the device key the boards registered with)")
+            runner = remote.meta_schedule_runner(tune_tracker, tune_key)
+            builder = remote.meta_schedule_builder(spec.cross_cc, max_workers=tune_workers or 1)
+        log(f"tuning with MetaSchedule: {tune} trials into {tuning_db}"
+            + (f", measured on {tune_key} devices of tracker {tune_tracker}" if tune_tracker else ""))
         tune_report = tuning.tune(mod, target, tuning_db, tune, max_trials_per_task=max_trials_per_task,
-                                  builders=tune_workers or 1, top_tasks=tune_top_tasks)
+                                  builders=tune_workers or 1, top_tasks=tune_top_tasks,
+                                  builder=builder, runner=runner)
         if tune_report.trials and tune_report.failed == tune_report.trials:
             raise EdgekitError(f"tuning: all {tune_report.trials} candidates failed "
                                f"(first error: {(tune_report.errors or ['?'])[0]})")

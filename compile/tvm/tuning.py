@@ -145,8 +145,12 @@ def heaviest(extracted, top: int | None):
 def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | None = None,
          build_timeout: float = 180.0, run_timeout: float = 60.0, builders: int = 1,
          seed: int | None = 0, top_tasks: int | None = None, trials_per_round: int = 8,
-         population: int = 256) -> TuneReport:
-    """Tune every TIR task of `mod` (already legalized and fused) into the database at `db_dir`."""
+         population: int = 256, builder=None, runner=None) -> TuneReport:
+    """Tune every TIR task of `mod` (already legalized and fused) into the database at `db_dir`.
+
+    `builder`/`runner` default to local ones (this machine measures); pass the RPC pair from
+    `edgekit.runtime.remote.meta_schedule_builder/_runner` to measure on boards behind a tracker.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     from edgekit.progress import progress
@@ -169,8 +173,8 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
     per_task = max_trials_per_task or max(1, -(-trials // len(contexts)))
     bar = progress(desc=f"tuning {len(contexts)} tasks", total=trials, unit="trial")
     with torchless_workers():
-        builder = ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout)
-        runner = ms.runner.LocalRunner(
+        builder = builder or ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout)
+        runner = runner or ms.runner.LocalRunner(
             timeout_sec=run_timeout,
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40,
                                                        enable_cpu_cache_flush=False))

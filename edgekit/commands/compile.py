@@ -9,6 +9,7 @@ EXAMPLES = """\
   edgekit compile litepose.onnx --target x86-64 -o build/litepose
   edgekit compile litepose.q.onnx --target x86-64 -o build/litepose-int8
   edgekit compile m.onnx --target x86-64 -o build/m --tune 2000 --tuning-db tuning/m
+  edgekit compile m.onnx --target arm64 -o build/m-arm --tune 500 --tuning-db tuning/m-arm --tracker 127.0.0.1:9190 --key arm64
   edgekit compile m.onnx --target x86-64 -o build/m --tuning-db tuning/m   (reuse records)
   edgekit compile m.onnx --target arm64 --target-opts cortex-a76,+dotprod,+i8mm -o build/m-arm
   ANDROID_NDK_HOME=/opt/ndk edgekit compile m.onnx --target android-arm64 -o build/m-android
@@ -35,6 +36,9 @@ def register(subparsers):
                    help="parallel candidate builds while tuning (default: 1; the runner always measures one at a time)")
     p.add_argument("--tune-top-tasks", type=int, default=None, metavar="K",
                    help="tune only the K kernels with the most work (default: all)")
+    p.add_argument("--tracker", default=None, metavar="HOST:PORT",
+                   help="with --tune: measure candidates on the boards of this TVM RPC tracker")
+    p.add_argument("--key", default=None, help="with --tracker: the device key of the boards")
     p.add_argument("--max-trials-per-task", type=int, default=None, help="cap per tuning task (default: even split)")
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
@@ -54,6 +58,9 @@ def run(args) -> int:
 
     from edgekit.compile import compile_model
 
+    from edgekit.errors import require
+
+    require(not args.tracker or args.tune, "--tracker measures tuning candidates: give --tune N too")
     options = {}
     if args.target == "accel":
         options = dict(array=args.array, fusion=args.fusion, fallback=args.fallback)
@@ -61,7 +68,7 @@ def run(args) -> int:
         options = dict(target_opts=args.target_opts, num_cores=args.num_cores, tune=args.tune,
                        tuning_db=args.tuning_db, integer=args.integer, committed_db=args.committed_db,
                        max_trials_per_task=args.max_trials_per_task, tune_workers=args.tune_workers,
-                       tune_top_tasks=args.tune_top_tasks,
+                       tune_top_tasks=args.tune_top_tasks, tune_tracker=args.tracker, tune_key=args.key,
                        log=lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
     meta = compile_model(args.onnx, args.target, args.output, **options)
     if args.json:
