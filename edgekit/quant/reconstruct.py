@@ -101,7 +101,7 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
         codes, how = gptq(layer, w, scales, xq), "gptq"
     elif iters > 0:
         with torch.no_grad():
-            bias_o = torch.from_numpy(b_orig) if b_orig is not None else None
+            bias_o = torch.from_numpy(np.array(b_orig)) if b_orig is not None else None
             target = layer_forward(layer, xf, torch.from_numpy(w_orig), bias_o)
         codes = adaround(layer, w, b, scales, xq, target, fisher, iters=iters)
         how = "adaround"
