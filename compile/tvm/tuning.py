@@ -165,7 +165,12 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
     if not extracted:
         return report
     # MetaSchedule logs every step to the console at INFO; keep that in db_dir/logs only.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    # TVM rebuilds its logging config from the names of this logger's handlers; an unnamed one
+    # (left by an earlier tuning run in the same process) crashes that (None.format).
+    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
+        ms_logger.removeHandler(handler)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted, work_dir=str(db_dir / "logs"), num_threads=max(1, int(builders)), seed=seed,
         # A small population keeps each search round cheap on a loaded 2-core machine.
