@@ -25,6 +25,7 @@ from .asm import decode
 OUT_QTYPES = {0: formats.INT8, 1: formats.UINT8, 2: formats.INT4, 3: formats.UINT4}
 ADDR_LIMIT_WORDS = 1 << 29  # 2^32 bytes of address space
 BOUNDARY_WORDS = 4096 // isa.WORD_BYTES  # AXI: a burst never crosses 4 KiB
+BUFFER_NAMES = {code: name for name, code in isa.BUFFERS.items()}  # the buf field -> buffer name
 
 
 class Fault(Exception):
@@ -102,11 +103,10 @@ class Golden:
     # ---- decode-time checks (what the RTL's dispatcher checks) ---------
     def check(self, name: str, f: dict) -> None:
         depth = {b: isa.buffer_depth(b, self.hw) for b in isa.BUFFERS}
-        bufname = {v: k for k, v in isa.BUFFERS.items()}
-        if name == "store" and bufname[f["buf"]] not in ("act", "acc"):
+        if name == "store" and BUFFER_NAMES[f["buf"]] not in ("act", "acc"):
             raise Fault("bad_operand")
         if name in ("load", "store"):
-            b = bufname[f["buf"]]
+            b = BUFFER_NAMES[f["buf"]]
             if f["xsize"] == 0 or f["ysize"] == 0:
                 return
             rw = isa.row_bytes(b, self.n) // isa.WORD_BYTES
@@ -139,8 +139,7 @@ class Golden:
 
     # ---- the op table --------------------------------------------------
     def op_load(self, f):
-        bname = {v: k for k, v in isa.BUFFERS.items()}[f["buf"]]
-        buf = self.buf[bname]
+        buf = self.buf[BUFFER_NAMES[f["buf"]]]
         x, y = f["xsize"], f["ysize"]
         if x == 0 or y == 0:
             return
@@ -169,8 +168,7 @@ class Golden:
         self.pad_words += (height * width - x * y) * rw
 
     def op_store(self, f):
-        bname = {v: k for k, v in isa.BUFFERS.items()}[f["buf"]]
-        buf = self.buf[bname]
+        buf = self.buf[BUFFER_NAMES[f["buf"]]]
         x, y = f["xsize"], f["ysize"]
         if x == 0 or y == 0:
             return

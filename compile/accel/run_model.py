@@ -97,7 +97,9 @@ class HostOps:
 
     def consts(self) -> dict:
         if self._consts is None:
-            self._consts = reference_constants(self.model.qgraph)
+            from edgekit.quant import intref
+
+            self._consts = intref.constants(self.model.qgraph)
         return self._consts
 
     def run(self, op, args):
@@ -110,19 +112,6 @@ class HostOps:
         from edgekit.quant import intref
 
         return intref.KERNELS[op.kind].run(op, args, self.consts())
-
-
-def reference_constants(qg) -> dict:
-    """The constants the integer reference gives its kernels (DQ'd operands by DQ output name)."""
-    from edgekit.quant import formats as F
-    from edgekit.quant import intref
-
-    consts = intref._constants(qg)
-    for node in qg.model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in qg.constants:
-            codes, q = qg.constants[node.input[0]]
-            consts[node.output[0]] = F.dequantize(codes, q.scale, q.zero_point)
-    return consts
 
 
 async def execute(model: CompiledModel, device, feeds: dict, log=None) -> dict:

@@ -208,17 +208,14 @@ class FloatRegion(_RegionOp):
         return F.quantize(y, op.out_q.scale, op.out_q.zero_point, op.out_q.qtype)
 
 
-def _constants(qg: QGraph) -> dict:
+def constants(qg: QGraph) -> dict:
+    """Every constant the kernels read: initializers, integer codes, and DQ'd constants by DQ output name.
+
+    Back-ends that run some ops with these kernels (the accelerator's host fallback) call this too.
+    """
     consts = dict(qg.initializers)
     for name, (codes, q) in qg.constants.items():
         consts[name] = codes
-    return consts
-
-
-def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict:
-    """Execute the integer reference. Returns graph outputs (float, dequantized) by name."""
-    qg = model_or_qgraph if isinstance(model_or_qgraph, QGraph) else parse(model_or_qgraph)
-    consts = _constants(qg)
     # Region nodes read DQ'd constants (weights of float ops, operands) by their DQ output name.
     for node in qg.model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in qg.constants:
@@ -235,6 +232,13 @@ def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict
                 zp = _channel_view(zp, codes.ndim, int(a.get("axis", 1)) % codes.ndim) if zp.size > 1 else zp.reshape(())
             consts[node.output[0]] = F.dequantize(codes, scale, zp.reshape(scale.shape) if zp.size == scale.size
                                                   else zp.reshape(()))
+    return consts
+
+
+def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict:
+    """Execute the integer reference. Returns graph outputs (float, dequantized) by name."""
+    qg = model_or_qgraph if isinstance(model_or_qgraph, QGraph) else parse(model_or_qgraph)
+    consts = constants(qg)
     env = {}
     for name in qg.inputs:
         require(name in inputs, f"missing model input {name}")
