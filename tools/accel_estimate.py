@@ -15,8 +15,8 @@ the golden model's counters). Assumptions, printed with the result:
     (the golden model's memory model); load, compute and store overlap
     within a layer, layers run back to back;
   * `--rtl-factor`: RTL cycles / golden estimate measured on tiny LitePose
-    (default 1.34, from `edgekit simulate --rtl` on the 32x32 model), applied
-    for the "RTL-calibrated" column;
+    (default 1.58, from `edgekit simulate --rtl` and `--golden` on the 32x32
+    model, docs/accel_compiler.md), applied for the "RTL-calibrated" column;
   * host (fallback) ops are not counted: they are listed.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                     help=f"zoo model, config and square input size (default: {' '.join(DEFAULT_MODELS)})")
     ap.add_argument("--clock-mhz", type=float, default=500.0)
     ap.add_argument("--array", type=int, default=8)
-    ap.add_argument("--rtl-factor", type=float, default=1.34)
+    ap.add_argument("--rtl-factor", type=float, default=1.58)
     ap.add_argument("--work", default=None, help="folder for exported / quantized / compiled models (kept)")
     ap.add_argument("--json", default=None, help="write the estimates as JSON")
     args = ap.parse_args(argv)

@@ -30,11 +30,12 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, require
 from edgekit.fileio import atomic_dir
+from edgekit.quant import formats
 
 from . import asm, isa
 from . import layout as L
-from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, Regions, add_param_row, choose_tiling, \
-    lower_add, lower_conv_like
+from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, Regions, Weights, add_param_row, \
+    choose_tiling, lower_add, lower_conv_like
 from .program import Program, Tensor
 
 FORMAT_KIND = "compiled-model"
@@ -123,6 +124,9 @@ class ConvLowering:
             return "padding above 15 is not supported"
         if group != 1 and L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
             return f"depthwise conv with {y_shape[1]} channels exceeds the parameter buffer"
+        taps = op.weight.shape[2] * op.weight.shape[3]
+        if group != 1 and L.blocks(taps, hw["N"]) > Regions.of(hw).wgt_rows:
+            return f"depthwise kernel with {taps} taps exceeds half the weight buffer"
         return self.fits(op, shapes, hw)
 
     def fits(self, op, shapes, hw) -> str | None:
@@ -376,7 +380,8 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, o
         tiles = L.transposed_tiles(weight, n)
     else:
         tiles = L.dense_tiles(weight, n)
-    wt_addr = image.place(tiles)
+    packed = bool(tiles.size) and -8 <= int(tiles.min()) and int(tiles.max()) <= 7   # W4: two weights a byte
+    wt_addr = image.place(formats.pack_int4(tiles.reshape(-1)) if packed else tiles)
     cbo = L.blocks(y1.c, n)
     params = L.param_rows(op.bias, np.broadcast_to(op.mult, op.bias.shape), np.broadcast_to(op.shift, op.bias.shape), n)
     fusion = None
@@ -405,8 +410,8 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, o
     epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr,
                    p_addr // isa.WORD_BYTES if per_group else -1)
     tiling = choose_tiling(geo, x.blocks(n), cbo, em.reg, n, geo.kind == "depthwise")
-    lower_conv_like(em, geo, x, cbo, wt_addr // isa.WORD_BYTES, epi, tiling)
-    where = {"weights_addr": wt_addr, "params_addr": p_addr,
+    lower_conv_like(em, geo, x, cbo, Weights(wt_addr // isa.WORD_BYTES, packed), epi, tiling)
+    where = {"weights_addr": wt_addr, "weights_packed_int4": packed, "params_addr": p_addr,
              "tiling": {"rows": tiling.th, "cols": tiling.wt, "out_blocks": tiling.group, "in_blocks": tiling.chunk}}
     if op.kind == "conv_transpose":
         return int(np.prod(weight.shape)) * x.h * x.w, where

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from . import isa
 from .asm import decode
-from .golden import split_bursts
+from .golden import gemm_steps, post_cycles, split_bursts
 
 BUFS = {v: k for k, v in isa.BUFFERS.items()}
 
 
 def segment_cost(insns, hw: dict, latency: int = 4) -> dict:
     """Counters of one segment (instructions up to and including `finish`)."""
+    hw = dict(isa.HW_DEFAULTS, **hw)
     n = hw["N"]
     c = {"compute_busy": 0, "mac_busy": 0, "macs": 0, "dram_rd_bytes": 0, "dram_wr_bytes": 0, "insns": 0}
     words = bursts = 0
@@ -27,28 +28,31 @@ def segment_cost(insns, hw: dict, latency: int = 4) -> dict:
         if name == "finish":
             break
         if name in ("gemm", "vec"):
-            steps = f["outer"] * f["inner"]
+            steps = gemm_steps(f, n) if name == "gemm" else f["outer"] * f["inner"]
             c["compute_busy"] += max(1, steps)
             if name == "gemm":
                 c["mac_busy"] += steps
                 c["macs"] += steps * n * n
         elif name == "post":
-            c["compute_busy"] += max(1, f["count"])
+            c["compute_busy"] += max(1, post_cycles(f, hw["POST_ROWS"]))
         elif name in ("load", "store"):
             x, y = f["xsize"], f["ysize"]
             if not x or not y:
                 continue
             rb = isa.row_bytes(BUFS[f["buf"]], n)
             rw = rb // isa.WORD_BYTES
+            beats = x * rw              # DRAM words per line
             if name == "load":
                 rows = (f["pad_top"] + y + f["pad_bottom"]) * (f["pad_left"] + x + f["pad_right"])
-                words += rows * rw          # data + padding rows written into the buffer
-                c["dram_rd_bytes"] += x * y * rb
+                words += rows * rw          # data + padding rows written into the buffer (a cycle each)
+                if f["int4"]:
+                    beats //= 2             # packed nibbles: half the DRAM words for the same rows
+                c["dram_rd_bytes"] += y * beats * isa.WORD_BYTES
             else:
                 words += x * y * rw
                 c["dram_wr_bytes"] += x * y * rb
             for line in range(y):
-                bursts += len(split_bursts(f["dram"] + line * f["xstride"], x * rw, hw["MAX_BURST"]))
+                bursts += len(split_bursts(f["dram"] + line * f["xstride"], beats, hw["MAX_BURST"]))
     memory = words + bursts * (latency + 2)
     c["cycles"] = max(c["compute_busy"], memory)
     c["memory_cycles"] = memory

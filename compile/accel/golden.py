@@ -121,6 +121,8 @@ class Golden:
             if f["sram"] + rows > depth[b] or end_word > ADDR_LIMIT_WORDS:
                 raise Fault("addr_range")
         elif name in ("gemm", "vec"):
+            if name == "gemm" and f["dw"] and (f["acc_si"] != 1 or f["wgt_si"] != 0 or f["dw_row"] >= self.n):
+                raise Fault("bad_operand")   # lanes write N consecutive acc rows from one weight row
             if f["outer"] == 0 or f["inner"] == 0:
                 return
             ranges = [("acc", "acc"), ("act", "act")] + ([("wgt", "wgt")] if name == "gemm" else [])
@@ -187,18 +189,24 @@ class Golden:
                 self.bursts += 1
 
     def op_gemm(self, f):
-        steps = f["outer"] * f["inner"]
+        steps = gemm_steps(f, self.n)
         self.counters["compute_busy"] += max(1, steps)
         if steps == 0:
             return
         idx = {k: self.loop_index(f[k], f["outer"], f["inner"], f[k + "_so"], f[k + "_si"])
                for k in ("acc", "act", "wgt")}
         n = self.n
-        for c0 in range(0, steps, 1 << 15):  # bounded memory for long loops
+        pixels = f["outer"] * f["inner"]
+        for c0 in range(0, pixels, 1 << 15):  # bounded memory for long loops
             sl = slice(c0, c0 + (1 << 15))
             a = self.act_values(idx["act"][sl], f["act_signed"]) - f["za"]
-            w = self.buf["wgt"][idx["wgt"][sl]].view(np.int8).astype(np.int64).reshape(-1, n, n)
-            prod = np.einsum("sjk,sk->sj", w, a)
+            tiles = self.buf["wgt"][idx["wgt"][sl]].view(np.int8).astype(np.int64).reshape(-1, n, n)
+            if f["dw"]:
+                # Depthwise: lane c of pixel s is W[w][dw_row][c] * act[x][c]; lanes of one cycle write
+                # distinct rows (acc_si = 1), so the result equals the sequential per-pixel loop.
+                prod = tiles[:, f["dw_row"], :] * a
+            else:
+                prod = np.einsum("sjk,sk->sj", tiles, a)
             rows = idx["acc"][sl]
             if f["reset"]:
                 self._assign_last(rows, prod)
@@ -241,7 +249,7 @@ class Golden:
 
     def op_post(self, f):
         count = f["count"]
-        self.counters["compute_busy"] += max(1, count)
+        self.counters["compute_busy"] += max(1, post_cycles(f, self.hw["POST_ROWS"]))
         if count == 0:
             return
         bias, mult, shift = self.params(f["param"])
@@ -294,6 +302,20 @@ class Golden:
         compute = self.counters["compute_busy"]
         return {"compute": compute, "memory": mem, "serial": compute + mem,
                 "overlapped": max(compute, mem)}
+
+
+def gemm_steps(f: dict, n: int) -> int:
+    """Array cycles of one gemm: one per (o, i), or per group of N pixels (i) in depthwise mode
+    (shared with the static cost model)."""
+    groups = -(-f["inner"] // n) if f["dw"] else f["inner"]
+    return f["outer"] * groups
+
+
+def post_cycles(f: dict, rows: int) -> int:
+    """Cycles of one post: `rows` rows per cycle, except one at a time when a row's residual is
+    the output of a row before it in the same group (0 < out - res < rows)."""
+    chained = f["res_en"] and 0 < f["out"] - f["res"] < rows
+    return f["count"] if chained else -(-f["count"] // rows)
 
 
 def simulate(dram: np.ndarray, insn_addr: int, insn_count: int, hw: dict | None = None) -> Result:

@@ -29,6 +29,7 @@ HW_DEFAULTS = {
     "PARAM_DEPTH": 64,   # parameter rows: N x {bias int32, mult int16, shift uint8, pad}
     "IQ_DEPTH": 16,      # instruction queue entries
     "MAX_BURST": 16,     # AXI burst length cap (beats)
+    "POST_ROWS": 2,      # rows `post` requantizes per cycle (P x N post lanes)
 }
 
 
@@ -111,9 +112,15 @@ OPCODES: tuple[Opcode, ...] = (
         Field("acc", 11), Field("act", 12), Field("wgt", 8),
         Field("acc_so", 11), Field("acc_si", 8),
         Field("act_so", 12), Field("act_si", 8),
-        Field("wgt_so", 8), Field("wgt_si", 8)),
-     "for o<outer, i<inner: acc[a] (+)= W[w] . (act[x] - za), a = acc + o*acc_so + i*acc_si, "
-     "x, w likewise; one N x N tile-vector product per cycle, int32 wraparound."),
+        Field("wgt_so", 8), Field("wgt_si", 8),
+        Field("dw", 1, doc="depthwise mode: N channels x N output pixels per cycle"),
+        Field("dw_row", 5, doc="depthwise: row of tile `wgt` holding this tap's N per-channel weights")),
+     "dw=0: for o<outer, i<inner: acc[a] (+)= W[w] . (act[x] - za), a = acc + o*acc_so + i*acc_si, "
+     "x, w likewise; one N x N tile-vector product per cycle, int32 wraparound. "
+     "dw=1 (depthwise): the same loops, N consecutive i per cycle (outer x ceil(inner/N) cycles; "
+     "the last group of a row masks its missing pixels): acc[a][c] (+)= W[w][dw_row][c] * (act[x][c] - za) "
+     "per channel c, i.e. N act rows x one weight row broadcast -> N acc rows; needs acc_si = 1, "
+     "wgt_si = 0 and dw_row < N (else bad_operand)."),
     Opcode("vec", 4, "compute", (
         Field("op", 2, doc="0 set, 1 add (wraps), 2 max, 3 min"),
         Field("act_signed", 1),
@@ -137,7 +144,9 @@ OPCODES: tuple[Opcode, ...] = (
         Field("res", 12), Field("res_zp", 9, True), Field("res_mult", 16, True)),
      "fused output stage for rows r<count: t = acc[acc+r] + (res_en ? (act[res+r] - res_zp) * "
      "res_mult : 0); act[out+r] = requantize(t, bias, M, shift, zp, out_type, lo, hi) with "
-     "per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize)."),
+     "per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize). "
+     "POST_ROWS rows per cycle (one row per cycle when res_en and 0 < out - res < POST_ROWS, "
+     "where a row reads what the row before it wrote)."),
     Opcode("fence", 6, "control", (), "wait until every unit is idle (for measurement; hazards are interlocked anyway)."),
     Opcode("finish", 7, "control", (), "wait until every unit is idle, then raise done."),
 )
@@ -149,7 +158,8 @@ ERRORS = {
     "none": (0, "no error"),
     "illegal_opcode": (1, "opcode not in the table"),
     "reserved_bits": (2, "a reserved bit is set"),
-    "bad_operand": (3, "an operand combination is unsupported (store from wgt/param; int4 load of an odd word count)"),
+    "bad_operand": (3, "an operand combination is unsupported (store from wgt/param; int4 load of an odd word count; "
+                    "depthwise gemm with acc_si != 1, wgt_si != 0 or dw_row >= N)"),
     "addr_range": (4, "a buffer row beyond the buffer's depth, or a DRAM address beyond 2^32 bytes"),
     "fetch_bus": (5, "bus error response while fetching the instruction"),
     "load_bus": (6, "bus error response on a load's read burst"),
@@ -175,7 +185,7 @@ COUNTERS = (
     ("compute_busy", "cycles the compute unit holds an instruction"),
     ("store_busy", "cycles the store unit holds an instruction"),
     ("mac_busy", "cycles the MAC array does a gemm step"),
-    ("macs", "multiply-accumulates (N*N per gemm step)"),
+    ("macs", "multiply-accumulates the array performs (N*N per gemm step, either mode)"),
     ("dram_rd_bytes", "bytes read by loads"),
     ("dram_wr_bytes", "bytes written by stores"),
     ("fetch_bytes", "bytes read by instruction fetch"),

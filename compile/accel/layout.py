@@ -64,16 +64,16 @@ def dense_tiles(weight, n: int) -> np.ndarray:
 
 
 def depthwise_tiles(weight, n: int) -> np.ndarray:
-    """Depthwise weight [C, 1, kh, kw] -> diagonal tiles [CB, kh*kw, N, N] int8."""
+    """Depthwise weight [C, 1, kh, kw] -> tap-row tiles [CB, ceil(kh*kw / N), N, N] int8.
+
+    Row r of tile t of a channel block holds tap t*N + r for the block's N channels (`tile[r, c]`),
+    the weight row the depthwise gemm mode (`dw=1`, `dw_row=r`) broadcasts over N output pixels;
+    rows past the last tap are zero. A 7x7 kernel takes 7 tiles per block instead of 49."""
     c, _, kh, kw = weight.shape
-    cb = blocks(c, n)
-    full = np.zeros((cb * n, kh * kw), np.int64)
-    full[:c] = weight.reshape(c, kh * kw)
-    diag = np.zeros((cb, kh * kw, n, n), np.int64)
-    idx = np.arange(n)
-    per = full.reshape(cb, n, kh * kw).transpose(0, 2, 1)  # [cb, tap, lane]
-    diag[:, :, idx, idx] = per
-    return diag.astype(np.int8)
+    cb, taps = blocks(c, n), kh * kw
+    rows = np.zeros((cb * n, blocks(taps, n) * n), np.int64)       # [channel, tap row]
+    rows[:c, :taps] = np.asarray(weight).reshape(c, taps)
+    return rows.reshape(cb, n, -1, n).transpose(0, 2, 3, 1).astype(np.int8)   # [cb, tile, row, lane]
 
 
 def transposed_tiles(weight, n: int) -> np.ndarray:

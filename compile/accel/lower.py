@@ -9,7 +9,7 @@ Buffer plan (rows; the default 2048-row act buffer in brackets):
          outputs [2 x 192], RES residual tile [192], MID fused intermediate [192]
   acc:   two halves, alternated per output tile (the next tile's GEMMs
          overlap the previous tile's post + store)
-  wgt:   two halves, alternated per weight load
+  wgt:   two halves, alternated per weight load (a depthwise block's tap-row tiles: ceil(taps/N))
   param: a ring; each layer loads its parameter rows once
 The hardware interlocks every buffer hazard, so alternation only buys
 overlap between the load, compute and store units; correctness never
@@ -117,6 +117,20 @@ class Emitter:
 
     def store_rows(self, buf: str, sram: int, dram_word: int, rows: int) -> None:
         self.emit("store", buf=buf, sram=sram, dram=dram_word, ysize=1, xsize=rows, xstride=0)
+
+
+@dataclass
+class Weights:
+    """A layer's weight tiles in DRAM: int8 bytes, or, when every weight fits in 4 bits, packed
+    int4 (two per byte) that the load unit unpacks (`int4=1`): half the weight traffic."""
+
+    word: int                # DRAM word of tile 0
+    packed: bool
+
+    def load(self, em: "Emitter", sram: int, first_tile: int, count: int) -> None:
+        tile_words = em.n * em.n // isa.WORD_BYTES // (2 if self.packed else 1)
+        em.emit("load", buf="wgt", sram=sram, dram=self.word + first_tile * tile_words, ysize=1, xsize=count,
+                xstride=0, int4=int(self.packed), int4_signed=int(self.packed))
 
 
 @dataclass
@@ -354,9 +368,12 @@ def choose_tiling(geo: ConvGeometry, cbi: int, cbo: int, reg: Regions, n: int, d
                 chunk = 1 if depthwise else max(1, min(cbi, reg.in_rows // band))
                 passes = -(-cbo // g)
                 if depthwise:
+                    # tap-row tiles stay resident per channel block; the empty pixel lanes of a
+                    # row's last partial group still cost array cycles (priced at 8 bytes a cycle)
                     in_bytes = tiles * cbo * band * n
-                    w_bytes = (1 if taps <= 2 * reg.wgt_rows else tiles) * cbo * taps * n * n
-                    insns = tiles * cbo * (taps + 4 + -(-taps // reg.wgt_rows))
+                    w_bytes = cbo * -(-taps // n) * n * n
+                    insns = tiles * cbo * (taps + 4)
+                    in_bytes += 8 * tiles * cbo * taps * th * (-(-wt // n) - wt / n)
                 else:
                     in_bytes = tiles * passes * cbi * band * n
                     w_bytes = tiles * cbo * cbi * taps * n * n
@@ -367,19 +384,18 @@ def choose_tiling(geo: ConvGeometry, cbi: int, cbo: int, reg: Regions, n: int, d
     return best
 
 
-def lower_depthwise(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: int, epi: Epilogue,
+def lower_depthwise(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, weights: Weights, epi: Epilogue,
                     tiling: Tiling) -> None:
-    """Depthwise conv, channel block by channel block: a block's diagonal tiles are loaded once
-    (when they fit the weight buffer) and serve every output tile of that block."""
-    n, reg = em.n, em.reg
+    """Depthwise conv on the depthwise gemm mode, channel block by channel block: the block's
+    tap-row tiles (N taps per tile) are loaded once and serve every output tile of the block; per
+    tap one `gemm dw=1` computes N channels x N output pixels per cycle (output rows x pixel
+    groups; strides and dilations are loop strides, as for dense convs)."""
+    n = em.n
     taps = geo.kh * geo.kw
-    tile_words = n * n // isa.WORD_BYTES
-    depth = 2 * reg.wgt_rows
-    resident = taps <= depth
+    tiles = -(-taps // n)
     for cb in range(cbo):
-        if resident:
-            wbase = em.take("wgt") if taps <= reg.wgt_rows else reg.wgt_base[0]
-            em.load_rows("wgt", wbase, wt_word + cb * taps * tile_words, taps)
+        wbase = em.take("wgt")
+        weights.load(em, wbase, cb * tiles, tiles)
         for oy0 in range(0, geo.ho, tiling.th):
             th = min(tiling.th, geo.ho - oy0)
             for st in geo.strips(tiling.wt):
@@ -387,30 +403,22 @@ def lower_depthwise(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: i
                 acc = em.take("acc")
                 base = em.take("in")
                 _load_input_tile(em, x, cb, geo, oy0, th, st, base)
-                for t0 in range(0, taps, taps if resident else reg.wgt_rows):
-                    part = range(t0, min(taps, t0 + (taps if resident else reg.wgt_rows)))
-                    if not resident:
-                        wbase = em.take("wgt")
-                        em.load_rows("wgt", wbase, wt_word + (cb * taps + t0) * tile_words, len(part))
-                    for k, t in enumerate(part):
-                        gm = gemms[t]
-                        em.emit("gemm", reset=int(t == 0), act_signed=int(x.q.qtype.signed), za=x.q.zero_point,
-                                outer=gm.outer, inner=gm.inner, acc=acc + gm.acc, act=base + gm.act,
-                                wgt=wbase + (t if resident else k), acc_so=gm.acc_so, acc_si=gm.acc_si,
-                                act_so=gm.act_so, act_si=gm.act_si)
+                for t, gm in enumerate(gemms):
+                    em.emit("gemm", dw=1, dw_row=t % n, reset=int(t == 0), act_signed=int(x.q.qtype.signed),
+                            za=x.q.zero_point, outer=gm.outer, inner=gm.inner, acc=acc + gm.acc,
+                            act=base + gm.act, wgt=wbase + t // n, acc_so=gm.acc_so, acc_si=gm.acc_si,
+                            act_so=gm.act_so, act_si=gm.act_si)
                 epi.run(em, cb, oy0, th, st, acc)
 
 
-def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: int, epi: Epilogue,
+def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, weights: Weights, epi: Epilogue,
                     tiling: Tiling) -> None:
     """Emit a conv / depthwise conv / transposed conv over the whole output."""
     if geo.kind == "depthwise":
-        return lower_depthwise(em, geo, x, cbo, wt_word, epi, tiling)
+        return lower_depthwise(em, geo, x, cbo, weights, epi, tiling)
     n, reg = em.n, em.reg
     cbi = x.blocks(n)
-    depthwise = geo.kind == "depthwise"
     taps = geo.kh * geo.kw
-    tile_words = n * n // isa.WORD_BYTES
     for oy0 in range(0, geo.ho, tiling.th):
         th = min(tiling.th, geo.ho - oy0)
         for st in geo.strips(tiling.wt):
@@ -421,21 +429,20 @@ def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, wt_word: i
                 acc = em.take("acc")
                 acc_of = {ob: acc + i * th * st.wt for i, ob in enumerate(obs)}
                 started = {ob: set() for ob in obs}
-                ib_chunks = [[ob] for ob in obs] if depthwise else \
-                    [list(range(c, min(cbi, c + tiling.chunk))) for c in range(0, cbi, tiling.chunk)]
+                ib_chunks = [list(range(c, min(cbi, c + tiling.chunk))) for c in range(0, cbi, tiling.chunk)]
                 for chunk in ib_chunks:
                     base = em.take("in")
                     band = 0
                     for i, ib in enumerate(chunk):
                         band = _load_input_tile(em, x, ib, geo, oy0, th, st, base + i * band)
-                    for ob in ([chunk[0]] if depthwise else obs):
+                    for ob in obs:
                         seq = [(i, ib, t) for i, ib in enumerate(chunk) for t in range(taps)]
                         for s0 in range(0, len(seq), reg.wgt_rows):
                             part = seq[s0:s0 + reg.wgt_rows]
                             _, ib_first, t_first = part[0]
-                            tile0 = (ob * taps + t_first) if depthwise else ((ob * cbi + ib_first) * taps + t_first)
+                            tile0 = (ob * cbi + ib_first) * taps + t_first
                             wbase = em.take("wgt")
-                            em.load_rows("wgt", wbase, wt_word + tile0 * tile_words, len(part))
+                            weights.load(em, wbase, tile0, len(part))
                             for k, (i, ib, t) in enumerate(part):
                                 gm = gemms[t]
                                 reset = gm.group not in started[ob]

@@ -11,6 +11,7 @@
 `define DEF_PARAM_DEPTH 64
 `define DEF_IQ_DEPTH 16
 `define DEF_MAX_BURST 16
+`define DEF_POST_ROWS 2
 
 // load: DRAM -> buffer, 2-D with zero-point padding: writes (pad_top+ysize+pad_bottom) x (pad_left+xsize+pad_right) rows from `sram` on; nothing if ysize or xsize is 0. With int4=1 each DRAM byte becomes two buffer bytes (half the DRAM traffic; xsize x row words must be even).
 `define OP_LOAD 4'd1
@@ -39,9 +40,9 @@
 `define STORE_XSIZE(i) i[66:57]
 `define STORE_XSTRIDE(i) i[82:67]
 
-// gemm: for o<outer, i<inner: acc[a] (+)= W[w] . (act[x] - za), a = acc + o*acc_so + i*acc_si, x, w likewise; one N x N tile-vector product per cycle, int32 wraparound.
+// gemm: dw=0: for o<outer, i<inner: acc[a] (+)= W[w] . (act[x] - za), a = acc + o*acc_so + i*acc_si, x, w likewise; one N x N tile-vector product per cycle, int32 wraparound. dw=1 (depthwise): the same loops, N consecutive i per cycle (outer x ceil(inner/N) cycles; the last group of a row masks its missing pixels): acc[a][c] (+)= W[w][dw_row][c] * (act[x][c] - za) per channel c, i.e. N act rows x one weight row broadcast -> N acc rows; needs acc_si = 1, wgt_si = 0 and dw_row < N (else bad_operand).
 `define OP_GEMM 4'd3
-`define GEMM_USED 121
+`define GEMM_USED 127
 `define GEMM_RESET(i) i[4:4]
 `define GEMM_ACT_SIGNED(i) i[5:5]
 `define GEMM_ZA(i) i[14:6]
@@ -56,6 +57,8 @@
 `define GEMM_ACT_SI(i) i[104:97]
 `define GEMM_WGT_SO(i) i[112:105]
 `define GEMM_WGT_SI(i) i[120:113]
+`define GEMM_DW(i) i[121:121]
+`define GEMM_DW_ROW(i) i[126:122]
 
 // vec: element-wise / pooling on N lanes: acc[a] = op(acc[a], (act[x] - za) * mult) over the same two loops as gemm (add for residual/average, max/min for pooling).
 `define OP_VEC 4'd4
@@ -73,7 +76,7 @@
 `define VEC_ACT_SO(i) i[105:94]
 `define VEC_ACT_SI(i) i[113:106]
 
-// post: fused output stage for rows r<count: t = acc[acc+r] + (res_en ? (act[res+r] - res_zp) * res_mult : 0); act[out+r] = requantize(t, bias, M, shift, zp, out_type, lo, hi) with per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize).
+// post: fused output stage for rows r<count: t = acc[acc+r] + (res_en ? (act[res+r] - res_zp) * res_mult : 0); act[out+r] = requantize(t, bias, M, shift, zp, out_type, lo, hi) with per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize). POST_ROWS rows per cycle (one row per cycle when res_en and 0 < out - res < POST_ROWS, where a row reads what the row before it wrote).
 `define OP_POST 4'd5
 `define POST_USED 115
 `define POST_OUT_TYPE(i) i[5:4]
@@ -114,7 +117,7 @@
 `define ERR_NONE 4'd0  // no error
 `define ERR_ILLEGAL_OPCODE 4'd1  // opcode not in the table
 `define ERR_RESERVED_BITS 4'd2  // a reserved bit is set
-`define ERR_BAD_OPERAND 4'd3  // an operand combination is unsupported (store from wgt/param; int4 load of an odd word count)
+`define ERR_BAD_OPERAND 4'd3  // an operand combination is unsupported (store from wgt/param; int4 load of an odd word count; depthwise gemm with acc_si != 1, wgt_si != 0 or dw_row >= N)
 `define ERR_ADDR_RANGE 4'd4  // a buffer row beyond the buffer's depth, or a DRAM address beyond 2^32 bytes
 `define ERR_FETCH_BUS 4'd5  // bus error response while fetching the instruction
 `define ERR_LOAD_BUS 4'd6  // bus error response on a load's read burst
@@ -133,7 +136,7 @@
 `define CNT_COMPUTE_BUSY 2  // cycles the compute unit holds an instruction
 `define CNT_STORE_BUSY 3  // cycles the store unit holds an instruction
 `define CNT_MAC_BUSY 4  // cycles the MAC array does a gemm step
-`define CNT_MACS 5  // multiply-accumulates (N*N per gemm step)
+`define CNT_MACS 5  // multiply-accumulates the array performs (N*N per gemm step, either mode)
 `define CNT_DRAM_RD_BYTES 6  // bytes read by loads
 `define CNT_DRAM_WR_BYTES 7  // bytes written by stores
 `define CNT_FETCH_BYTES 8  // bytes read by instruction fetch

@@ -24,7 +24,8 @@ module accel_top #(
     parameter integer ACC_DEPTH = `DEF_ACC_DEPTH,
     parameter integer PARAM_DEPTH = `DEF_PARAM_DEPTH,
     parameter integer IQ_DEPTH = `DEF_IQ_DEPTH,
-    parameter integer MAX_BURST = `DEF_MAX_BURST
+    parameter integer MAX_BURST = `DEF_MAX_BURST,
+    parameter integer POST_ROWS = `DEF_POST_ROWS   // rows post requantizes per cycle (1..N)
 ) (
     input  wire        clk,
     input  wire        rst_n,
@@ -112,14 +113,17 @@ module accel_top #(
     wire [WGT_AW-1:0]   wgt_ra;
     wire [ACC_AW-1:0]   acc_ra, acc_wa;
     wire [PARAM_AW-1:0] par_ra;
-    wire [8*N-1:0]      act_rd, res_rd, act_wd;
-    wire [8*N*N-1:0]    wgt_rd;
-    wire [32*N-1:0]     acc_rd, acc_wd;
+    wire [8*N*POST_ROWS-1:0] res_rd, act_wd;  // post: POST_ROWS consecutive rows
+    wire [8*N*N-1:0]    act_rd, wgt_rd;      // act: N read lanes (depthwise pixels)
+    wire [32*N*N-1:0]   acc_rd, acc_wd;      // acc: N consecutive rows
     wire [64*N-1:0]     par_rd;
-    wire                acc_we, act_we;
-    accel_compute #(.N(N), .ACT_AW(ACT_AW), .WGT_AW(WGT_AW), .ACC_AW(ACC_AW), .PARAM_AW(PARAM_AW)) u_compute (
+    wire [15:0]         act_rs;
+    wire [N-1:0]        acc_we;
+    wire [POST_ROWS-1:0] act_we;
+    accel_compute #(.N(N), .ACT_AW(ACT_AW), .WGT_AW(WGT_AW), .ACC_AW(ACC_AW), .PARAM_AW(PARAM_AW),
+                    .POST_ROWS(POST_ROWS)) u_compute (
         .clk(clk), .rst(unit_rst || abort_cp), .issue(issue_cp), .insn(head), .busy(cp_busy), .mac_step(mac_step),
-        .act_ra(act_ra), .act_rd(act_rd), .res_ra(res_ra), .res_rd(res_rd), .wgt_ra(wgt_ra), .wgt_rd(wgt_rd),
+        .act_ra(act_ra), .act_rs(act_rs), .act_rd(act_rd), .res_ra(res_ra), .res_rd(res_rd), .wgt_ra(wgt_ra), .wgt_rd(wgt_rd),
         .acc_ra(acc_ra), .acc_rd(acc_rd), .par_ra(par_ra), .par_rd(par_rd),
         .acc_we(acc_we), .acc_wa(acc_wa), .acc_wd(acc_wd), .act_we(act_we), .act_wa(act_wa), .act_wd(act_wd));
 
@@ -146,25 +150,26 @@ module accel_top #(
     wire [8*N*N-1:0] unused_wgt_b;
     wire [64*N-1:0]  unused_par_b;
     wire [32*N-1:0]  unused_acc_b;
-    accel_buffer #(.DEPTH(ACT_DEPTH), .ROW_WORDS(N/8), .AW(ACT_AW), .WAW(20)) u_act (
+    accel_buffer #(.DEPTH(ACT_DEPTH), .ROW_WORDS(N/8), .AW(ACT_AW), .WAW(20), .RA_LANES(N),
+                   .RB_LANES(POST_ROWS), .RW_LANES(POST_ROWS)) u_act (
         .clk(clk), .ww_en(lw_en && lw_buf == `BUF_ACT), .ww_addr(lw_addr), .ww_data(lw_data),
         .rw_en(act_we), .rw_addr(act_wa), .rw_data(act_wd),
-        .ra_addr(act_ra), .ra_data(act_rd), .rb_addr(res_ra), .rb_data(res_rd),
+        .ra_addr(act_ra), .ra_stride(act_rs), .ra_data(act_rd), .rb_addr(res_ra), .rb_data(res_rd),
         .wr_addr(sr_addr), .wr_data(sr_act));
     accel_buffer #(.DEPTH(WGT_DEPTH), .ROW_WORDS(N*N/8), .AW(WGT_AW), .WAW(20)) u_wgt (
         .clk(clk), .ww_en(lw_en && lw_buf == `BUF_WGT), .ww_addr(lw_addr), .ww_data(lw_data),
         .rw_en(1'b0), .rw_addr({WGT_AW{1'b0}}), .rw_data({(8*N*N){1'b0}}),
-        .ra_addr(wgt_ra), .ra_data(wgt_rd), .rb_addr({WGT_AW{1'b0}}), .rb_data(unused_wgt_b),
+        .ra_addr(wgt_ra), .ra_stride(16'd0), .ra_data(wgt_rd), .rb_addr({WGT_AW{1'b0}}), .rb_data(unused_wgt_b),
         .wr_addr(20'd0), .wr_data(unused_word0));
     accel_buffer #(.DEPTH(PARAM_DEPTH), .ROW_WORDS(N), .AW(PARAM_AW), .WAW(20)) u_param (
         .clk(clk), .ww_en(lw_en && lw_buf == `BUF_PARAM), .ww_addr(lw_addr), .ww_data(lw_data),
         .rw_en(1'b0), .rw_addr({PARAM_AW{1'b0}}), .rw_data({(64*N){1'b0}}),
-        .ra_addr(par_ra), .ra_data(par_rd), .rb_addr({PARAM_AW{1'b0}}), .rb_data(unused_par_b),
+        .ra_addr(par_ra), .ra_stride(16'd0), .ra_data(par_rd), .rb_addr({PARAM_AW{1'b0}}), .rb_data(unused_par_b),
         .wr_addr(20'd0), .wr_data(unused_word1));
-    accel_buffer #(.DEPTH(ACC_DEPTH), .ROW_WORDS(N/2), .AW(ACC_AW), .WAW(20)) u_acc (
+    accel_buffer #(.DEPTH(ACC_DEPTH), .ROW_WORDS(N/2), .AW(ACC_AW), .WAW(20), .RA_LANES(N), .RW_LANES(N)) u_acc (
         .clk(clk), .ww_en(lw_en && lw_buf == `BUF_ACC), .ww_addr(lw_addr), .ww_data(lw_data),
         .rw_en(acc_we), .rw_addr(acc_wa), .rw_data(acc_wd),
-        .ra_addr(acc_ra), .ra_data(acc_rd), .rb_addr({ACC_AW{1'b0}}), .rb_data(unused_acc_b),
+        .ra_addr(acc_ra), .ra_stride(16'd1), .ra_data(acc_rd), .rb_addr({ACC_AW{1'b0}}), .rb_data(unused_acc_b),
         .wr_addr(sr_addr), .wr_data(sr_acc));
     assign unused_word2 = 64'd0;
 
@@ -307,6 +312,10 @@ module accel_top #(
                     if (t_last >= WGT_DEPTH) d_err = `ERR_ADDR_RANGE;
                     touch(1, {24'd0, `GEMM_WGT(head)}, t_last, 1'b0);
                 end
+                // depthwise lanes write N consecutive acc rows from one weight row of the tile
+                if (`GEMM_DW(head) && (`GEMM_ACC_SI(head) != 8'd1 || `GEMM_WGT_SI(head) != 8'd0
+                                       || {27'd0, `GEMM_DW_ROW(head)} >= N))
+                    d_err = `ERR_BAD_OPERAND;
                 if ((head >> `GEMM_USED) != 128'd0) d_err = `ERR_RESERVED_BITS;
             end
             `OP_VEC: begin

@@ -97,6 +97,11 @@ def each_instruction() -> list[tuple[str, object]]:
             out.append((f"gemm_r{reset}_s{signed}", single([("gemm", dict(
                 reset=reset, act_signed=signed, za=-37 if signed else 100, outer=3, inner=4, acc=5, act=7, wgt=1,
                 acc_so=4, acc_si=1, act_so=9, act_si=2, wgt_so=1, wgt_si=1))])))
+    # depthwise gemm: N pixels per cycle, a partial last group (inner % N != 0), pixel strides 1 and 2
+    for reset, signed, inner, act_si, row in ((1, 0, 11, 1, 3), (0, 1, 16, 2, N - 1), (0, 0, 3, 1, 0)):
+        out.append((f"gemm_dw_r{reset}_s{signed}_i{inner}_x{act_si}", single([("gemm", dict(
+            dw=1, dw_row=row, reset=reset, act_signed=signed, za=-37 if signed else 100, outer=2, inner=inner,
+            acc=5, act=7, wgt=2, acc_so=inner + 2, acc_si=1, act_so=40, act_si=act_si, wgt_so=1))])))
     for op in isa.VEC_OPS:
         out.append((f"vec_{op}", single([("vec", dict(op=op, act_signed=1, za=3, mult=-300, outer=2, inner=5, acc=1,
                                                        act=10, acc_so=3, acc_si=1, act_so=5, act_si=1))])))
@@ -138,6 +143,11 @@ def error_programs() -> list[tuple[str, str, object]]:
         ("reserved_finish", "reserved_bits", _with_insns([e("finish") | 1 << 4])),
         ("bad_operand", "bad_operand", _with_insns([e("store", buf="wgt", xsize=1, ysize=1)])),
         ("bad_operand_int4", "bad_operand", _with_insns([e("load", buf="act", xsize=3, ysize=1, int4=1)])),
+        ("bad_operand_dw_acc_si", "bad_operand", _with_insns([e("gemm", dw=1, outer=1, inner=4, acc_si=2)])),
+        ("bad_operand_dw_wgt_si", "bad_operand", _with_insns([e("gemm", dw=1, outer=0, inner=4, acc_si=1,
+                                                                 wgt_si=1)])),
+        ("bad_operand_dw_row", "bad_operand", _with_insns([e("gemm", dw=1, outer=1, inner=1, acc_si=1,
+                                                             dw_row=N)])),
         ("range_act_gemm", "addr_range", _with_insns([e("gemm", outer=2, inner=1, act=2047, act_so=1)])),
         ("range_acc_vec", "addr_range", _with_insns([e("vec", outer=1, inner=2, acc=1023, acc_si=1)])),
         ("range_wgt", "addr_range", _with_insns([e("gemm", outer=1, inner=1, wgt=64)])),
@@ -207,6 +217,13 @@ def corner_programs() -> list[tuple[str, object]]:
     # clamp with lo > hi and relu6-style narrowing; uint4/int4 saturation
     out.append(("clamp_inverted", single([("post", dict(out_type="int8", count=8, acc=0, out=0, param=0, zp=3,
                                                         lo=50, hi=-50))], param_shift_max=20)))
+    # post at POST_ROWS rows per cycle: odd counts (a partial last group) and residual rows that are
+    # outputs of the same post (out - res = 1: one row per cycle, = 2, 3: whole groups), in place
+    posts = []
+    for count, dst, res in ((7, 70, 90), (9, 41, 40), (9, 42, 40), (11, 43, 40), (5, 40, 40)):
+        posts.append(("post", dict(out_type="int8", count=count, acc=2, out=dst, param=1, zp=2, lo=-100, hi=90,
+                                   res_en=1, res_signed=1, res=res, res_zp=1, res_mult=-77)))
+    out.append(("post_rows_chained", single(posts, param_shift_max=30)))
     # zero-length loops do nothing (but still take a cycle)
     out.append(("zero_length", single([
         ("gemm", dict(reset=1, outer=0, inner=5, acc=0)), ("gemm", dict(outer=3, inner=0)),
@@ -240,6 +257,7 @@ def random_program(seed: int, n_insns: int = 14, p_error: float = 0.04):
     """A constrained-random instruction stream; buffer windows pre-seeded so every read is defined."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
+    dw_rng = random.Random(seed + 0xD3)             # its own stream: the dense programs of a seed stay the same
     b = ProgramBuilder(DRAM)
     _seed_buffers(b, nrng, act=WIN["act"], wgt=WIN["wgt"], param=WIN["param"], acc=WIN["acc"])
     data_hi = 0x8000                                 # loads read [0, 0xC000), stores write [0x8000, 0xC000)
@@ -300,6 +318,9 @@ def random_program(seed: int, n_insns: int = 14, p_error: float = 0.04):
                 f[key], f[key + "_so"], f[key + "_si"] = rng.randrange(0, win - span), so, si
             if kind == "gemm":
                 f["reset"] = rng.randrange(2)
+                acc_last = f["acc"] + (outer - 1) * f["acc_so"] + (inner - 1)
+                if dw_rng.random() < 0.35 and acc_last < WIN["acc"]:   # depthwise: consecutive acc rows
+                    f.update(dw=1, dw_row=dw_rng.randrange(N), acc_si=1, wgt_si=0)
             else:
                 f["op"], f["mult"] = rng.randrange(4), rng.randrange(-32768, 32768)
             b.emit(kind, **f)
@@ -375,6 +396,57 @@ def conv_layer(seed: int = 5, h: int = 8, w: int = 8, cin: int = N, cout: int = 
     b.emit("store", buf="act", sram=obase, dram=ya // 8, ysize=1, xsize=ob * oh * ow)
     expected = blocked(expected, ob)
     return b.build(meta={"layer": f"conv3x3 {cin}->{cout} stride {stride}"}), expected.astype(np.uint8)
+
+
+def depthwise_layer(seed: int = 9, h: int = 12, w: int = 13, c: int = 2 * N, k: int = 3, stride: int = 1):
+    """Depthwise KxK conv, pad K//2, int8 activations, int4 weights, fused bias + requant + ReLU, on the
+    depthwise gemm mode: one gemm per (channel block, tap) computes N channels x N output pixels per
+    cycle; the weight tile of a channel block holds N taps (row = tap). Returns (program, expected int8
+    output [C/N][OH][OW][N], steps): the expectation is numpy + edgekit.quant.formats, `steps` the
+    array cycles the gemms take (taps x OH x ceil(OW / N) per block)."""
+    rng = np.random.default_rng(seed)
+    cb, pad, taps = c // N, k // 2, k * k
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    zx, zy = -5, 3
+    x = rng.integers(-128, 128, (h, w, c)).astype(np.int64)
+    wt = rng.integers(-8, 8, (c, taps)).astype(np.int64)            # [channel, tap], int4 range
+    bias = rng.integers(-3000, 3000, c)
+    mult, shift = formats.quantize_multiplier(rng.uniform(0.004, 0.03, c))
+    xp = np.pad(x - zx, ((pad, pad), (pad, pad), (0, 0)))
+    acc = np.zeros((oh, ow, c), np.int64)
+    for t in range(taps):
+        ky, kx = divmod(t, k)
+        acc += xp[ky:ky + stride * (oh - 1) + 1:stride, kx:kx + stride * (ow - 1) + 1:stride] * wt[:, t]
+    expected = formats.requantize(acc, bias, mult, shift, zy, formats.INT8, lo=zy, hi=127)
+    blocked = lambda a: a.reshape(a.shape[0], a.shape[1], cb, N).transpose(2, 0, 1, 3)
+
+    tiles_per_block = -(-taps // N)
+    rows = np.zeros((cb, tiles_per_block * N, N), np.int64)        # [block, tap row, lane]
+    rows[:, :taps] = wt.reshape(cb, N, taps).transpose(0, 2, 1)
+    b = ProgramBuilder(DRAM)
+    xa = b.place(blocked(x).astype(np.int8))
+    wa = b.place(formats.pack_int4(rows.reshape(-1)))
+    pa = b.place(params_block(bias, mult, shift))
+    ya = b.alloc(cb * oh * ow * N)
+    b.outputs += [Tensor("y", ya, (cb, oh, ow, N), "int8", "CB,H,W,8")]
+    hp, wp = h + 2 * pad, w + 2 * pad
+    b.emit("load", buf="wgt", sram=0, dram=wa // 8, ysize=1, xsize=cb * tiles_per_block, int4=1, int4_signed=1)
+    b.emit("load", buf="param", sram=0, dram=pa // 8, ysize=1, xsize=cb)
+    obase = cb * hp * wp
+    for blk in range(cb):
+        b.emit("load", buf="act", sram=blk * hp * wp, dram=xa // 8 + blk * h * w, ysize=h, xsize=w, xstride=w,
+               pad_value=zx & 0xFF, pad_top=pad, pad_bottom=pad, pad_left=pad, pad_right=pad)
+        for t in range(taps):
+            ky, kx = divmod(t, k)
+            b.emit("gemm", dw=1, dw_row=t % N, reset=int(t == 0), act_signed=1, za=zx, outer=oh, inner=ow,
+                   acc=blk * oh * ow, act=blk * hp * wp + ky * wp + kx, wgt=blk * tiles_per_block + t // N,
+                   acc_so=ow, acc_si=1, act_so=stride * wp, act_si=stride)
+        b.emit("post", out_type="int8", count=oh * ow, acc=blk * oh * ow, out=obase + blk * oh * ow, param=blk,
+               zp=zy, lo=zy, hi=127)
+    b.emit("store", buf="act", sram=obase, dram=ya // 8, ysize=1, xsize=cb * oh * ow)
+    steps = cb * taps * oh * -(-ow // N)
+    return (b.build(meta={"layer": f"depthwise {k}x{k} stride {stride}"}), blocked(expected).astype(np.int8),
+            steps)
 
 
 def matmul(seed: int = 6, m: int = 16, k: int = 32, n: int = 16):

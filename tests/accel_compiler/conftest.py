@@ -35,5 +35,7 @@ def quantized(tmp_path_factory):
         "sigmoid_w4a8": lambda p: nets.quantize(nets.mixed_cnn(tail="sigmoid"), p),
         "strips_w4a8": lambda p: nets.quantize(nets.wide_image(), p),
         "channels_w4a8": lambda p: nets.quantize(nets.many_channels(), p),
+        "depthwise_w4a8": lambda p: nets.quantize(nets.depthwise_net(), p),
+        "depthwise_w4a4": lambda p: nets.quantize(nets.depthwise_net(), p, act_bits=4),
     }
     return lambda name: shared_file(tmp_path_factory, f"{name}.q.onnx", recipes[name])

