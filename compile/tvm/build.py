@@ -2,7 +2,8 @@
 
 Steps: load and check the ONNX file; for QDQ graphs widen int4, keep 4-bit
 clamps and lower quantized linear ops to integer compute (`qlower`); import
-with the Relax frontend; legalize and fuse; optionally tune; apply tuning
+with the Relax frontend; rewrite transposed convolutions as sub-pixel
+convolutions (`rewrite`); legalize and fuse; optionally tune; apply tuning
 databases (`--tuning-db` and the committed ones); build; export the library;
 write the metadata. The artifact folder appears atomically.
 """
@@ -29,10 +30,13 @@ def sha256_file(path) -> str:
 
 
 def prepare(mod, target):
-    """Legalize + fuse (the shape MetaSchedule tasks are extracted from and applied to)."""
+    """Rewrite, legalize + fuse (the shape MetaSchedule tasks are extracted from and applied to)."""
     import tvm
     from tvm import relax
 
+    from edgekit.compile.tvm import rewrite
+
+    mod = rewrite.conv_transpose_to_conv(mod)
     with target:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
@@ -104,7 +108,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
                 committed_db: bool = True, max_trials_per_task: int | None = None,
                 tune_workers: int | None = None, tune_top_tasks: int | None = None,
                 tune_tracker: str | None = None, tune_key: str | None = None,
-                progress_log=None) -> dict:
+                tune_min_per_task: int | None = None, progress_log=None) -> dict:
     """Compile `onnx_path` for TargetSpec `spec` into `out_dir`; returns the metadata dict."""
     import tvm
 
@@ -153,6 +157,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             + (f", measured on {tune_key} devices of tracker {tune_tracker}" if tune_tracker else ""))
         tune_report = tuning.tune(mod, target, tuning_db, tune, max_trials_per_task=max_trials_per_task,
                                   builders=tune_workers or 1, top_tasks=tune_top_tasks,
+                                  **({} if tune_min_per_task is None else {"min_trials_per_task": tune_min_per_task}),
                                   builder=builder, runner=runner)
         if tune_report.trials and tune_report.failed == tune_report.trials:
             raise EdgekitError(f"tuning: all {tune_report.trials} candidates failed "
@@ -166,7 +171,9 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     mod = apply_databases(mod, target, db_folders)
     scheduled, total = count_scheduled(mod)
     log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): "
-        f"{scheduled}/{total} kernels tuned")
+        f"{scheduled}/{total} kernels tuned"
+        + (f" (the other {total - scheduled} run as TVM's unscheduled single-threaded loops: "
+           "tune them with --tune N --tuning-db DIR)" if scheduled < total else ""))
     executable = tvm.compile(mod, target=target)
 
     out_dir = Path(out_dir)

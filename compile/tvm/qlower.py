@@ -219,20 +219,29 @@ def requantize_relax(acc, bias, mult, shift, zero_point: int, lo: int, hi: int, 
     op = relax.op
     total = acc if bias is None else op.add(acc, relax.const(bias, "int32"))
     prod = op.multiply(op.astype(total, "int64"), relax.const(mult, "int64"))
-    y = op.add(rshift_half_even_relax(prod, shift), relax.const(int(zero_point), "int64"))
-    y = op.minimum(op.maximum(y, relax.const(int(lo), "int64")), relax.const(int(hi), "int64"))
+    y = op.add(rshift_half_even_relax(prod, shift), _param(zero_point, "int64"))
+    y = op.minimum(op.maximum(y, _param(lo, "int64")), _param(hi, "int64"))
     return op.astype(y, out_dtype)
+
+
+def _param(value, dtype: str):
+    """A quantization parameter as a one-element tensor, not a scalar: Relax turns scalar
+    constants into immediates inside the kernels, which would make every zero point, clamp and
+    multiplier part of the kernel's structure, so tuning records (matched by structure) would
+    stop applying as soon as a model is re-calibrated. As a tensor it is a kernel argument."""
+    relax = _relax()
+    return relax.const(np.array([value], dtype=dtype), dtype)
 
 
 def _centered(x, zero_point: int, dtype: str = "int16"):
     relax = _relax()
-    return relax.op.subtract(relax.op.astype(x, dtype), relax.const(int(zero_point), dtype))
+    return relax.op.subtract(relax.op.astype(x, dtype), _param(zero_point, dtype))
 
 
 def _channel(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     values = np.asarray(values)
     if values.size == 1:
-        return values.reshape(())
+        return values.reshape((1,))
     shape = [1] * ndim
     shape[axis] = -1
     return values.reshape(shape)
@@ -248,32 +257,86 @@ def _arr(attr, key):
     return numpy_helper.to_array(attr[key])
 
 
-def conv_acc(x, attr):
+# float32 holds every integer of magnitude <= 2^24 exactly: when no partial sum of an integer
+# dot product can exceed that, computing it with float32 multiply-adds (in any order, FMA or
+# not) gives exactly the int32 result, and float32 kernels are what CPUs (and TVM's schedules)
+# are fastest at (one FMA per lane instead of widen + multiply + add in int32).
+FLOAT_EXACT_LIMIT = float(1 << 24)
+
+
+def _input_range(bb, x) -> tuple[int, int]:
+    dtype = str(bb.normalize(x).ty.dtype)
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def float_exact(bb, x, zero_point: int, weight: np.ndarray, reduce_axes) -> bool:
+    return exact_in_float32(*_input_range(bb, x), zero_point, weight, reduce_axes)
+
+
+def exact_in_float32(lo: int, hi: int, zero_point: int, weight: np.ndarray, reduce_axes) -> bool:
+    """True when |sum of (x - zp) * w| over any reduction stays <= 2^24 for every x in [lo, hi]."""
+    x_max = max(abs(lo - int(zero_point)), abs(hi - int(zero_point)))
+    w_sum = np.abs(weight.astype(np.int64)).sum(axis=tuple(reduce_axes))
+    return float(w_sum.max(initial=0)) * x_max <= FLOAT_EXACT_LIMIT
+
+
+def _operands(bb, x, zero_point: int, weight: np.ndarray, reduce_axes):
+    """(centered x, weight constant, accumulation dtype): float32 when exact, else int16 -> int32."""
     relax = _relax()
-    w = relax.const(_arr(attr, "weight"), "int16")
-    return relax.op.nn.conv2d(_centered(x, _ints(attr, "in_zero_points")[0]), w,
-                              strides=tuple(_ints(attr, "strides")), padding=tuple(_ints(attr, "pads")),
-                              dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
-                              out_dtype="int32"), 4, 1
+    if float_exact(bb, x, zero_point, weight, reduce_axes):
+        return _centered(x, zero_point, "float32"), relax.const(weight.astype(np.float32), "float32"), "float32"
+    return _centered(x, zero_point), relax.const(weight.astype(np.int16), "int16"), "int32"
 
 
-def conv_transpose_acc(x, attr):
+def _to_int32(acc, dtype: str):
     relax = _relax()
-    w = relax.const(_arr(attr, "weight"), "int16")
-    return relax.op.nn.conv2d_transpose(_centered(x, _ints(attr, "in_zero_points")[0]), w,
-                                        strides=tuple(_ints(attr, "strides")), padding=tuple(_ints(attr, "pads")),
-                                        output_padding=tuple(_ints(attr, "output_padding")),
-                                        dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
-                                        out_dtype="int32"), 4, 1
+    return acc if dtype == "int32" else relax.op.astype(acc, "int32")
 
 
-def linear_acc(x, attr):
+def conv_acc(bb, x, attr):
+    relax = _relax()
+    xc, w, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], _arr(attr, "weight"), (1, 2, 3))
+    acc = relax.op.nn.conv2d(xc, w, strides=tuple(_ints(attr, "strides")), padding=tuple(_ints(attr, "pads")),
+                             dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
+                             out_dtype=dtype)
+    return _to_int32(acc, dtype), 4, 1
+
+
+def conv_transpose_acc(bb, x, attr):
+    relax = _relax()
+    # weight [I, O/g, kh, kw]: an output channel sums over (at most) all inputs and taps
+    xc, w, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], _arr(attr, "weight"), (0, 2, 3))
+    acc = relax.op.nn.conv2d_transpose(xc, w, strides=tuple(_ints(attr, "strides")),
+                                       padding=tuple(_ints(attr, "pads")),
+                                       output_padding=tuple(_ints(attr, "output_padding")),
+                                       dilation=tuple(_ints(attr, "dilations")), groups=int(attr["group"]),
+                                       out_dtype=dtype)
+    return _to_int32(acc, dtype), 4, 1
+
+
+def linear_acc(bb, x, attr):
     relax = _relax()
     w = _arr(attr, "weight")
     if int(attr.get("trans_b", 0)):
         w = np.ascontiguousarray(w.T)
-    acc = relax.op.matmul(_centered(x, _ints(attr, "in_zero_points")[0]), relax.const(w, "int16"), out_dtype="int32")
-    return acc, None, -1
+    xc, wc, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], w, (0,))
+    return _to_int32(relax.op.matmul(xc, wc, out_dtype=dtype), dtype), None, -1
+
+
+def matmul_acc(bb, a, b, zps):
+    """Product of two quantized activations: float32 when the reduction length keeps it exact."""
+    relax = _relax()
+    (alo, ahi), (blo, bhi) = _input_range(bb, a), _input_range(bb, b)
+    reduce = bb.normalize(a).ty.shape[-1]
+    bound = None
+    if isinstance(reduce, int) or hasattr(reduce, "value"):
+        bound = (int(getattr(reduce, "value", reduce)) * max(abs(alo - zps[0]), abs(ahi - zps[0]))
+                 * max(abs(blo - zps[1]), abs(bhi - zps[1])))
+    dtype = "float32" if bound is not None and bound <= FLOAT_EXACT_LIMIT else "int16"
+    acc = relax.op.matmul(_centered(a, zps[0], dtype), _centered(b, zps[1], dtype),
+                          out_dtype="float32" if dtype == "float32" else "int32")
+    return _to_int32(acc, "float32" if dtype == "float32" else "int32")
 
 
 KIND_ACCUMULATORS = {"conv": conv_acc, "conv_transpose": conv_transpose_acc, "gemm": linear_acc,
@@ -299,28 +362,28 @@ class QLinearIntegerConverter(_EdgekitConverter):
         zps = _ints(attr, "in_zero_points")
         lo, hi, zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
         if kind == "concat":
-            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.int64(m), np.int64(s), zp_y,
+            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64), zp_y,
                                       lo, hi, out_dtype)
                      for x, zp, m, s in zip(inputs, zps, _ints(attr, "mults"), _ints(attr, "shifts"))]
             return op.concat(parts, axis=int(attr["axis"]))
         mult, shift, bias = _arr(attr, "mult"), _arr(attr, "shift"), None
         if kind in KIND_ACCUMULATORS:
-            acc, ndim, axis = KIND_ACCUMULATORS[kind](inputs[0], attr)
+            acc, ndim, axis = KIND_ACCUMULATORS[kind](bb, inputs[0], attr)
             ndim = ndim or bb.normalize(acc).ty.ndim
             axis = axis % ndim
             bias = _channel(_arr(attr, "bias"), ndim, axis).astype(np.int32)
             mult, shift = _channel(mult, ndim, axis), _channel(shift, ndim, axis)
         elif kind == "matmul":
-            acc = op.matmul(_centered(inputs[0], zps[0]), _centered(inputs[1], zps[1]), out_dtype="int32")
-            mult, shift = mult.reshape(()), shift.reshape(())
+            acc = matmul_acc(bb, inputs[0], inputs[1], zps)
+            mult, shift = mult.reshape((1,)), shift.reshape((1,))
         elif kind == "add":
             ka, kb = _ints(attr, "k")
-            acc = op.add(op.multiply(_centered(inputs[0], zps[0], "int32"), relax.const(ka, "int32")),
-                         op.multiply(_centered(inputs[1], zps[1], "int32"), relax.const(kb, "int32")))
-            mult, shift = mult.reshape(()), shift.reshape(())
+            acc = op.add(op.multiply(_centered(inputs[0], zps[0], "int32"), _param(ka, "int32")),
+                         op.multiply(_centered(inputs[1], zps[1], "int32"), _param(kb, "int32")))
+            mult, shift = mult.reshape((1,)), shift.reshape((1,))
         elif kind == "global_avgpool":
             acc = op.sum(_centered(inputs[0], zps[0], "int32"), axis=[2, 3], keepdims=True)
-            mult, shift = mult.reshape(()), shift.reshape(())
+            mult, shift = mult.reshape((1,)), shift.reshape((1,))
         else:
             raise ValueError(f"edgekit.QLinearInteger: unknown kind {kind}")
         return requantize_relax(acc, bias, mult, shift, zp_y, lo, hi, out_dtype)

@@ -121,6 +121,48 @@ def _progress_callback(report: TuneReport, bar):
     return ProgressCallback()
 
 
+def reusing_builder(max_workers: int, timeout_sec: float):
+    """MetaSchedule's LocalBuilder, but its worker processes live for the whole tuning run.
+
+    LocalBuilder starts a fresh process pool for every batch of candidates (a memory-leak
+    workaround upstream); each worker then imports tvm (and tvm_ffi's eager imports): seconds
+    per batch, which on 2 shared cores cost more than building the 8 candidates of a floor
+    round. Here workers are recycled after 64 builds instead, which bounds such leaks.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder import local_builder as lb
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class ReusingLocalBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool = None
+
+        def build(self, build_inputs):
+            if self.pool is None:  # started lazily: inside torchless_workers()
+                self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
+                                              maximum_process_uses=64)
+            results = []
+            jobs = [(None, None, bi.mod, bi.target, lb._serialize_params(bi.params)) for bi in build_inputs]
+            for res in self.pool.map_with_error_catching(lambda x: lb._worker_func(*x), jobs):
+                if res.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"LocalBuilder: Timeout, killed after {timeout_sec} seconds"))
+                else:
+                    results.append(BuilderResult(None, "LocalBuilder: An exception occurred\n" + str(res.value)))
+            return results
+
+        def shutdown(self):
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
+    return ReusingLocalBuilder()
+
+
 def extract_tasks(mod, target):
     from tvm.s_tir import meta_schedule as ms
 
@@ -142,11 +184,35 @@ def heaviest(extracted, top: int | None):
     return sorted(extracted, key=work, reverse=True)[:top]
 
 
+def _records_per_task(database, extracted) -> list[int]:
+    """How many measured records the database already holds for each task (0 for a new one)."""
+    counts = []
+    for task in extracted:
+        try:
+            mod = task.dispatched[0]
+            counts.append(len(database.get_top_k(database.commit_workload(mod), 1 << 20))
+                          if database.has_workload(mod) else 0)
+        except Exception:  # unknown: treat as untuned
+            counts.append(0)
+    return counts
+
+
 def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | None = None,
          build_timeout: float = 180.0, run_timeout: float = 60.0, builders: int = 1,
          seed: int | None = 0, top_tasks: int | None = None, trials_per_round: int = 8,
-         population: int = 256, builder=None, runner=None) -> TuneReport:
+         population: int = 256, floor_population: int = 64, min_trials_per_task: int = 16,
+         builder=None, runner=None) -> TuneReport:
     """Tune every TIR task of `mod` (already legalized and fused) into the database at `db_dir`.
+
+    Two phases, so that no kernel is left as a naive untuned loop nest:
+      1. floor: every task with fewer than `min_trials_per_task` records in the database gets
+         the missing trials (round robin). A task never measured would otherwise run as
+         TVM's unscheduled, single-threaded loops, and the gradient scheduler of phase 2
+         happily starves small tasks on a small budget.
+      2. the rest of the `trials` budget (if any) goes where it pays most (MetaSchedule's
+         gradient task scheduler, weights = occurrences of the kernel).
+    The floor wins over the budget: `trials` smaller than what the floor needs is raised.
+    Extending a database (a second run) spends no floor trials on tasks that already have them.
 
     `builder`/`runner` default to local ones (this machine measures); pass the RPC pair from
     `edgekit.runtime.remote.meta_schedule_builder/_runner` to measure on boards behind a tracker.
@@ -157,6 +223,8 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
 
     if trials < 1:
         raise EdgekitError(f"--tune needs a positive number of trials, got {trials}")
+    if min_trials_per_task < 0:
+        raise EdgekitError(f"the per-task trial floor must be >= 0, got {min_trials_per_task}")
     db_dir = Path(db_dir)
     db_dir.mkdir(parents=True, exist_ok=True)
     database = open_database(db_dir, create=True)
@@ -167,31 +235,51 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
     # MetaSchedule logs every step to the console at INFO; keep that in db_dir/logs only.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)
-    # TVM rebuilds its logging config from the names of this logger's handlers; an unnamed one
-    # (left by an earlier tuning run in the same process) crashes that (None.format).
-    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
-        ms_logger.removeHandler(handler)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(db_dir / "logs"), num_threads=max(1, int(builders)), seed=seed,
-        # A small population keeps each search round cheap on a loaded 2-core machine.
-        strategy=ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=16))
-    per_task = max_trials_per_task or max(1, -(-trials // len(contexts)))
-    bar = progress(desc=f"tuning {len(contexts)} tasks", total=trials, unit="trial")
+
+    have = _records_per_task(database, extracted)
+    floor = [(task, max(0, min_trials_per_task - n)) for task, n in zip(extracted, have)]
+    floor = [(task, need) for task, need in floor if need > 0]
+    floor_trials = sum(need for _, need in floor)
+    rest = max(0, trials - floor_trials)
+    bar = progress(desc=f"tuning {len(extracted)} tasks", total=floor_trials + rest, unit="trial")
+
+    def run_phase(tasks, budget, per_task, scheduler, population):
+        # TVM rebuilds its logging config from the names of this logger's handlers; an unnamed
+        # one (left by an earlier tuning run in the same process) crashes that (None.format).
+        for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
+            ms_logger.removeHandler(handler)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir=str(db_dir / "logs"), num_threads=max(1, int(builders)), seed=seed,
+            # A small population keeps each search round cheap on a loaded 2-core machine.
+            strategy=ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=16))
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        callbacks.append(_progress_callback(report, bar))
+        ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
+            max_trials_global=budget, max_trials_per_task=per_task,
+            num_trials_per_iter=max(1, min(trials_per_round, per_task)), builder=local_builder,
+            runner=local_runner, database=database, cost_model=ms.cost_model.XGBModel(num_tuning_cores=1),
+            measure_callbacks=callbacks, task_scheduler=scheduler)
+
     with torchless_workers():
-        builder = builder or ms.builder.LocalBuilder(max_workers=builders, timeout_sec=build_timeout)
-        runner = runner or ms.runner.LocalRunner(
+        own_builder = None if builder is not None else reusing_builder(builders, build_timeout)
+        local_builder = builder or own_builder
+        local_runner = runner or ms.runner.LocalRunner(
             timeout_sec=run_timeout,
             evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=40,
                                                        enable_cpu_cache_flush=False))
-        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-        callbacks.append(_progress_callback(report, bar))
         try:
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(db_dir / "logs"),
-                max_trials_global=trials, max_trials_per_task=per_task,
-                num_trials_per_iter=min(trials_per_round, per_task), builder=builder, runner=runner,
-                database=database, cost_model=ms.cost_model.XGBModel(num_tuning_cores=1),
-                measure_callbacks=callbacks, task_scheduler="gradient")
+            # phase 1, grouped by the trials each task still needs (all equal for a new database)
+            for need in sorted({need for _, need in floor}):
+                group = [task for task, n in floor if n == need]
+                # a floor round is a few trials from a cold cost model: a small population
+                # costs a fraction of the search time for about the same candidates
+                run_phase(group, need * len(group), need, "round-robin", min(population, floor_population))
+            if rest:
+                per_task = max_trials_per_task or max(1, rest)
+                run_phase(list(extracted), rest, per_task, "gradient", population)
         finally:
             bar.close()
+            if own_builder is not None:
+                own_builder.shutdown()
     return report

@@ -39,6 +39,9 @@ def register(subparsers):
     p.add_argument("--tracker", default=None, metavar="HOST:PORT",
                    help="with --tune: measure candidates on the boards of this TVM RPC tracker")
     p.add_argument("--key", default=None, help="with --tracker: the device key of the boards")
+    p.add_argument("--tune-min-per-task", type=int, default=None, metavar="N",
+                   help="with --tune: trials every kernel gets at least (default 16; raises --tune when "
+                        "needed; records already in the database count)")
     p.add_argument("--max-trials-per-task", type=int, default=None, help="cap per tuning task (default: even split)")
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
@@ -69,6 +72,7 @@ def run(args) -> int:
                        tuning_db=args.tuning_db, integer=args.integer, committed_db=args.committed_db,
                        max_trials_per_task=args.max_trials_per_task, tune_workers=args.tune_workers,
                        tune_top_tasks=args.tune_top_tasks, tune_tracker=args.tracker, tune_key=args.key,
+                       tune_min_per_task=args.tune_min_per_task,
                        log=lambda msg: print(f"edgekit: {msg}", file=sys.stderr))
     meta = compile_model(args.onnx, args.target, args.output, **options)
     if args.json:

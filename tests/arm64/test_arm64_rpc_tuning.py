@@ -32,7 +32,7 @@ def test_tuning_measures_candidates_on_a_tracker_device(tracker, tmp_path, capsy
     try:
         wait_registered(tracker, "tune", 1)
         code = main(["compile", str(model), "-o", str(tmp_path / "out"), "--tune", "4",
-                     "--tuning-db", str(tmp_path / "db"), "--tracker", tracker, "--key", "tune",
+                     "--tune-min-per-task", "4", "--tuning-db", str(tmp_path / "db"), "--tracker", tracker, "--key", "tune",
                      "--no-committed-db", "--json"])
     finally:
         device.stop()

@@ -11,10 +11,17 @@ from tiny import with_code_outputs
 from edgekit.runtime import METADATA, open_session
 
 
+@pytest.mark.parametrize("accumulate", ["float-exact", "int32"])
 @pytest.mark.parametrize("bits", [(4, 4), (4, 8)], ids=["w4a4", "w4a8"])
-def test_integer_codes_equal_integer_reference(qdq_models, tmp_path, bits):
+def test_integer_codes_equal_integer_reference(qdq_models, tmp_path, bits, accumulate, monkeypatch):
+    """Both accumulations are exact: float32 (chosen when no partial sum can pass 2^24, as in
+    these nets) and int16 x int16 -> int32 (forced here by a limit nothing satisfies)."""
     from edgekit.compile import compile_model
+    from edgekit.compile.tvm import qlower
     from edgekit.quant import intref
+
+    if accumulate == "int32":
+        monkeypatch.setattr(qlower, "FLOAT_EXACT_LIMIT", -1.0)
 
     src = qdq_models[bits]
     probe = tmp_path / "probe.onnx"
@@ -34,6 +41,16 @@ def test_integer_codes_equal_integer_reference(qdq_models, tmp_path, bits):
     assert bool(four_bit) == (bits[1] == 4)
     for name in four_bit:
         assert 0 <= got[name].min() and got[name].max() <= 15, name
+
+
+def test_float_accumulation_only_where_exact():
+    from edgekit.compile.tvm.qlower import exact_in_float32
+
+    w = np.full((8, 16, 3, 3), 7, np.int8)  # 144 taps of |w| = 7 per output channel
+    assert exact_in_float32(0, 255, 128, w, (1, 2, 3))  # 144 * 7 * 128 < 2^24
+    big = np.full((8, 4096, 3, 3), 7, np.int8)
+    assert not exact_in_float32(0, 255, 0, big, (1, 2, 3))  # 36864 * 7 * 255 > 2^24
+    assert exact_in_float32(-128, 127, 0, big[:, :1024], (1, 2, 3)) == (9216 * 7 * 128 <= 2 ** 24)
 
 
 def test_float_qdq_path_matches_onnxruntime(qdq_models, tmp_path):

@@ -16,7 +16,8 @@ def test_tune_writes_a_database_that_later_compiles_reuse(tmp_path):
 
     model = tiny.matmul_net(tmp_path / "mm.onnx")
     db = tmp_path / "db"
-    meta = compile_model(model, "x86-64", tmp_path / "tuned", tune=4, tuning_db=db, committed_db=False)
+    meta = compile_model(model, "x86-64", tmp_path / "tuned", tune=4, tuning_db=db, committed_db=False,
+                         tune_min_per_task=4)
     report = meta["tuning"]["report"]
     assert tuning.is_database(db)
     assert report["tasks"] == 1 and report["trials"] >= 1
@@ -27,6 +28,23 @@ def test_tune_writes_a_database_that_later_compiles_reuse(tmp_path):
     assert again["tuning"]["kernels_tuned"] == 1 and again["tuning"]["report"] is None
     untuned = compile_model(model, "x86-64", tmp_path / "plain", committed_db=False)
     assert untuned["tuning"]["kernels_tuned"] == 0
+
+
+def test_every_kernel_gets_the_trial_floor(tmp_path):
+    """A budget smaller than the floor still tunes every kernel; extending the database later
+    spends nothing on the floor again."""
+    from edgekit.compile import compile_model
+
+    model = tiny.two_matmul_net(tmp_path / "mm2.onnx")
+    db = tmp_path / "db"
+    meta = compile_model(model, "x86-64", tmp_path / "a", tune=1, tuning_db=db, committed_db=False,
+                         tune_min_per_task=2)
+    report = meta["tuning"]["report"]
+    assert report["tasks"] == 2 and report["trials"] == 4, report
+    assert meta["tuning"]["kernels_tuned"] == meta["tuning"]["kernels_total"] == 2
+    again = compile_model(model, "x86-64", tmp_path / "b", tune=1, tuning_db=db, committed_db=False,
+                          tune_min_per_task=2)
+    assert again["tuning"]["report"]["trials"] <= 1
 
 
 def test_tune_without_database_folder_is_an_error(tmp_path, capsys):

@@ -58,6 +58,21 @@ def matmul_net(path, n: int = 32) -> str:
     return str(path)
 
 
+def two_matmul_net(path, n: int = 32, m: int = 16) -> str:
+    """Two MatMuls of different shapes: two tuning tasks."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+         helper.make_node("MatMul", ["h", "w2"], ["y"], name="mm2")], "tiny_two_matmuls",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, m])],
+        [_init("w1", rng.normal(0, 1, (n, n))), _init("w2", rng.normal(0, 1, (n, m)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    onnx.save(model, path)
+    return str(path)
+
+
 def unsupported_net(path) -> str:
     """A graph with an op the Relax frontend lacks (com.microsoft-style MatMulNBits name)."""
     graph = helper.make_graph(
