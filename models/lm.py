@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .registry import InputSpec, ZooEntry, register
 
@@ -30,6 +31,14 @@ class LMConfig:
     heads: int = 8
     mlp_ratio: int = 4
     rope_base: float = 10000.0
+    # Q/K/V biases (as in Qwen): a content-independent query/key component lets a head
+    # attend by relative position alone (the previous-token heads retrieval is built on)
+    qkv_bias: bool = True
+    # token shift (RWKV's "time mix", the short causal conv of H3/Mamba): each position's
+    # attention input also sees the previous token, so key-value retrieval needs one
+    # attention layer instead of a two-layer induction circuit, which a tiny model on
+    # 2 CPU cores did not form within thousands of steps
+    token_shift: bool = True
     seq_len: int = 256  # the exported graph's (static) length; not a limit of the model
 
 
@@ -66,12 +75,15 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.heads = cfg.heads
         self.head_dim = cfg.dim // cfg.heads
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
+        self.shift = nn.Parameter(torch.full((cfg.dim,), 0.5)) if cfg.token_shift else None
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.attention: Callable = dense_causal_attention
 
     def forward(self, x, cos, sin):
         b, t, d = x.shape
+        if self.shift is not None:  # x_t + shift * x_{t-1}, per channel
+            x = x + self.shift * F.pad(x, (0, 0, 1, 0))[:, :-1]
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = self.attention(q, k, v)

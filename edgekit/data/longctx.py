@@ -7,7 +7,11 @@ position of its key:
 - needle: one record `NEEDLE key value` hidden at a random depth of filler;
 - recall: associative recall, the whole context is `key value` pairs drawn
           from a fixed per-sequence mapping (keys repeat; every repeat is a
-          supervised recall during training).
+          supervised recall during training);
+- copy:   (training only) a random segment of distinct tokens repeated to
+          fill the sequence; every token of the repeats is supervised. Its
+          dense signal makes the copy ("induction") circuit that all three
+          retrieval kinds need form in hundreds of steps instead of thousands.
 Target: {'kind', 'positions' (query key positions), 'answers', 'train_positions',
 'train_answers'}; logits[0, p] should put its maximum on the answer.
 """
@@ -23,7 +27,8 @@ PAD, BOS, QUERY, NEEDLE, SEP = 0, 1, 2, 3, 4
 FILLER = np.arange(5, 32)
 KEYS = np.arange(32, 96)
 VALUES = np.arange(96, 128)
-KINDS = ("kv", "needle", "recall")
+KINDS = ("kv", "needle", "recall")  # evaluated kinds
+TRAIN_KINDS = KINDS + ("copy",)
 DEFAULT_LENGTH = 1024
 
 
@@ -35,7 +40,8 @@ def _queries(rng, keys, mapping, count):
 
 
 def _sequence_kv(rng, length, n_queries):
-    n_pairs = int(rng.integers(4, 33))
+    # short (curriculum) sequences hold fewer records; from ~128 tokens on, 4-32
+    n_pairs = int(rng.integers(4, min(33, (length - 1 - 3 * n_queries) // 3 + 1)))
     keys = rng.choice(KEYS, size=n_pairs, replace=False)
     mapping = np.zeros(VOCAB, np.int64)
     mapping[keys] = rng.choice(VALUES, size=n_pairs)
@@ -82,7 +88,21 @@ def _sequence_recall(rng, length, n_queries):
     return body, q_tokens, q_off, answers, (repeat_pos, mapping[stream[~first]])
 
 
-_BUILDERS = {"kv": _sequence_kv, "needle": _sequence_needle, "recall": _sequence_recall}
+def _sequence_copy(rng, length, n_queries):
+    body_len = length - 1
+    period = int(rng.integers(8, min(len(FILLER) + len(KEYS) + len(VALUES), body_len // 2) + 1))
+    segment = rng.choice(np.arange(FILLER[0], VOCAB), size=period, replace=False)
+    body = np.resize(segment, body_len)
+    # logits at token position p (body index p - 1) predict body[p]; from body index
+    # period + 1 on, the current token's previous occurrence says what comes next
+    train_pos = np.arange(period + 1, body_len)
+    last = train_pos[-n_queries:]
+    # offsets are relative to the end of the body (where queries would start)
+    return body, np.zeros(0, np.int64), last - 1 - body_len, body[last], \
+        (train_pos[:-n_queries], body[train_pos[:-n_queries]])
+
+
+_BUILDERS = {"copy": _sequence_copy, "kv": _sequence_kv, "needle": _sequence_needle, "recall": _sequence_recall}
 
 
 @register_task("lm")
@@ -96,7 +116,7 @@ def lm_sample(rng: np.random.Generator, spec: dict, split: str = "test", length:
         raise EdgekitError(f"LM sequence length must be >= 64 tokens, got {length}")
     kind = kind or KINDS[int(rng.integers(len(KINDS)))]
     if kind not in _BUILDERS:
-        raise EdgekitError(f"unknown LM task kind {kind!r}: expected one of {', '.join(KINDS)}")
+        raise EdgekitError(f"unknown LM task kind {kind!r}: expected one of {', '.join(TRAIN_KINDS)}")
     body, q_tokens, q_off, answers, extra = _BUILDERS[kind](rng, length, queries)
     tokens = np.concatenate([[BOS], body, q_tokens]).astype(np.int64)
     assert len(tokens) == length, (len(tokens), length)

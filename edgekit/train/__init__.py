@@ -34,7 +34,7 @@ def train(name: str, steps: int | None = None, seed: int = DEFAULT_SEED, output=
     """Train the tiny config of zoo model `name`; returns the model card dict.
 
     overrides: recipe attributes to replace (e.g. {'batch_size': 2, 'pool_size': 4}
-    for quick tests; an LM `schedule` of (fraction, length, batch) phases).
+    for quick tests; an LM `schedule` of (fraction, length, batch, task mix) phases).
     """
     import numpy as np
     import torch

@@ -171,8 +171,8 @@ class DepthRecipe(Recipe):
 
 # ---------------------------------------------------------------- deblur
 class DeblurRecipe(Recipe):
-    steps = 1500
-    lr = 1e-3
+    steps = 2000
+    lr = 2e-3
     batch_size = 16
     pool_size = 512
     refresh = 8
@@ -205,17 +205,25 @@ def sdpa_causal(q, k, v):
 
 
 class LMRecipe(Recipe):
-    steps = 2000
-    lr = 2e-3
+    steps = 2200
+    lr = 5e-3
     weight_decay = 0.01
-    # curriculum: (fraction of steps, sequence length, batch): many cheap short steps first,
-    # so retrieval (induction) forms early, then the training length of 1024 tokens
-    schedule = ((0.5, 128, 16), (0.3, 256, 12), (0.2, 1024, 4))
-    mix = (("recall", 0.5), ("kv", 0.3), ("needle", 0.2))
+    # curriculum: (fraction of steps, sequence length, batch, task mix or None for `mix`).
+    # Phase 1 is the dense copy task only: it forms the copy circuit that retrieval needs
+    # (a sharp loss drop after ~300 steps at this learning rate; mixed with the sparse
+    # retrieval tasks from the start it had not formed after 2000 steps). Then
+    # retrieval at growing lengths up to the training length of 1024 tokens.
+    # (With 20 % of the steps at 1024 tokens kv retrieval reached 87 % there, 100 % at 256.)
+    schedule = ((0.22, 64, 32, (("copy", 1.0),)), (0.18, 128, 32, None), (0.2, 256, 16, None),
+                (0.4, 1024, 4, None))
+    mix = (("recall", 0.4), ("kv", 0.4), ("needle", 0.2))
 
     def describe_batch(self):
-        phases = ", ".join(f"{int(f * 100)}% at {t} tokens x {b}" for f, t, b in self.schedule)
-        return f"curriculum {phases}; tasks " + ", ".join(f"{k} {p:.0%}" for k, p in self.mix)
+        def kinds(mix):
+            return ", ".join(f"{k} {p:.0%}" for k, p in (mix or self.mix))
+
+        return "curriculum " + "; ".join(f"{int(f * 100)}% at {t} tokens x {b} ({kinds(m)})"
+                                         for f, t, b, m in self.schedule)
 
     def stream(self, name, seed):
         from edgekit.data import samples
@@ -228,12 +236,13 @@ class LMRecipe(Recipe):
 
             def batch(self, step, steps):
                 done = 0.0
-                for frac, length, size in recipe.schedule:
+                for frac, length, size, mix in recipe.schedule:
                     done += frac
                     if step < done * steps:
                         break
-                kinds = [k for k, _ in recipe.mix]
-                probs = [p for _, p in recipe.mix]
+                mix = mix or recipe.mix
+                kinds = [k for k, _ in mix]
+                probs = [p for _, p in mix]
                 picked = []
                 for _ in range(size):
                     kind = kinds[self.rng.choice(len(kinds), p=probs)]

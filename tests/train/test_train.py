@@ -15,7 +15,7 @@ QUICK = {
     "litepose": {"batch_size": 2, "pool_size": 4, "refresh": 1},
     "depth": {"batch_size": 2, "pool_size": 3, "refresh": 1},
     "deblur": {"batch_size": 2, "pool_size": 4, "refresh": 1},
-    "lm": {"schedule": ((0.5, 96, 2), (0.5, 128, 2))},
+    "lm": {"schedule": ((0.5, 96, 2, (("copy", 1.0),)), (0.5, 128, 2, None))},
 }
 
 
