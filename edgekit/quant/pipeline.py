@@ -151,10 +151,13 @@ def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) ->
         seen = {}
 
         def hook(name, value):
-            if name in blocks and value.requires_grad:
+            if name in blocks and value.is_floating_point():
+                if not value.requires_grad:  # upstream of it is all integer (token ids)
+                    value = value.detach().requires_grad_(True)
                 seen[name] = value
             return value
-        feeds_t = {k: to_torch(v).requires_grad_(True) for k, v in feeds.items()}
+        feeds_t = {k: to_torch(v) for k, v in feeds.items()}
+        feeds_t = {k: v.requires_grad_(True) if v.is_floating_point() else v for k, v in feeds_t.items()}
         outs = graph.run(feeds_t, hook=hook)
         loss = sum((torch.randn(o.shape, generator=gen) * o).sum() for o in outs.values()
                    if o.is_floating_point() and o.requires_grad)

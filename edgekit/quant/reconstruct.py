@@ -33,7 +33,7 @@ def adaround(layer: Layer, w: np.ndarray, b: np.ndarray | None, scales: np.ndarr
     """Learned rounding; returns int codes in the weight's layout."""
     qt = W.weight_qtype(layer.weight_bits)
     s = torch.from_numpy(weight_shape_scales(scales, w.shape, layer.out_axis).astype(np.float32))
-    wt = torch.from_numpy(np.asarray(w, np.float32))
+    wt = torch.from_numpy(np.array(w, np.float32))
     base = torch.floor(wt / s)
     rest = (wt / s - base).clamp(0.01, 0.99)
     v = torch.log((rest - GAMMA) / (ZETA - rest)).clone().requires_grad_(True)  # h(v) == rest
@@ -102,7 +102,7 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
     elif iters > 0:
         with torch.no_grad():
             bias_o = torch.from_numpy(np.array(b_orig)) if b_orig is not None else None
-            target = layer_forward(layer, xf, torch.from_numpy(w_orig), bias_o)
+            target = layer_forward(layer, xf, torch.from_numpy(np.array(w_orig)), bias_o)
         codes = adaround(layer, w, b, scales, xq, target, fisher, iters=iters)
         how = "adaround"
     else:

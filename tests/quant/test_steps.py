@@ -160,3 +160,36 @@ def test_each_method_runs_and_full_beats_rtn(tmp_path):
     fast, _ = output_error("full", fast=True)
     assert [s["step"] for s in rep["steps"]] == ["rtn", "polish", "compensate", "reconstruct"]
     assert full < 0.8 * base and fast < 0.8 * base
+
+
+class _TokenNet(torch.nn.Module):
+    """Token ids -> embedding -> linear: a graph whose only input is integer."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = torch.nn.Embedding(32, 16), torch.nn.Linear(16, 8)
+
+    def forward(self, tokens):
+        return self.fc(torch.relu(self.embed(tokens)))
+
+
+def test_fisher_weights_and_full_method_on_integer_input_model(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "tokens.onnx")
+    torch.onnx.export(_TokenNet().eval(), (torch.zeros(1, 12, dtype=torch.int64),), path,
+                      input_names=["tokens"], dynamo=False, opset_version=18)
+    rng = np.random.default_rng(0)
+    calib = [{"tokens": rng.integers(0, 32, (1, 12)).astype(np.int64)} for _ in range(4)]
+    cfg = P.QuantConfig.for_method("full")
+    for step in cfg.steps:
+        if isinstance(step, P.Reconstruct):
+            step.iters = 10
+    q, rep = P.quantize(path, calib, cfg)
+    assert [s["step"] for s in rep["steps"]] == ["rtn", "polish", "compensate", "reconstruct"]
+    # the Fisher weighting needs gradients at block outputs although the input has none
+    fm = prepare_model(path, SUPPORTED_OPS)
+    with torch.no_grad():
+        graph = TorchGraph(fm)
+        env = graph.run(calib[0], keep={o for n in fm.graph.node for o in n.output} | set(graph.input_names))
+    plan = build_plan(fm, env, 4, 4, 8, ())
+    assert set(P.fisher_weights(fm, plan, calib)) == {layer.block_output for layer in plan.layers.values()}
