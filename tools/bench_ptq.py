@@ -102,6 +102,10 @@ def bench_model(name, args, out_dir: Path) -> dict:
     res = evaluate_file(name, fp32, args.test_count)
     add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
 
+    # CPU seconds (all threads of this process) next to wall time: on a shared machine the
+    # wall time says little, while CPU time bounds what an idle machine would take
+    cpu_seconds = {}
+
     def edgekit_run(tag, cfg):
         cfg.snapshots = True
         t0, c0 = time.time(), time.process_time()
@@ -122,9 +126,6 @@ def bench_model(name, args, out_dir: Path) -> dict:
         report.pop("_plan")
         return report, total
 
-    # CPU seconds (all threads of this process) next to wall time: on a shared machine the
-    # wall time says little, while wall <= CPU time holds on an idle one
-    cpu_seconds = {}
     report44, t44 = edgekit_run("W4A4", tuned(P.QuantConfig.for_method("full", weight_bits=4, act_bits=4), args))
     per_step = {s["step"]: s["sqnr_db"]["layers"] for s in report44["steps"]}
     (out_dir / f"{name}_layers.json").write_text(json.dumps(

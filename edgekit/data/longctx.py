@@ -27,8 +27,7 @@ PAD, BOS, QUERY, NEEDLE, SEP = 0, 1, 2, 3, 4
 FILLER = np.arange(5, 32)
 KEYS = np.arange(32, 96)
 VALUES = np.arange(96, 128)
-KINDS = ("kv", "needle", "recall")  # evaluated kinds
-TRAIN_KINDS = KINDS + ("copy",)
+KINDS = ("kv", "needle", "recall")  # evaluated kinds; "copy" is for training only
 DEFAULT_LENGTH = 1024
 
 
@@ -90,8 +89,9 @@ def _sequence_recall(rng, length, n_queries):
 
 def _sequence_copy(rng, length, n_queries):
     body_len = length - 1
-    period = int(rng.integers(8, min(len(FILLER) + len(KEYS) + len(VALUES), body_len // 2) + 1))
-    segment = rng.choice(np.arange(FILLER[0], VOCAB), size=period, replace=False)
+    tokens = np.arange(FILLER[0], VOCAB)  # every non-special token
+    period = int(rng.integers(8, min(len(tokens), body_len // 2) + 1))
+    segment = rng.choice(tokens, size=period, replace=False)
     body = np.resize(segment, body_len)
     # logits at token position p (body index p - 1) predict body[p]; from body index
     # period + 1 on, the current token's previous occurrence says what comes next
@@ -116,7 +116,7 @@ def lm_sample(rng: np.random.Generator, spec: dict, split: str = "test", length:
         raise EdgekitError(f"LM sequence length must be >= 64 tokens, got {length}")
     kind = kind or KINDS[int(rng.integers(len(KINDS)))]
     if kind not in _BUILDERS:
-        raise EdgekitError(f"unknown LM task kind {kind!r}: expected one of {', '.join(TRAIN_KINDS)}")
+        raise EdgekitError(f"unknown LM task kind {kind!r}: expected one of {', '.join(_BUILDERS)}")
     body, q_tokens, q_off, answers, extra = _BUILDERS[kind](rng, length, queries)
     tokens = np.concatenate([[BOS], body, q_tokens]).astype(np.int64)
     assert len(tokens) == length, (len(tokens), length)

@@ -157,7 +157,9 @@ def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) ->
                 seen[name] = value
             return value
         feeds_t = {k: to_torch(v) for k, v in feeds.items()}
-        feeds_t = {k: v.requires_grad_(True) if v.is_floating_point() else v for k, v in feeds_t.items()}
+        for value in feeds_t.values():
+            if value.is_floating_point():  # integer inputs (token ids) have no gradient
+                value.requires_grad_(True)
         outs = graph.run(feeds_t, hook=hook)
         loss = sum((torch.randn(o.shape, generator=gen) * o).sum() for o in outs.values()
                    if o.is_floating_point() and o.requires_grad)

@@ -102,6 +102,20 @@ def test_lm_answers_follow_their_keys(kind):
         assert ((context[:-1] == key) & (context[1:] == value)).any()
 
 
+def test_lm_copy_kind_supervises_what_the_previous_occurrence_predicts():
+    for length in (64, 1024):
+        (s,) = samples("lm", "train", 1, length=length, kind="copy")
+        tokens, t = s.inputs["tokens"][0], s.target
+        assert len(tokens) == length and tokens[1:].min() >= 5  # no special token after BOS
+        np.testing.assert_array_equal(tokens[t["train_positions"] + 1], t["train_answers"])
+        for p in t["train_positions"]:  # the current token occurred before, and was followed by the answer
+            earlier = np.nonzero(tokens[1:p] == tokens[p])[0] + 1
+            assert len(earlier) and tokens[earlier[-1] + 1] == tokens[p + 1]
+    # the shortest curriculum sequences still fit their kv records
+    (s,) = samples("lm", "train", 1, length=64, kind="kv")
+    np.testing.assert_array_equal(s.inputs["tokens"][0][s.target["positions"] + 1], s.target["answers"])
+
+
 def test_bad_arguments():
     with pytest.raises(EdgekitError, match="unknown split"):
         samples("depth", "val", 1)
