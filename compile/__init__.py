@@ -21,7 +21,7 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
     TVM options: target_opts (e.g. "cortex-a76,+dotprod,+i8mm" or
     "mcpu=znver4,num-cores=4"), num_cores, tune (MetaSchedule trials),
     tuning_db (folder), integer (lower QDQ linear ops to integer, default
-    True), committed_db (apply edgekit's committed databases, default True),
+    True), committed_db (apply the committed database of a zoo model, default True),
     log (callable receiving progress lines).
     """
     if target == "accel":

@@ -5,7 +5,10 @@ For each zoo model, on the held-out test split: FP32; RTN W4A4; onnxruntime
 quantize_static W4A4 (QInt4 weights per channel, QUInt4 activations, QDQ; the
 best of MinMax / Entropy / Percentile calibration on the test metric);
 edgekit W4A4 after each step (polish, +compensate, +reconstruct = full),
-full --fast, and W4A8 full; file size; quantization wall time.
+full --fast, W4A8 full, and W4A8 full with the first and last layers at 8 bits
+(`--keep-8bit @first @last`); file size; quantization wall time; and the
+output SQNR against FP32 on the same test inputs (a task-free view of each
+step: it can disagree with the task metric, e.g. AbsRel weighs near pixels).
 
     python tools/bench_ptq.py --out bench/ptq                       # all four zoo models
     python tools/bench_ptq.py --models litepose --test-count 50 --calib-count 16
@@ -24,12 +27,28 @@ import numpy as np
 PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
 
 
-def evaluate_file(name, path_or_model, count, strict=False):
+def evaluate_file(name, path_or_model, count, strict=False, reference=None):
+    """Task metrics on the test split; with `reference` (a list to fill on the FP32 run, or
+    the filled list) also the output SQNR in dB against those FP32 outputs."""
     from edgekit.eval import evaluate
     from edgekit.quant.ort import run, session
 
     sess = session(path_or_model, strict=strict)
-    return evaluate(name, lambda inputs: run(sess, inputs), split="test", count=count)
+    outputs = []
+
+    def predict(inputs):
+        out = run(sess, inputs)
+        outputs.append({k: v for k, v in out.items() if np.asarray(v).dtype.kind == "f"})
+        return out
+    result = evaluate(name, predict, split="test", count=count)
+    if reference is not None and not reference:
+        reference += outputs
+    elif reference is not None:
+        signal = sum(float((np.asarray(r[k], np.float64) ** 2).sum()) for r in reference for k in r)
+        noise = sum(float(((np.asarray(o[k], np.float64) - r[k]) ** 2).sum())
+                    for r, o in zip(reference, outputs) for k in r)
+        result["output_sqnr_db"] = float(10 * np.log10(signal / max(noise, 1e-30)))
+    return result
 
 
 def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
@@ -99,7 +118,13 @@ def bench_model(name, args, out_dir: Path) -> dict:
         rows[label] = {"metric": metric, "size_bytes": size, "quant_seconds": seconds, **extra}
         print(f"[{name}] {label}: {key}={metric:.4f} size={size} time={seconds}", flush=True)
 
-    res = evaluate_file(name, fp32, args.test_count)
+    reference: list = []  # FP32 outputs on the test inputs
+
+    def score(path):
+        res = evaluate_file(name, path, args.test_count, reference=reference)
+        return res[key], {"output_sqnr_db": round(res["output_sqnr_db"], 2)}
+
+    res = evaluate_file(name, fp32, args.test_count, reference=reference)
     add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
 
     # CPU seconds (all threads of this process) next to wall time: on a shared machine the
@@ -121,7 +146,8 @@ def bench_model(name, args, out_dir: Path) -> dict:
             label = f"edgekit {tag} {step['step']}"
             if step["step"] == "rtn":
                 label = f"RTN {tag}"
-            add(label, evaluate_file(name, path, args.test_count)[key], path.stat().st_size, round(cum, 1))
+            metric, sqnr = score(path)
+            add(label, metric, path.stat().st_size, round(cum, 1), **sqnr)
         report.pop("_models")
         report.pop("_plan")
         return report, total
@@ -145,17 +171,19 @@ def bench_model(name, args, out_dir: Path) -> dict:
         cpu_seconds["fast"] = time.process_time() - c0
         path = out_dir / f"{name}.W4A4.full_fast.onnx"
         onnx.save(q, str(path))
-        add("edgekit W4A4 full --fast", evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
-            round(fast_s, 1))
+        metric, sqnr = score(path)
+        add("edgekit W4A4 full --fast", metric, path.stat().st_size, round(fast_s, 1), **sqnr)
 
-    t0 = time.time()
-    q, _ = P.quantize(str(fp32), calib, tuned(P.QuantConfig.for_method("full", fast=args.w4a8_fast, weight_bits=4,
-                                                                     act_bits=8), args))
-    path = out_dir / f"{name}.W4A8.full.onnx"
-    onnx.save(q, str(path))
     w4a8_label = "edgekit W4A8 full" + (" --fast" if args.w4a8_fast else "")
-    add(w4a8_label, evaluate_file(name, path, args.test_count)[key], path.stat().st_size,
-        round(time.time() - t0, 1))
+    for label, keep, tag in ((w4a8_label, (), "full"), (w4a8_label + ", @first @last 8-bit", ("@first", "@last"),
+                                                        "full_edges8")):
+        t0 = time.time()
+        q, _ = P.quantize(str(fp32), calib, tuned(P.QuantConfig.for_method(
+            "full", fast=args.w4a8_fast, weight_bits=4, act_bits=8, keep_8bit=keep), args))
+        path = out_dir / f"{name}.W4A8.{tag}.onnx"
+        onnx.save(q, str(path))
+        metric, sqnr = score(path)
+        add(label, metric, path.stat().st_size, round(time.time() - t0, 1), **sqnr)
 
     best, tried = ort_static(name, prepared, calib, out_dir, args.test_count, key, sign)
     if best:
@@ -169,12 +197,14 @@ def bench_model(name, args, out_dir: Path) -> dict:
     lost = sign * (fp - rtn_m)
     recovery = (sign * (full_m - rtn_m) / lost) if lost > 1e-12 else None
     w4a8 = rows[w4a8_label]["metric"]
+    w4a8_edges = rows[w4a8_label + ", @first @last 8-bit"]["metric"]
     ort_m = best["metric"] if best else None
     targets = {
         "recovery_of_rtn_loss": recovery, "recovery_target_met": recovery is not None and recovery >= 0.7,
         "beats_onnxruntime": (ort_m is not None and sign * full_m > sign * ort_m),
         "w4a8_relative_gap": abs(fp - w4a8) / max(abs(fp), 1e-12),
         "w4a8_target_met": abs(fp - w4a8) / max(abs(fp), 1e-12) <= 0.02,
+        "w4a8_edges8_relative_gap": abs(fp - w4a8_edges) / max(abs(fp), 1e-12),
         "full_seconds": t44, "fast_seconds": fast_s,
         "full_cpu_seconds": round(cpu_seconds["W4A4"], 1), "fast_cpu_seconds":
             None if fast_s is None else round(cpu_seconds["fast"], 1),
@@ -184,15 +214,18 @@ def bench_model(name, args, out_dir: Path) -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["| model | variant | metric | size (KiB) | quant time (s) |", "|---|---|---|---|---|"]
+    lines = ["| model | variant | metric | output SQNR (dB) | size (KiB) | quant time (s) |",
+             "|---|---|---|---|---|---|"]
     for r in results:
         for label, row in r["rows"].items():
             m = "n/a" if row.get("metric") is None else f"{row['metric']:.4f}"
+            sqnr = "" if row.get("output_sqnr_db") is None else f"{row['output_sqnr_db']:.1f}"
             size = "" if not row.get("size_bytes") else f"{row['size_bytes'] / 1024:.1f}"
             secs = "" if row.get("quant_seconds") is None else f"{row['quant_seconds']}"
-            lines.append(f"| {r['model']} | {label} | {r['metric']}={m} | {size} | {secs} |")
-    lines += ["", "| model | recovery of RTN loss (>=0.7) | beats onnxruntime | W4A8 rel. gap (<=2%) | full s "
-              "(wall / CPU) | fast s (wall / CPU) |", "|---|---|---|---|---|---|"]
+            lines.append(f"| {r['model']} | {label} | {r['metric']}={m} | {sqnr} | {size} | {secs} |")
+    lines += ["", "| model | recovery of RTN loss (>=0.7) | beats onnxruntime | W4A8 rel. gap (<=2%) | "
+              "W4A8 gap, first/last 8-bit | full s (wall / CPU) | fast s (wall / CPU) |",
+              "|---|---|---|---|---|---|---|"]
 
     def time_cell(wall, cpu):
         return "-" if wall is None else f"{wall:.0f} / " + ("n/a" if cpu is None else f"{cpu:.0f}")
@@ -200,7 +233,10 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         t = r["targets"]
         rec = "n/a" if t["recovery_of_rtn_loss"] is None else f"{t['recovery_of_rtn_loss']:.2f}"
+        edges = t.get("w4a8_edges8_relative_gap")
+        edges = "n/a" if edges is None else f"{100 * edges:.2f}%"
         lines.append(f"| {r['model']} | {rec} | {t['beats_onnxruntime']} | {100 * t['w4a8_relative_gap']:.2f}% | "
+                     f"{edges} | "
                      f"{time_cell(t['full_seconds'], t.get('full_cpu_seconds'))} | "
                      f"{time_cell(t['fast_seconds'], t.get('fast_cpu_seconds'))} |")
     return "\n".join(lines) + "\n"

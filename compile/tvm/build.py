@@ -166,12 +166,14 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
         db_folders.append(tuning_db)
     elif tuning_db is not None and not tune:
         raise EdgekitError(f"--tuning-db {tuning_db}: not a tuning database (run with --tune N to create one)")
-    if committed_db and spec.name == "x86-64":
-        db_folders += tuning.committed_databases()
+    zoo = zoo_info(model, onnx_path, inputs)
+    if committed_db and spec.name == "x86-64" and zoo.get("model"):
+        db_folders += tuning.committed_databases(zoo["model"])
     mod = apply_databases(mod, target, db_folders)
     scheduled, total = count_scheduled(mod)
     log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): "
         f"{scheduled}/{total} kernels tuned"
+        + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else "")
         + (f" (the other {total - scheduled} run as TVM's unscheduled single-threaded loops: "
            "tune them with --tune N --tuning-db DIR)" if scheduled < total else ""))
     executable = tvm.compile(mod, target=target)
@@ -200,7 +202,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "integer_ops": lowered,
             "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": scheduled,
                        "kernels_total": total, "report": tune_report.as_dict() if tune_report else None},
-            "zoo": zoo_info(model, onnx_path, inputs),
+            "zoo": zoo,
             "compile_seconds": round(time.time() - started, 2),
         }
         save_json(meta, tmp / METADATA)

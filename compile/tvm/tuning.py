@@ -19,6 +19,7 @@ reuses and extends it. The committed databases under
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -47,10 +48,17 @@ def is_database(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in DB_FILES)
 
 
-def committed_databases() -> list[Path]:
+def committed_databases(model: str | None = None) -> list[Path]:
+    """The committed database of zoo model `model` (every one when `model` is None).
+
+    A compile applies only its own model's: records match kernels by structure, so another
+    model's records rarely apply, and opening a database parses all its kernels (seconds
+    per database for the integer kernels' long epilogues).
+    """
     if not COMMITTED_DB_ROOT.is_dir():
         return []
-    return sorted(p for p in COMMITTED_DB_ROOT.iterdir() if p.is_dir() and is_database(p))
+    found = sorted(p for p in COMMITTED_DB_ROOT.iterdir() if p.is_dir() and is_database(p))
+    return found if model is None else [p for p in found if p.name == model]
 
 
 def open_database(folder: Path, create: bool = False):
@@ -63,6 +71,33 @@ def open_database(folder: Path, create: bool = False):
     return ms.database.JSONDatabase(path_workload=str(folder / DB_FILES[0]),
                                     path_tuning_record=str(folder / DB_FILES[1]),
                                     allow_missing=create)
+
+
+def prune_database(src: Path, dst: Path, keep: int = 1) -> tuple[int, int]:
+    """Copy the `keep` fastest records of each workload (and the workloads that have one).
+
+    Opening a JSONDatabase parses every record's trace against its workload: LitePose's
+    tuning folder (1409 records of 81 kernels) took 32 s to open, its pruned copy 3.6 s, and
+    applying a database needs only the best record per kernel. Works on the JSON lines, without TVM.
+    Returns (workloads, records) written.
+    """
+    from edgekit.fileio import atomic_dir
+
+    workloads = Path(src, DB_FILES[0]).read_text().splitlines()
+    best: dict[int, list] = {}
+    for line in Path(src, DB_FILES[1]).read_text().splitlines():
+        index, record = json.loads(line)
+        secs = record[1] or []
+        if secs and all(0 < t < 1e9 for t in secs):  # failed candidates carry 1e10
+            best.setdefault(index, []).append((sum(secs) / len(secs), record))
+    kept = sorted(best)
+    new_index = {old: new for new, old in enumerate(kept)}
+    with atomic_dir(Path(dst)) as tmp:
+        Path(tmp, DB_FILES[0]).write_text("".join(workloads[i] + "\n" for i in kept))
+        lines = [json.dumps([new_index[i], record], separators=(",", ":"))
+                 for i in kept for _, record in sorted(best[i], key=lambda r: r[0])[:keep]]
+        Path(tmp, DB_FILES[1]).write_text("".join(line + "\n" for line in lines))
+    return len(kept), len(lines)
 
 
 def union_database(folders: list[Path]):
@@ -200,7 +235,7 @@ def _records_per_task(database, extracted) -> list[int]:
 def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | None = None,
          build_timeout: float = 180.0, run_timeout: float = 60.0, builders: int = 1,
          seed: int | None = 0, top_tasks: int | None = None, trials_per_round: int = 8,
-         population: int = 256, floor_population: int = 64, min_trials_per_task: int = 16,
+         population: int = 256, genetic_iters: int = 2, min_trials_per_task: int = 16,
          builder=None, runner=None) -> TuneReport:
     """Tune every TIR task of `mod` (already legalized and fused) into the database at `db_dir`.
 
@@ -234,7 +269,6 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
         return report
     # MetaSchedule logs every step to the console at INFO; keep that in db_dir/logs only.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    ms_logger.setLevel(logging.WARNING)
 
     have = _records_per_task(database, extracted)
     floor = [(task, max(0, min_trials_per_task - n)) for task, n in zip(extracted, have)]
@@ -243,15 +277,17 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
     rest = max(0, trials - floor_trials)
     bar = progress(desc=f"tuning {len(extracted)} tasks", total=floor_trials + rest, unit="trial")
 
-    def run_phase(tasks, budget, per_task, scheduler, population):
+    def run_phase(tasks, budget, per_task, scheduler, strategy):
         # TVM rebuilds its logging config from the names of this logger's handlers; an unnamed
         # one (left by an earlier tuning run in the same process) crashes that (None.format).
         for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
             ms_logger.removeHandler(handler)
+        # TVM gives its console handler this logger's level, then resets the logger to
+        # DEBUG: set it before every phase, or the second one floods the console
+        ms_logger.setLevel(logging.WARNING)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=str(db_dir / "logs"), num_threads=max(1, int(builders)), seed=seed,
-            # A small population keeps each search round cheap on a loaded 2-core machine.
-            strategy=ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=16))
+            strategy=strategy)
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
         callbacks.append(_progress_callback(report, bar))
         ms.tune.tune_tasks(
@@ -272,12 +308,18 @@ def tune(mod, target, db_dir: Path, trials: int, *, max_trials_per_task: int | N
             # phase 1, grouped by the trials each task still needs (all equal for a new database)
             for need in sorted({need for _, need in floor}):
                 group = [task for task, n in floor if n == need]
-                # a floor round is a few trials from a cold cost model: a small population
-                # costs a fraction of the search time for about the same candidates
-                run_phase(group, need * len(group), need, "round-robin", min(population, floor_population))
+                # A floor round is a few trials from a cold cost model, which cannot steer an
+                # evolutionary search yet; on the integer kernels (long requantization
+                # epilogues) each evolution round cost ~100 s of one core per task for 8
+                # candidates. Random schedules from the design space cost a few seconds and
+                # train the cost model that phase 2's evolutionary search then uses.
+                run_phase(group, need * len(group), need, "round-robin", ms.search_strategy.ReplayTrace())
             if rest:
                 per_task = max_trials_per_task or max(1, rest)
-                run_phase(list(extracted), rest, per_task, "gradient", population)
+                # a small population keeps each search round cheap on a 2-core machine
+                run_phase(list(extracted), rest, per_task, "gradient",
+                          ms.search_strategy.EvolutionarySearch(population_size=population, init_min_unmeasured=16,
+                                                                genetic_num_iters=genetic_iters))
         finally:
             bar.close()
             if own_builder is not None:

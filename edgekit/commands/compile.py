@@ -46,7 +46,8 @@ def register(subparsers):
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
     p.add_argument("--no-committed-db", dest="committed_db", action="store_false",
-                   help="do not apply edgekit's committed tuning databases (x86-64)")
+                   help="do not apply the committed tuning database of a zoo model (x86-64; chosen by the "
+                        "file name: litepose.onnx or litepose.q.onnx gets compile/tvm/tuning_db/litepose)")
     p.add_argument("--array", type=int, default=None, metavar="N",
                    help="(accel) MAC array size N (N x N int MACs; default 8, the RTL's)")
     p.add_argument("--no-fusion", dest="fusion", action="store_false",

@@ -11,6 +11,7 @@ EXAMPLES = """  edgekit quantize litepose.onnx -o litepose.q.onnx               
   edgekit quantize m.onnx -o m.q.onnx --method rtn --calib 'calib/*.npy'
   edgekit quantize m.onnx -o m.q.onnx --fast --calib images/ --preprocess size=128x128,mean=0.5,std=0.5
   edgekit quantize m.onnx -o m.q.onnx --keep-8bit '/stem/*' '/head/*' --report report.json
+  edgekit quantize m.onnx -o m.q.onnx --activations 8 --keep-8bit @first @last
 """
 
 
@@ -29,7 +30,8 @@ def register(subparsers):
     p.add_argument("--calib-count", type=int, default=32, help="calibration samples (default 32)")
     p.add_argument("--preprocess", help="for image folders: size=HxW,mean=m[:m:m],std=s[:s:s],scale=255")
     p.add_argument("--keep-8bit", nargs="+", default=[], metavar="PATTERN",
-                   help="node-name patterns (fnmatch) of layers kept at 8 bits")
+                   help="node-name patterns (fnmatch) of layers kept at 8 bits; @first and @last "
+                        "name the network's first and last layers (the usual mixed-precision choice)")
     p.add_argument("--iters", type=int, default=None, help="learned-rounding iterations per layer")
     p.add_argument("--report", help="write a JSON report (per-step, per-layer SQNR) and a PNG chart "
                                     "of it next to it")

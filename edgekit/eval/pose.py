@@ -40,6 +40,23 @@ def _upsample(x: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, xlo] * (1 - fx) + rows[:, :, xhi] * fx
 
 
+def fused_maps(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(heatmaps [J, S, S], tags [J, S, S]) at the 1/2-resolution size S: the 1/4-resolution
+    heatmaps upsampled and averaged with the 1/2-resolution ones; tags upsampled."""
+    j = heatmaps_hr.shape[1]
+    size = heatmaps_hr.shape[-1]
+    heat = (_upsample(heatmaps_tags[0, :j], size) + heatmaps_hr[0]) / 2
+    return heat, _upsample(heatmaps_tags[0, j:2 * j], size)
+
+
+def to_input_pixels(joints: np.ndarray, stride: float) -> np.ndarray:
+    """joints [J, >=3] (heatmap x, y, score) -> keypoints [J, 3] (x, y, score in input pixels)."""
+    kp = np.zeros((joints.shape[0], 3), np.float32)
+    kp[:, :2] = (joints[:, :2] + 0.5) * stride
+    kp[:, 2] = joints[:, 2]
+    return kp
+
+
 def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
            max_people: int = 6, detection_threshold: float = 0.5, tag_threshold: float = 1.0,
            refine: bool = True, nms_oks: float = 0.8) -> list[tuple[np.ndarray, float]]:
@@ -55,8 +72,7 @@ def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
 
     j = heatmaps_hr.shape[1]
     size = heatmaps_hr.shape[-1]
-    heat = (_upsample(heatmaps_tags[0, :j], size) + heatmaps_hr[0]) / 2
-    tags = _upsample(heatmaps_tags[0, j:2 * j], size)
+    heat, tags = fused_maps(heatmaps_tags, heatmaps_hr)
     peaks = (heat == maximum_filter(heat, size=(1, 3, 3))) & (heat > detection_threshold)
     people: list[dict] = []  # each: joints [J, 4] (x, y, score, tag), tags list
     for joint in JOINT_ORDER:
@@ -91,13 +107,8 @@ def decode(heatmaps_tags: np.ndarray, heatmaps_hr: np.ndarray, image_size: int,
         score = float(joints[:, 2].sum() / j)
         if refine:
             _fill_missing(joints, heat, tags, float(np.mean(p["tags"])))
-        _quarter_offset(joints, heat)
-        stride = image_size / size
-        kp = np.zeros((j, 3), np.float32)
-        kp[:, 0] = (joints[:, 0] + 0.5) * stride
-        kp[:, 1] = (joints[:, 1] + 0.5) * stride
-        kp[:, 2] = joints[:, 2]
-        results.append((kp, score))
+        quarter_offset(joints, heat)
+        results.append((to_input_pixels(joints, image_size / size), score))
     return pose_nms(results, nms_oks)
 
 
@@ -131,7 +142,8 @@ def _fill_missing(joints, heat, tags, person_tag):
         joints[jt] = (x, y, heat[jt, y, x], tags[jt, y, x])
 
 
-def _quarter_offset(joints, heat):
+def quarter_offset(joints, heat):
+    """Move each joint a quarter pixel towards its higher neighbour (in place)."""
     _, h, w = heat.shape
     for jt in range(joints.shape[0]):
         x, y = int(joints[jt, 0]), int(joints[jt, 1])
@@ -149,9 +161,13 @@ class PoseMetric:
     def __init__(self):
         self.images, self.gts, self.dets = [], [], []
 
+    def people(self, sample, outputs) -> list:
+        """Decoded people of one image (tools/pose_diagnose.py swaps in oracle decoders)."""
+        return decode(outputs["heatmaps_tags"], outputs["heatmaps_hr"], sample.inputs["image"].shape[-1])
+
     def update(self, index, sample, outputs):
         image_size = sample.inputs["image"].shape[-1]
-        people = decode(outputs["heatmaps_tags"], outputs["heatmaps_hr"], image_size)
+        people = self.people(sample, outputs)
         self.images.append({"id": index, "width": image_size, "height": sample.inputs["image"].shape[-2]})
         for kp, area in zip(sample.target["keypoints"], sample.target["areas"]):
             lab = kp[kp[:, 2] > 0]

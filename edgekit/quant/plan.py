@@ -181,6 +181,34 @@ def _is_float(name: str, env: dict) -> bool:
     return v is not None and hasattr(v, "is_floating_point") and v.is_floating_point()
 
 
+# keep_8bit tokens besides fnmatch patterns: the network's first and last layers
+FIRST, LAST = "@first", "@last"
+
+
+def edge_layers(model: onnx.ModelProto, layer_names: set) -> tuple[set, set]:
+    """(first, last): layers no other layer feeds / layers that feed no other layer.
+
+    "Feeds" is transitive through non-layer ops, so on a residual transformer only the
+    first block's projections are first (later blocks read the residual stream after
+    layers wrote to it) and only the output head is last.
+    """
+    def unreached(nodes, reads, writes) -> set:
+        # layers none of whose reads were written, directly or through non-layer ops, by a layer
+        reached, found = set(), set()
+        for node in nodes:
+            hit = any(t in reached for t in reads(node))
+            if node.name in layer_names and not hit:
+                found.add(node.name)
+            if node.name in layer_names or hit:
+                reached.update(writes(node))
+        return found
+
+    nodes = list(model.graph.node)
+    first = unreached(nodes, lambda n: n.input, lambda n: n.output)
+    last = unreached(reversed(nodes), lambda n: n.output, lambda n: n.input)
+    return first, last
+
+
 def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits: int = 4,
                io_bits: int = 8, keep_8bit: tuple = ()) -> QuantPlan:
     """Decide layers and quantization points. `env`: one float run, tensor name -> torch tensor."""
@@ -223,6 +251,10 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
             layer.weight_bits = 8 if any(fnmatch.fnmatch(layer.name, p) for p in keep_8bit) else weight_bits
             layers[layer.name] = layer
         integer_nodes.append((node, layer, act))
+    if FIRST in keep_8bit or LAST in keep_8bit:
+        first, last = edge_layers(model, set(layers))
+        for name in (first if FIRST in keep_8bit else set()) | (last if LAST in keep_8bit else set()):
+            layers[name].weight_bits = 8
 
     points: list[str] = []
     inherit: dict[str, str] = {}

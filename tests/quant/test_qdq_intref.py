@@ -100,3 +100,23 @@ def test_parse_reads_requant_parameters(cnn):
     assert conv.mult.shape == conv.bias.shape == (conv.weight.shape[0],)
     real = conv.in_q[0].scale * conv.weight_scale / conv.out_q.scale
     assert np.allclose(conv.mult * 2.0 ** -conv.shift.astype(float), real, rtol=2 ** -14)
+
+
+def _eight_bit_layers(model, shape):
+    cfg = P.QuantConfig.for_method("rtn", keep_8bit=("@first", "@last"))
+    q, report = P.quantize(model, feeds(shape, 2), cfg)
+    eight = {n for n, layer in report["layers"].items() if layer["weight_bits"] == 8}
+    int8_weights = {i.name for i in q.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    return eight, report["layers"], int8_weights
+
+
+def test_keep_first_and_last_layers_at_8_bits(cnn, block):
+    ops = lambda layers, names: sorted(layers[n]["op"] for n in names)  # noqa: E731
+    eight, layers, int8_weights = _eight_bit_layers(cnn, (1, 3, 32, 32))
+    # the stem conv; the classifier and the upsampling head that end the two outputs
+    assert ops(layers, eight) == ["Conv", "ConvTranspose", "Gemm"]
+    assert len(int8_weights) >= 3
+    # residual transformer block: only the first projection and the last MLP layer, not
+    # every layer that reads the residual stream or writes to it
+    eight, layers, _ = _eight_bit_layers(block, (1, 8, 16))
+    assert len(eight) == 2 and len(layers) == 4

@@ -28,11 +28,19 @@ def test_tune_writes_a_database_that_later_compiles_reuse(tmp_path):
     assert again["tuning"]["kernels_tuned"] == 1 and again["tuning"]["report"] is None
     untuned = compile_model(model, "x86-64", tmp_path / "plain", committed_db=False)
     assert untuned["tuning"]["kernels_tuned"] == 0
+    # pruned to the fastest record per kernel (how committed databases are made): same coverage
+    assert tuning.prune_database(db, tmp_path / "pruned") == (1, 1)
+    best = min(json.loads(line)[1][1][0] for line in (db / tuning.DB_FILES[1]).read_text().splitlines())
+    kept = json.loads((tmp_path / "pruned" / tuning.DB_FILES[1]).read_text())
+    assert kept[0] == 0 and kept[1][1][0] == best
+    pruned = compile_model(model, "x86-64", tmp_path / "from_pruned", tuning_db=tmp_path / "pruned",
+                           committed_db=False)
+    assert pruned["tuning"]["kernels_tuned"] == 1
 
 
-def test_every_kernel_gets_the_trial_floor(tmp_path):
+def test_every_kernel_gets_the_trial_floor(tmp_path, capfd):
     """A budget smaller than the floor still tunes every kernel; extending the database later
-    spends nothing on the floor again."""
+    spends nothing on the floor again. MetaSchedule's step-by-step log stays in the log folder."""
     from edgekit.compile import compile_model
 
     model = tiny.two_matmul_net(tmp_path / "mm2.onnx")
@@ -45,6 +53,8 @@ def test_every_kernel_gets_the_trial_floor(tmp_path):
     again = compile_model(model, "x86-64", tmp_path / "b", tune=1, tuning_db=db, committed_db=False,
                           tune_min_per_task=2)
     assert again["tuning"]["report"]["trials"] <= 1
+    console = capfd.readouterr()
+    assert "[INFO]" not in console.out + console.err
 
 
 def test_tune_without_database_folder_is_an_error(tmp_path, capsys):
