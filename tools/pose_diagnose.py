@@ -56,6 +56,36 @@ class OracleGrouping:
         return people
 
 
+def diagnose(model: str, count: int, radius: int):
+    """({name: PoseMetric} for the decoder and the oracle, the OracleGrouping with its errors)."""
+    from edgekit.data import samples
+    from edgekit.errors import EdgekitError
+    from edgekit.eval.pose import PoseMetric
+    from edgekit.eval.predictors import predictor
+    from edgekit.models import load_reference
+    from edgekit.progress import progress
+
+    if Path(model).exists():
+        predict = predictor(model)
+    elif model == "litepose":
+        predict = predictor(load_reference(model))
+    else:
+        raise EdgekitError(f"{model}: no such file, and the zoo's pose model is 'litepose'")
+    metrics = {"decoder": PoseMetric(), "oracle groups": PoseMetric()}
+    oracle = OracleGrouping(radius)
+    metrics["oracle groups"].people = oracle
+    test = samples("litepose", "test", count)
+    for i, sample in enumerate(progress(test, desc="pose diagnosis", unit="sample")):
+        outputs = predict(sample.inputs)
+        missing = [k for k in ("heatmaps_tags", "heatmaps_hr") if k not in outputs]
+        if missing:
+            raise EdgekitError(f"{model}: outputs {', '.join(outputs)}; a LitePose model has heatmaps_tags "
+                               "and heatmaps_hr")
+        for metric in metrics.values():
+            metric.update(i, sample, outputs)
+    return metrics, oracle
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default="litepose",
@@ -65,24 +95,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args(argv)
 
-    from edgekit.data import samples
-    from edgekit.eval.pose import PoseMetric
-    from edgekit.eval.predictors import predictor
-    from edgekit.models import load_reference
-    from edgekit.progress import progress
+    from edgekit.errors import EdgekitError
 
-    if Path(args.model).exists():
-        predict = predictor(args.model)
-    else:
-        predict = predictor(load_reference(args.model))
-    metrics = {"decoder": PoseMetric(), "oracle groups": PoseMetric()}
-    oracle = OracleGrouping(args.radius)
-    metrics["oracle groups"].people = oracle
-    test = samples("litepose", "test", args.samples)
-    for i, sample in enumerate(progress(test, desc="pose diagnosis", unit="sample")):
-        outputs = predict(sample.inputs)
-        for metric in metrics.values():
-            metric.update(i, sample, outputs)
+    try:
+        metrics, oracle = diagnose(args.model, args.samples, args.radius)
+    except EdgekitError as exc:
+        print(f"pose_diagnose: error: {exc}", file=sys.stderr)
+        return 2
     keys = ("ap", "ap50", "ap75", "ar")
     result = {name: {k: round(m.result()[k], 4) for k in keys} for name, m in metrics.items()}
     err = np.asarray(oracle.errors)
