@@ -27,28 +27,27 @@ import numpy as np
 PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
 
 
-def evaluate_file(name, path_or_model, count, strict=False, reference=None):
-    """Task metrics on the test split; with `reference` (a list to fill on the FP32 run, or
-    the filled list) also the output SQNR in dB against those FP32 outputs."""
+def evaluate_file(name, path_or_model, count, strict=False, outputs=None):
+    """Task metrics on the test split; the float outputs of each sample go to `outputs` if given."""
     from edgekit.eval import evaluate
     from edgekit.quant.ort import run, session
 
     sess = session(path_or_model, strict=strict)
-    outputs = []
 
     def predict(inputs):
         out = run(sess, inputs)
-        outputs.append({k: v for k, v in out.items() if np.asarray(v).dtype.kind == "f"})
+        if outputs is not None:
+            outputs.append({k: v for k, v in out.items() if np.asarray(v).dtype.kind == "f"})
         return out
-    result = evaluate(name, predict, split="test", count=count)
-    if reference is not None and not reference:
-        reference += outputs
-    elif reference is not None:
-        signal = sum(float((np.asarray(r[k], np.float64) ** 2).sum()) for r in reference for k in r)
-        noise = sum(float(((np.asarray(o[k], np.float64) - r[k]) ** 2).sum())
-                    for r, o in zip(reference, outputs) for k in r)
-        result["output_sqnr_db"] = float(10 * np.log10(signal / max(noise, 1e-30)))
-    return result
+    return evaluate(name, predict, split="test", count=count)
+
+
+def output_sqnr_db(reference: list, outputs: list) -> float:
+    """SQNR (dB) of `outputs` against `reference` (lists of {name: array}, one per sample)."""
+    signal = sum(float((np.asarray(r[k], np.float64) ** 2).sum()) for r in reference for k in r)
+    noise = sum(float(((np.asarray(o[k], np.float64) - r[k]) ** 2).sum())
+                for r, o in zip(reference, outputs) for k in r)
+    return float(10 * np.log10(signal / max(noise, 1e-30)))
 
 
 def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
@@ -121,10 +120,11 @@ def bench_model(name, args, out_dir: Path) -> dict:
     reference: list = []  # FP32 outputs on the test inputs
 
     def score(path):
-        res = evaluate_file(name, path, args.test_count, reference=reference)
-        return res[key], {"output_sqnr_db": round(res["output_sqnr_db"], 2)}
+        outputs: list = []
+        res = evaluate_file(name, path, args.test_count, outputs=outputs)
+        return res[key], {"output_sqnr_db": round(output_sqnr_db(reference, outputs), 2)}
 
-    res = evaluate_file(name, fp32, args.test_count, reference=reference)
+    res = evaluate_file(name, fp32, args.test_count, outputs=reference)
     add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
 
     # CPU seconds (all threads of this process) next to wall time: on a shared machine the
