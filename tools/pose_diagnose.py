@@ -77,8 +77,7 @@ def diagnose(model: str, count: int, radius: int):
     test = samples("litepose", "test", count)
     for i, sample in enumerate(progress(test, desc="pose diagnosis", unit="sample")):
         outputs = predict(sample.inputs)
-        missing = [k for k in ("heatmaps_tags", "heatmaps_hr") if k not in outputs]
-        if missing:
+        if not {"heatmaps_tags", "heatmaps_hr"} <= set(outputs):
             raise EdgekitError(f"{model}: outputs {', '.join(outputs)}; a LitePose model has heatmaps_tags "
                                "and heatmaps_hr")
         for metric in metrics.values():

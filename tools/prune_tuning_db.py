@@ -25,10 +25,6 @@ def main(argv=None) -> int:
     from edgekit.errors import EdgekitError
 
     try:
-        if not tuning.is_database(args.src):
-            raise EdgekitError(f"{args.src}: not a tuning database (needs {' and '.join(tuning.DB_FILES)})")
-        if args.keep < 1:
-            raise EdgekitError(f"--keep must be >= 1, got {args.keep}")
         workloads, records = tuning.prune_database(args.src, args.dst, keep=args.keep)
     except EdgekitError as exc:
         print(f"prune_tuning_db: error: {exc}", file=sys.stderr)

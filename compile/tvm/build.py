@@ -167,8 +167,9 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     elif tuning_db is not None and not tune:
         raise EdgekitError(f"--tuning-db {tuning_db}: not a tuning database (run with --tune N to create one)")
     zoo = zoo_info(model, onnx_path, inputs)
-    if committed_db and spec.name == "x86-64" and zoo.get("model"):
-        db_folders += tuning.committed_databases(zoo["model"])
+    committed = tuning.committed_database(zoo["model"]) if zoo.get("model") else None
+    if committed_db and spec.name == "x86-64" and committed is not None:
+        db_folders.append(committed)
     mod = apply_databases(mod, target, db_folders)
     scheduled, total = count_scheduled(mod)
     log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): "

@@ -48,17 +48,15 @@ def is_database(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in DB_FILES)
 
 
-def committed_databases(model: str | None = None) -> list[Path]:
-    """The committed database of zoo model `model` (every one when `model` is None).
+def committed_database(model: str) -> Path | None:
+    """The committed database of zoo model `model`, if there is one.
 
     A compile applies only its own model's: records match kernels by structure, so another
     model's records rarely apply, and opening a database parses all its kernels (seconds
     per database for the integer kernels' long epilogues).
     """
-    if not COMMITTED_DB_ROOT.is_dir():
-        return []
-    found = sorted(p for p in COMMITTED_DB_ROOT.iterdir() if p.is_dir() and is_database(p))
-    return found if model is None else [p for p in found if p.name == model]
+    folder = COMMITTED_DB_ROOT / model
+    return folder if is_database(folder) else None
 
 
 def open_database(folder: Path, create: bool = False):
@@ -83,6 +81,10 @@ def prune_database(src: Path, dst: Path, keep: int = 1) -> tuple[int, int]:
     """
     from edgekit.fileio import atomic_dir
 
+    if not is_database(src):
+        raise EdgekitError(f"{src}: not a tuning database (needs {' and '.join(DB_FILES)})")
+    if keep < 1:
+        raise EdgekitError(f"records to keep per kernel must be >= 1, got {keep}")
     workloads = Path(src, DB_FILES[0]).read_text().splitlines()
     best: dict[int, list] = {}
     for line in Path(src, DB_FILES[1]).read_text().splitlines():

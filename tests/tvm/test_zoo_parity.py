@@ -1,8 +1,11 @@
 """compile -> run parity for every zoo model: FP32 vs onnxruntime, integer vs the integer reference.
 
-Heavy (export, quantize and compile four models untuned: minutes on 2 cores): marked slow.
+Heavy (export, quantize and compile four models with their committed tuning databases:
+minutes on 2 cores): marked slow.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -44,7 +47,10 @@ def test_zoo_fp32_and_integer_parity(name, zoo_dir):
     fp32 = zoo_dir / f"{name}.onnx"
     export_zoo(name, fp32)
     feeds = feeds_for(fp32)
-    compile_model(fp32, "x86-64", zoo_dir / f"{name}_fp32")
+    meta = compile_model(fp32, "x86-64", zoo_dir / f"{name}_fp32")
+    # the model's own committed database, and only it, is applied
+    assert [Path(d).name for d in meta["tuning"]["databases"]] == [name]
+    assert meta["tuning"]["kernels_tuned"] >= meta["tuning"]["kernels_total"] - 1
     sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
     ref = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     with open_session(zoo_dir / f"{name}_fp32") as s:
