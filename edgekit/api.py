@@ -27,43 +27,62 @@ def export(model: str, output, *, config: str = "tiny", input_shapes=None, opset
 
 def quantize(model_path, output, *, weights: int = 4, activations: int = 4, method: str = "full",
              fast: bool = False, calib: str | None = None, calib_count: int = 32, preprocess: str | None = None,
-             keep_8bit=(), iters: int | None = None) -> dict:
+             keep_8bit=(), iters: int | None = None, report=None) -> dict:
     """Float ONNX -> QDQ ONNX with int4/int8 weights; returns the quantization report.
 
     `calib` is a zoo dataset name, an image folder (with `preprocess`) or .npy/.npz files;
     by default the zoo dataset named by the file's stem (litepose.onnx -> litepose).
+    `report` (a .json path) also writes the report and a PNG chart of it beside it
+    (report.png). The model, report and chart are written together or not at all.
     """
     import onnx
 
     from edgekit.errors import require
-    from edgekit.fileio import atomic_path
+    from edgekit.fileio import OutputSet, save_json
     from edgekit.onnx_graph.model import load_model
     from edgekit.quant import calib as K
     from edgekit.quant import pipeline as P
 
-    model = load_model(model_path)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    names = [i.name for i in inputs]
-    shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-              for i in inputs]
-    source = calib or Path(model_path).name.split(".")[0]
-    require(bool(source), "give a calibration source (calib=...)")
-    feeds = K.load_calibration(source, names, shapes, calib_count, preprocess)
-    config = P.QuantConfig.for_method(method, fast=fast, weight_bits=weights, act_bits=activations,
-                                      keep_8bit=tuple(keep_8bit))
-    if iters is not None:
-        for step in config.steps:
-            if isinstance(step, P.Reconstruct):
-                step.iters = iters
-    qdq, report = P.quantize(model, feeds, config)
-    report.pop("_plan", None)
-    with atomic_path(output) as tmp:
-        onnx.save(qdq, str(tmp))
-    report["output"] = str(output)
-    report["size_bytes"] = {"float": os.path.getsize(model_path) if os.path.isfile(model_path) else None,
-                            "quantized": Path(output).stat().st_size}
-    return report
+    require(iters is None or iters >= 1, f"iters must be at least 1, got {iters}")
+    require(calib_count >= 1, f"calib_count must be at least 1, got {calib_count}")
+    with OutputSet(inputs=[model_path]) as out:
+        model_tmp = out.file(output, "output model", suffix=".onnx")
+        if report:
+            require(Path(report).suffix.lower() == ".json", f"report {report}: use a .json file name "
+                                                            "(the PNG chart is written beside it)")
+            report_tmp = out.file(report, "report")
+            chart_tmp = out.file(Path(report).with_suffix(".png"), "report chart")
+        model = load_model(model_path)
+        inits = {i.name for i in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        names = [i.name for i in inputs]
+        shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+                  for i in inputs]
+        source = calib or Path(model_path).name.split(".")[0]
+        require(bool(source), "give a calibration source (calib=...)")
+        out.check_inputs(K.calibration_files(str(source), calib_count) or [], "calibration input")
+        dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+                  if i.type.tensor_type.elem_type else None for i in inputs]
+        feeds = K.load_calibration(source, names, shapes, calib_count, preprocess, dtypes=dtypes)
+        config = P.QuantConfig.for_method(method, fast=fast, weight_bits=weights, act_bits=activations,
+                                          keep_8bit=tuple(keep_8bit))
+        if iters is not None:
+            for step in config.steps:
+                if isinstance(step, P.Reconstruct):
+                    step.iters = iters
+        qdq, result = P.quantize(model, feeds, config)
+        result.pop("_plan", None)
+        onnx.save(qdq, str(model_tmp))
+        result["output"] = str(output)
+        result["size_bytes"] = {"float": os.path.getsize(model_path) if os.path.isfile(model_path) else None,
+                                "quantized": model_tmp.stat().st_size}
+        if report:
+            from edgekit.quant.report import plot_layer_sqnr
+
+            save_json(result, report_tmp)
+            plot_layer_sqnr({s["step"]: s["sqnr_db"]["layers"] for s in result["steps"]},
+                            f"{Path(model_path).name}: per-layer SQNR after each step", chart_tmp)
+    return result
 
 
 def compile(model_path, target: str, output, **options) -> dict:  # noqa: A001 - the verb's name

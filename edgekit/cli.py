@@ -7,8 +7,10 @@ Modules are discovered, so adding a verb never touches this file.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
+import signal
 import sys
 
 from edgekit import __version__
@@ -24,8 +26,15 @@ EPILOG = """examples:
 """
 
 
+class EdgekitParser(argparse.ArgumentParser):
+    """argparse with edgekit's error line: `edgekit: error: ...`, exit 2 (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgekit: error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = EdgekitParser(
         prog="edgekit", description="Edge deployment and 4-bit quantization toolchain.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"edgekit {__version__}")
@@ -40,20 +49,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS errors that are the user's to fix (a full disk, a read-only or forbidden path,
+# a file that vanished): one line naming the file, like any other user error.
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+               errno.EISDIR, errno.ENOTDIR, errno.EFBIG, errno.ENAMETOOLONG}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every temporary output is removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _os_error_line(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"no space left to write the output{where}: free some space or write elsewhere"
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import threading
+
+    # Signal handlers can only be set from the main thread (the API may call main() elsewhere).
+    own_handler = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None))
+    if own_handler:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = args.func(args)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in USER_ERRNOS:
+            raise
+        print(f"edgekit: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("edgekit: terminated (outputs not written)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("edgekit: interrupted", file=sys.stderr)
+        print("edgekit: interrupted (outputs not written)", file=sys.stderr)
         return 130
+    finally:
+        if own_handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return int(code or 0)
 
 

@@ -18,3 +18,10 @@ def require(condition: bool, message: str) -> None:
     """Raise EdgekitError(message) unless condition holds."""
     if not condition:
         raise EdgekitError(message)
+
+
+def warn(message: str) -> None:
+    """One line `edgekit: warning: ...` on stderr: something the user should know, not an error."""
+    import sys
+
+    print(f"edgekit: warning: {' '.join(str(message).split())}", file=sys.stderr)

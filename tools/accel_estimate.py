@@ -2,7 +2,7 @@
 """Frames per second of full-size zoo models on edgekit's accelerator, from the golden model's counts.
 
     python tools/accel_estimate.py                              # LitePose-XS 256x256, depth 'small' 518x518
-    python tools/accel_estimate.py --clock-mhz 800 --array 16 --json est.json
+    python tools/accel_estimate.py --clock-mhz 800 --array 16 --json-file est.json
     python tools/accel_estimate.py --model litepose:xs:256 --work /tmp/est
 
 Each model is exported (random weights: cycle counts depend on shapes only),
@@ -22,10 +22,11 @@ the golden model's counters). Assumptions, printed with the result:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+from edgekit.commands import add_json_flags, check_json_file, emit_json
 
 DEFAULT_MODELS = ["litepose:xs:256", "depth:small:518"]
 
@@ -86,19 +87,20 @@ def main(argv=None) -> int:
     ap.add_argument("--array", type=int, default=8)
     ap.add_argument("--rtl-factor", type=float, default=1.58)
     ap.add_argument("--work", default=None, help="folder for exported / quantized / compiled models (kept)")
-    ap.add_argument("--json", default=None, help="write the estimates as JSON")
+    add_json_flags(ap)
     args = ap.parse_args(argv)
+    check_json_file(args)
     work = Path(args.work or tempfile.mkdtemp(prefix="accel-estimate-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = [estimate(m, work, args.clock_mhz, args.array, args.rtl_factor) for m in (args.model or DEFAULT_MODELS)]
     print(f"clock {args.clock_mhz:g} MHz, {args.array}x{args.array} MACs, DRAM 8 B/cycle "
           f"({8 * args.clock_mhz / 1e3:g} GB/s) + 6 cycles per burst, host ops not counted", file=sys.stderr)
+    if emit_json(args, rows):
+        return 0
     for r in rows:
         print(f"{r['model']:<18} {r['cycles_per_frame']:>12,} cycles  {r['fps_golden']:7.2f} fps (golden)  "
               f"{r['fps_rtl_calibrated']:7.2f} fps (RTL-calibrated)  MAC util {r['mac_utilization']:.1%}  "
               f"DRAM {r['dram_bytes_per_frame'] / 1e6:.1f} MB/frame  host ops {r['fallback_ops']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 

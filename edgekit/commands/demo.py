@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from edgekit.commands import add_command
+from edgekit.commands import add_command, positive_int
 
 EXAMPLES = """  edgekit demo                                   # litepose, W4A8, x86-64, into ./demo
   edgekit demo --model depth --activations 4 -o demo-depth
@@ -23,7 +23,7 @@ def register(subparsers):
     p.add_argument("--activations", type=int, choices=(4, 8), default=8)
     p.add_argument("--method", default="full", choices=("rtn", "polish", "compensate", "reconstruct", "full"))
     p.add_argument("--slow", action="store_true", help="learned rounding instead of the fast Hessian-based mode")
-    p.add_argument("--samples", type=int, default=20, help="held-out test samples for the metrics (default 20)")
+    p.add_argument("--samples", type=positive_int, default=20, help="held-out test samples for the metrics (default 20)")
     p.add_argument("-o", "--output", default="demo", help="folder for every stage's file (default ./demo)")
     return p
 
@@ -40,9 +40,29 @@ def run(args) -> int:
     from edgekit import api
     from edgekit.errors import require
 
+    import edgekit.models as zoo
+
     out = Path(args.output)
+    require(args.model in zoo.list_models(), f"--model {args.model}: not a zoo model "
+                                             f"({', '.join(zoo.list_models())})")
     require(out.parent.is_dir() if str(out.parent) else True, f"cannot write {out}: its parent folder is missing")
+    require(not out.exists() or out.is_dir(), f"cannot write demo folder {out}: a file of that name exists")
+    created = not out.exists()
     out.mkdir(exist_ok=True)
+    try:
+        return _pipeline(args, out)
+    except BaseException:
+        if created:  # a demo that failed before writing anything leaves no folder behind
+            import contextlib
+
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _pipeline(args, out: Path) -> int:
+    from edgekit import api
+
     fp32, qdq, art = out / f"{args.model}.onnx", out / f"{args.model}.q.onnx", out / f"{args.model}-{args.target}"
     precision = f"W{args.weights}A{args.activations}"
 

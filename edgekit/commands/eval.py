@@ -6,12 +6,13 @@ import os
 import sys
 from pathlib import Path
 
-from edgekit.commands import add_command
+from edgekit.commands import add_command, add_json_flags, positive_int, print_json
 from edgekit.errors import EdgekitError
 
 EXAMPLES = """  edgekit eval litepose                                 # zoo model + committed checkpoint, PyTorch FP32
   edgekit eval litepose.onnx --samples 50               # ONNX file in onnxruntime (task from the file)
-  edgekit eval model.q.onnx --task depth --json m.json  # name the task when the file does not tell
+  edgekit eval model.q.onnx --task depth --json-file m.json   # name the task when the file does not tell
+  edgekit eval depth.onnx --json                        # the metrics as JSON on stdout
   edgekit eval deblur --save-vis vis/                   # blurred / restored / sharp pictures
   edgekit eval lm --length 1024 4096 16384              # LM retrieval accuracy at several lengths
 """
@@ -26,14 +27,14 @@ def register(subparsers):
                     EXAMPLES, run)
     p.add_argument("model", metavar="MODEL_OR_FILE", help="zoo model name, or a model file (.onnx)")
     p.add_argument("--task", help="zoo model or task (pose, depth, deblur, lm) a file is evaluated as")
-    p.add_argument("--samples", type=int, default=None, help="test samples (default: the task's)")
+    p.add_argument("--samples", type=positive_int, default=None, help="test samples (default: the task's)")
     p.add_argument("--split", default="test", choices=("test", "calib", "train"), help="data split (default test)")
     p.add_argument("--seed", type=int, default=0, help="data seed of the split (default 0)")
     p.add_argument("--checkpoint", help="weights for a zoo model instead of the committed checkpoint")
-    p.add_argument("--length", type=int, nargs="+", help="LM sequence length(s) (default: the model's input)")
-    p.add_argument("--json", metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument("--length", type=positive_int, nargs="+", help="LM sequence length(s) (default: the model's input)")
+    add_json_flags(p)
     p.add_argument("--save-vis", metavar="DIR", help="write pictures of the first samples into DIR")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads")
 
 
 def resolve(model: str, task: str | None, checkpoint: str | None, threads: int | None = None):
@@ -80,34 +81,33 @@ def _infer_task(path: Path, pred) -> str:
 def run(args) -> int:
     from edgekit.data import task_of
     from edgekit.eval import evaluate
-    from edgekit.fileio import save_json
+    from edgekit.fileio import OutputSet
 
-    name, pred, label = resolve(args.model, args.task, args.checkpoint, args.threads)
-    task = task_of(name)
-    if args.length and task != "lm":
-        raise EdgekitError(f"--length applies to the lm task, not {task}")
-    if args.json:
-        _check_writable(args.json)
-    lengths = args.length or [None]
-    results = []
-    for length in lengths:
-        extra = {"length": length} if length else {}
-        vis = args.save_vis if length == lengths[0] else None
-        metrics = evaluate(name, pred, split=args.split, count=args.samples, save_vis=vis, seed=args.seed,
-                           **extra)
-        metrics["model"] = label
-        results.append(metrics)
-    for metrics in results:
-        _print_table(metrics)
-    if args.json:
-        save_json(results[0] if len(results) == 1 else results, args.json)
+    with OutputSet(inputs=[args.model]) as out:
+        json_tmp = out.file(args.json_file, "--json-file") if args.json_file else None
+        vis_tmp = out.folder(args.save_vis, "--save-vis folder", merge=True) if args.save_vis else None
+        name, pred, label = resolve(args.model, args.task, args.checkpoint, args.threads)
+        task = task_of(name)
+        if args.length and task != "lm":
+            raise EdgekitError(f"--length applies to the lm task, not {task}")
+        lengths = args.length or [None]
+        results = []
+        for length in lengths:
+            extra = {"length": length} if length else {}
+            vis = vis_tmp if length == lengths[0] else None
+            metrics = evaluate(name, pred, split=args.split, count=args.samples, save_vis=vis, seed=args.seed,
+                               **extra)
+            metrics["model"] = label
+            results.append(metrics)
+        document = results[0] if len(results) == 1 else results
+        if json_tmp:
+            from edgekit.fileio import save_json
+
+            save_json(document, json_tmp)
+    if not print_json(args, document):
+        for metrics in results:
+            _print_table(metrics)
     return 0
-
-
-def _check_writable(path):
-    parent = Path(path).parent
-    if not parent.exists():
-        raise EdgekitError(f"cannot write {path}: folder {parent} does not exist")
 
 
 def _print_table(metrics: dict) -> None:

@@ -1,10 +1,9 @@
 """`edgekit quantize`: float ONNX -> int4 QDQ ONNX (QuartDepth-style PTQ)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from edgekit.commands import add_command
+from edgekit.commands import add_command, positive_int
 
 EXAMPLES = """  edgekit quantize litepose.onnx -o litepose.q.onnx                       # W4A4, method full
   edgekit quantize depth.onnx -o depth.q.onnx --weights 4 --activations 8 --calib depth
@@ -27,44 +26,26 @@ def register(subparsers):
     p.add_argument("--fast", action="store_true", help="Hessian-based (GPTQ-style) rounding instead of learned")
     p.add_argument("--calib", help="zoo dataset name, image folder, or .npy/.npz files (glob); default: "
                                    "the zoo dataset named like the model file")
-    p.add_argument("--calib-count", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--calib-count", type=positive_int, default=32, help="calibration samples (default 32)")
     p.add_argument("--preprocess", help="for image folders: size=HxW,mean=m[:m:m],std=s[:s:s],scale=255")
     p.add_argument("--keep-8bit", nargs="+", default=[], metavar="PATTERN",
                    help="node-name patterns (fnmatch) of layers kept at 8 bits; @first and @last "
                         "name the network's first and last layers (the usual mixed-precision choice)")
-    p.add_argument("--iters", type=int, default=None, help="learned-rounding iterations per layer")
-    p.add_argument("--report", help="write a JSON report (per-step, per-layer SQNR) and a PNG chart "
-                                    "of it next to it")
+    p.add_argument("--iters", type=positive_int, default=None, help="learned-rounding iterations per layer")
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="also write a JSON report (per-step, per-layer SQNR) and a PNG chart of it beside "
+                        "it (REPORT.png); model, report and chart are written together or not at all")
     return p
-
-
-def _check_output(path: Path, what: str):
-    from edgekit.errors import require
-
-    parent = path.parent if str(path.parent) else Path(".")
-    require(parent.is_dir(), f"cannot write {what} {path}: folder {parent} does not exist")
-    require(os.access(parent, os.W_OK), f"cannot write {what} {path}: folder {parent} is not writable")
-    require(not path.is_dir(), f"cannot write {what} {path}: it is a folder")
 
 
 def run(args) -> int:
     from edgekit import api
-    from edgekit.fileio import save_json
 
     out = Path(args.output)
-    _check_output(out, "output")
-    if args.report:
-        _check_output(Path(args.report), "report")
     report = api.quantize(args.model, out, weights=args.weights, activations=args.activations, method=args.method,
                           fast=args.fast, calib=args.calib, calib_count=args.calib_count,
-                          preprocess=args.preprocess, keep_8bit=args.keep_8bit, iters=args.iters)
-    if args.report:
-        save_json(report, args.report)
-        from edgekit.quant.report import plot_layer_sqnr
-
-        plot_layer_sqnr({s["step"]: s["sqnr_db"]["layers"] for s in report["steps"]},
-                        f"{Path(args.model).name}: per-layer SQNR after each step",
-                        Path(args.report).with_suffix(".png"))
+                          preprocess=args.preprocess, keep_8bit=args.keep_8bit, iters=args.iters,
+                          report=args.report)
     last = report["steps"][-1]["sqnr_db"]["outputs"]
     print(f"wrote {out} (W{args.weights}A{args.activations}, method {args.method}{' fast' if args.fast else ''}, "
           f"{report['seconds']:.1f} s); output SQNR vs float on calibration data: "

@@ -30,9 +30,31 @@ def load_model(model_or_path) -> onnx.ModelProto:
     path = Path(model_or_path)
     require(path.is_file(), f"{path}: no such ONNX file")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:  # protobuf errors have multi-line messages
         raise EdgekitError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    check_structure(model, str(path))
+    return model
+
+
+def check_structure(model: onnx.ModelProto, where: str) -> None:
+    """The graph is non-empty and every node reads a tensor defined before it (ONNX's topological order).
+
+    An empty or garbage file often parses as a protobuf with no graph; a node reading an
+    undefined tensor would otherwise fail deep inside a back-end.
+    """
+    graph = model.graph
+    require(len(graph.node) > 0 and len(graph.output) > 0,
+            f"{where}: not an ONNX model (no graph nodes or outputs); is it the right file?")
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    defined |= {i.name for i in graph.sparse_initializer}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            require(name in defined, f"{where}: node {node.name or '#' + str(i)} ({node.op_type}) reads tensor "
+                                     f"{name!r}, which no input, initializer or earlier node defines")
+        defined.update(node.output)
+    for out in graph.output:
+        require(out.name in defined, f"{where}: graph output {out.name!r} is not produced by any node")
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -210,7 +210,11 @@ def check_calibration(model: onnx.ModelProto, calib: list[dict]) -> None:
             ok = arr.ndim == len(dims) and all(d is None or d == 0 or d == s for d, s in zip(dims, arr.shape))
             require(ok, f"calibration sample {i}: input {inp.name} has shape {list(arr.shape)}, "
                         f"model expects {['?' if d is None else d for d in dims]}")
-            require(bool(np.all(np.isfinite(arr))),
+            elem = inp.type.tensor_type.elem_type
+            want = onnx.helper.tensor_dtype_to_np_dtype(elem) if elem else arr.dtype
+            require(arr.dtype.kind == "f" if want.kind == "f" else arr.dtype.kind in "biu",
+                    f"calibration sample {i}: input {inp.name} has dtype {arr.dtype}, model expects {want}")
+            require(arr.dtype.kind not in "fc" or bool(np.all(np.isfinite(arr))),
                     f"calibration sample {i}: input {inp.name} contains NaN or Inf")
 
 

@@ -251,6 +251,13 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
             layer.weight_bits = 8 if any(fnmatch.fnmatch(layer.name, p) for p in keep_8bit) else weight_bits
             layers[layer.name] = layer
         integer_nodes.append((node, layer, act))
+    unmatched = [p for p in keep_8bit if p not in (FIRST, LAST)
+                 and not any(fnmatch.fnmatch(name, p) for name in layers)]
+    if unmatched:
+        from edgekit.errors import warn
+
+        some = ", ".join(sorted(layers)[:4]) + (", ..." if len(layers) > 4 else "")
+        warn(f"--keep-8bit: no layer matches {', '.join(map(repr, unmatched))} (layers are named like {some})")
     if FIRST in keep_8bit or LAST in keep_8bit:
         first, last = edge_layers(model, set(layers))
         for name in (first if FIRST in keep_8bit else set()) | (last if LAST in keep_8bit else set()):

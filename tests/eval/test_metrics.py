@@ -131,7 +131,7 @@ def test_cli_eval_onnx_file(tmp_path, capsys):
     path = _export(_TinyDepth().eval(), tmp_path / "scene.onnx", (1, 3, 128, 128))
     out = tmp_path / "m.json"
     vis = tmp_path / "vis"
-    code = main(["eval", str(path), "--samples", "2", "--json", str(out), "--save-vis", str(vis)])
+    code = main(["eval", str(path), "--samples", "2", "--json-file", str(out), "--save-vis", str(vis)])
     assert code == 0
     metrics = json.loads(out.read_text())
     assert metrics["task"] == "depth" and metrics["samples"] == 2 and "absrel" in metrics
