@@ -9,6 +9,8 @@ ANDROID_NDK_HOME) and accel (edgekit's own accelerator, in
 """
 from __future__ import annotations
 
+import inspect
+
 from edgekit.errors import EdgekitError
 
 TVM_TARGETS = ("x86-64", "arm64", "android-arm64")
@@ -30,12 +32,25 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
         except ImportError as exc:
             raise EdgekitError(f"target accel is not available yet ({exc.name or 'edgekit.compile.accel.compiler'} "
                                "is missing in this installation)") from None
+        _check_options(target, options, compile_accel, skip=("onnx_path", "out_dir"))
         return compile_accel(onnx_path, out_dir, **options)
     if target not in TVM_TARGETS:
         raise EdgekitError(f"unknown target {target!r} (choose one of {', '.join(TARGETS)})")
     from edgekit.compile.tvm import targets
     from edgekit.compile.tvm.build import compile_tvm
 
+    _check_options(target, options, compile_tvm, skip=("onnx_path", "spec", "out_dir", "progress_log"),
+                   extra=("target_opts", "num_cores", "log"))
     spec = targets.resolve(target, options.pop("target_opts", None), options.pop("num_cores", None))
     log = options.pop("log", None)
     return compile_tvm(onnx_path, spec, out_dir, progress_log=log, **options)
+
+
+def _check_options(target: str, options: dict, backend, skip=(), extra=()) -> None:
+    """An option the back-end does not take is a typo or meant for another target:
+    say so, with the valid names, instead of dropping it or raising TypeError."""
+    valid = sorted(set(extra) | {p for p in inspect.signature(backend).parameters if p not in skip})
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise EdgekitError(f"target {target} does not take option(s) {', '.join(unknown)} "
+                           f"(valid: {', '.join(valid)})")

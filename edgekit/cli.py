@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -88,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `edgekit ... --json | head`: the reader left; exit quietly, as other tools do.
+        # stdout points at /dev/null so Python's flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.errno not in USER_ERRNOS:
             raise

@@ -107,6 +107,15 @@ class OutputSet:
         self._planned[key] = f"{what} {path}"
         return path
 
+    @classmethod
+    def precheck(cls, planned, inputs=()) -> None:
+        """Every check `file()` makes on `planned` [(path, what)] (writable, not an input, no two
+        the same), without creating a temporary: for a command whose slow work comes first."""
+        probe = cls(inputs)
+        for path, what in planned:
+            if path:
+                check_writable(probe._plan(path, what), what)
+
     def check_inputs(self, paths, what: str = "input") -> None:
         """Refuse inputs found after the outputs were planned (e.g. the files a glob names)."""
         for p in paths:

@@ -14,16 +14,17 @@ If "oracle groups" is far above "decoder", the tags / grouping are the
 problem; if both are low, the heatmaps are not precise enough.
 
     python tools/pose_diagnose.py                       # committed litepose checkpoint
-    python tools/pose_diagnose.py lp.q.onnx --samples 100 --json pose_diag.json
+    python tools/pose_diagnose.py lp.q.onnx --samples 100 --json-file pose_diag.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from edgekit.commands import add_json_flags, check_json_file, emit_json, non_negative_int, positive_int
 
 
 class OracleGrouping:
@@ -89,14 +90,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", default="litepose",
                         help="zoo model name (its committed checkpoint) or an ONNX file / artifact")
-    parser.add_argument("--samples", type=int, default=200, help="test samples (default 200, like eval)")
-    parser.add_argument("--radius", type=int, default=4, help="oracle search radius in heatmap pixels")
-    parser.add_argument("--json", help="write the numbers here too")
+    parser.add_argument("--samples", type=positive_int, default=200, help="test samples (default 200, like eval)")
+    parser.add_argument("--radius", type=non_negative_int, default=4, help="oracle search radius in heatmap pixels")
+    add_json_flags(parser)
     args = parser.parse_args(argv)
 
     from edgekit.errors import EdgekitError
 
     try:
+        check_json_file(args)
         metrics, oracle = diagnose(args.model, args.samples, args.radius)
     except EdgekitError as exc:
         print(f"pose_diagnose: error: {exc}", file=sys.stderr)
@@ -106,13 +108,13 @@ def main(argv=None) -> int:
     err = np.asarray(oracle.errors)
     result["oracle peak error px"] = {"median": round(float(np.median(err)), 2), "mean": round(float(err.mean()), 2),
                                       **{f"within {t} px": round(float((err <= t).mean()), 3) for t in (1, 2, 4)}}
+    if emit_json(args, result):
+        return 0
     print(f"{'decoding':<16}" + "".join(f"{k:>8}" for k in keys))
     for name in metrics:
         print(f"{name:<16}" + "".join(f"{result[name][k]:>8.3f}" for k in keys))
     print("oracle peaks vs true joints (input pixels): "
           + ", ".join(f"{k} {v}" for k, v in result["oracle peak error px"].items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -233,8 +233,8 @@ class _Image:
         return dram
 
 
-def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = True, fallback: str | None = None,
-                  **_ignored) -> dict:
+def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = True,
+                  fallback: str | None = None) -> dict:
     """Lower a QDQ model to an accelerator program folder; returns its metadata."""
     from edgekit.quant.qgraph import parse
 

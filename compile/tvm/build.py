@@ -125,6 +125,9 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     quantized = importer.is_quantized(model)
     lowered: dict = {}
     if quantized:
+        from edgekit.quant.qgraph import check_qdq_parameters
+
+        check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         if integer:
             lowered = qlower.lower(model)  # reads the int4 initializers: before widening
         clamps = importer.widen_int4(model)

@@ -74,7 +74,10 @@ def graph_io(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     import onnx
 
     inits = {t.name for t in model.graph.initializer}
-    to_np = lambda t: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t)).name  # noqa: E731
+    def to_np(elem_type) -> str:
+        name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+        # 4-bit tensors travel in 8-bit containers (widen_int4): the artifact holds the container's
+        return {"int4": "int8", "uint4": "uint8"}.get(name, name)
     inputs = []
     for vi in model.graph.input:
         if vi.name in inits:

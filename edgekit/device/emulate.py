@@ -19,7 +19,7 @@ from edgekit.errors import EdgekitError
 
 import edgekit
 from edgekit.device import DEVICE_FILES
-from edgekit.device.serve import READY_PREFIX
+from edgekit.device.serve import READY_PREFIX, check_bind
 
 # Python + tvm import under qemu takes ~40 s on an idle core; leave room for a
 # loaded 2-core CI machine.
@@ -84,8 +84,11 @@ def device_bundle(dest: Path) -> Path:
     return dest
 
 
-def _serve_args(host: str, port: int, tracker: str | None, key: str | None) -> list[str]:
+def _serve_args(host: str, port: int, tracker: str | None, key: str | None,
+                allow_remote: bool = False) -> list[str]:
     args = ["-m", "edgekit.device.serve", "--host", host, "--port", str(port)]
+    if allow_remote:
+        args.append("--allow-remote")
     if tracker:
         args += ["--tracker", tracker]
     if key is not None:
@@ -95,9 +98,13 @@ def _serve_args(host: str, port: int, tracker: str | None, key: str | None) -> l
 
 def start_emulated(host: str = "127.0.0.1", port: int = 0, tracker: str | None = None,
                    key: str | None = None, sysroot: str | os.PathLike | None = None,
-                   ready_timeout: float = EMULATED_READY_TIMEOUT) -> DeviceProcess:
-    """Serve under qemu-aarch64 in the arm64 root (prepared and cached if needed)."""
+                   ready_timeout: float = EMULATED_READY_TIMEOUT, allow_remote: bool = False) -> DeviceProcess:
+    """Serve under qemu-aarch64 in the arm64 root (prepared and cached if needed).
+
+    A non-loopback `host` is refused unless `allow_remote` (TVM RPC has no authentication)."""
     from edgekit.device import sysroot as roots
+
+    check_bind(host, allow_remote, "the emulated device server")
 
     qemu = shutil.which("qemu-aarch64") or shutil.which("qemu-aarch64-static")
     if not qemu:
@@ -113,14 +120,16 @@ def start_emulated(host: str = "127.0.0.1", port: int = 0, tracker: str | None =
            "PYTHONNOUSERSITE": "1",
            # One TVM thread: qemu threads compete for the host's cores anyway.
            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS", "1")}
-    cmd = [qemu, "-L", str(root), str(roots.python_in(root)), *_serve_args(host, port, tracker, key)]
+    cmd = [qemu, "-L", str(root), str(roots.python_in(root)),
+           *_serve_args(host, port, tracker, key, allow_remote)]
     return _launch(cmd, env, workdir, "emulated-arm64", ready_timeout)
 
 
 def start_native(host: str = "127.0.0.1", port: int = 0, tracker: str | None = None,
-                 key: str | None = None, ready_timeout: float = NATIVE_READY_TIMEOUT
-                 ) -> DeviceProcess:
+                 key: str | None = None, ready_timeout: float = NATIVE_READY_TIMEOUT,
+                 allow_remote: bool = False) -> DeviceProcess:
     """Serve with this host's Python: the same server code, the host's arch."""
+    check_bind(host, allow_remote, "the native device server")
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-native-device-"))
     bundle = device_bundle(workdir / "bundle")
     hidden = _hide_packages(workdir / "hidden", HOST_ONLY_PACKAGES)
@@ -129,7 +138,7 @@ def start_native(host: str = "127.0.0.1", port: int = 0, tracker: str | None = N
     # same guarantee a board gives (and tvm_ffi skips its eager torch import).
     env["PYTHONPATH"] = f"{hidden}{os.pathsep}{bundle}"
     env.setdefault("TVM_NUM_THREADS", "1")
-    cmd = [sys.executable, *_serve_args(host, port, tracker, key)]
+    cmd = [sys.executable, *_serve_args(host, port, tracker, key, allow_remote)]
     return _launch(cmd, env, workdir, "native", ready_timeout)
 
 

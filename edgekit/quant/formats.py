@@ -58,6 +58,10 @@ def qtype(bits: int, signed: bool) -> QType:
     raise ValueError(f"no {bits}-bit {'signed' if signed else 'unsigned'} format")
 
 
+class ScaleRangeError(ValueError):
+    """A requantization scale no (M, shift) pair represents: the caller names the op."""
+
+
 def quantize_multiplier(scale) -> tuple[np.ndarray, np.ndarray]:
     """Float scale(s) -> (M, s) with scale ~= M * 2^-s, M in [2^(MULT_BITS-1), 2^MULT_BITS).
 
@@ -65,7 +69,7 @@ def quantize_multiplier(scale) -> tuple[np.ndarray, np.ndarray]:
     """
     scale = np.asarray(scale, dtype=np.float64)
     if np.any(scale < 0) or not np.all(np.isfinite(scale)):
-        raise ValueError("requantization scales must be finite and non-negative")
+        raise ScaleRangeError("requantization scales must be finite and non-negative")
     mant, exp = np.frexp(scale)  # scale = mant * 2^exp, mant in [0.5, 1)
     mult = np.rint(mant * (1 << MULT_BITS)).astype(np.int64)
     carry = mult == (1 << MULT_BITS)
@@ -78,7 +82,7 @@ def quantize_multiplier(scale) -> tuple[np.ndarray, np.ndarray]:
         mult = rshift_half_even(mult, np.minimum(excess, 63))
         shift = np.minimum(shift, MAX_SHIFT)
     if np.any(shift < 0):
-        raise ValueError(f"requantization scale too large: max {float(scale.max()):g} >= 2^{MULT_BITS}")
+        raise ScaleRangeError(f"requantization scale too large: max {float(scale.max()):g} >= 2^{MULT_BITS}")
     zero = scale == 0
     mult = np.where(zero, 0, mult)
     shift = np.where(zero, 0, shift)

@@ -98,6 +98,79 @@ def _qtype_of(tensor_type: int) -> F.QType:
     raise EdgekitError(f"unsupported quantized type {onnx.TensorProto.DataType.Name(tensor_type)}")
 
 
+def _initializer(node, index: int, floats: dict, what: str) -> np.ndarray:
+    """The constant feeding input `index` of a Q/DQ node; edgekit reads quantization
+    parameters only from initializers, so a computed scale is a user-facing error."""
+    name = node.input[index]
+    if name not in floats:
+        raise EdgekitError(f"node {node.name} ({node.op_type}): {what} {name} is not an initializer")
+    return np.asarray(floats[name])
+
+
+def _checked_scale(node, floats: dict) -> np.ndarray:
+    """A zero, negative or non-finite scale makes every integer kernel divide by
+    it (requantization multipliers become inf/NaN), so refuse it here, by name."""
+    scale = _initializer(node, 1, floats, "scale")
+    if scale.dtype.kind != "f":
+        raise EdgekitError(f"node {node.name} ({node.op_type}): scale {node.input[1]} has type {scale.dtype}, "
+                           "expected a float type")
+    if scale.size == 0:
+        raise EdgekitError(f"node {node.name} ({node.op_type}): scale {node.input[1]} is empty")
+    bad = ~np.isfinite(scale) | (scale <= 0) | (scale.astype(np.float32) <= 0)
+    if bad.any():
+        value = scale.reshape(-1)[np.argmax(bad.reshape(-1))]
+        raise EdgekitError(f"node {node.name} ({node.op_type}): scale {node.input[1]} holds {float(value):g}; "
+                           "scales must be finite and positive")
+    return scale
+
+
+def _check_zero_point(node, zp: np.ndarray, qt: F.QType) -> None:
+    outside = (zp < qt.qmin) | (zp > qt.qmax)
+    if outside.any():
+        raise EdgekitError(f"node {node.name} ({node.op_type}): zero point {int(zp.reshape(-1)[np.argmax(outside.reshape(-1))])} "
+                           f"is outside the {qt.name} range [{qt.qmin}, {qt.qmax}]")
+
+
+def _checked_axis(node, codes: np.ndarray, scale: np.ndarray) -> None:
+    """Per-channel scales must match the quantized axis, or kernels index past them."""
+    axis = int(node_attrs(node).get("axis", 1))
+    if scale.size == 1:
+        return
+    if scale.ndim != 1:
+        raise EdgekitError(f"node {node.name} (DequantizeLinear): per-channel scale {node.input[1]} has shape "
+                           f"{list(scale.shape)}; blocked quantization is not supported")
+    if not -codes.ndim <= axis < codes.ndim:
+        raise EdgekitError(f"node {node.name} (DequantizeLinear): axis {axis} is out of range for "
+                           f"{node.input[0]} of shape {list(codes.shape)}")
+    axis %= codes.ndim
+    if codes.shape[axis] != scale.size:
+        raise EdgekitError(f"node {node.name} (DequantizeLinear): {scale.size} scales in {node.input[1]} for "
+                           f"{codes.shape[axis]} channels of {node.input[0]} (shape {list(codes.shape)}, axis {axis})")
+
+
+def check_qdq_parameters(model) -> None:
+    """Refuse, naming node and initializer, every quantization parameter no integer kernel
+    (nor TVM's float QDQ) can use: scales that are not finite positive constants, zero
+    points off their grid or of another shape than the scale, per-channel scales that do
+    not match the quantized axis. Run before any work on a QDQ model."""
+    protos = {i.name: i for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    wanted = {name for n in qdq for name in n.input[:3] if name in protos}
+    arrays = {name: numpy_helper.to_array(protos[name]) for name in wanted}
+    for node in qdq:
+        scale = _checked_scale(node, arrays)
+        zp = _initializer(node, 2, arrays, "zero point") if len(node.input) > 2 and node.input[2] else None
+        if zp is not None and zp.shape != scale.shape:
+            raise EdgekitError(f"node {node.name} ({node.op_type}): zero point {node.input[2]} has shape "
+                               f"{list(zp.shape)}, its scale {node.input[1]} {list(scale.shape)}")
+        weight = protos.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if weight is None:
+            continue
+        _checked_axis(node, arrays[node.input[0]], scale)
+        if zp is not None and weight.data_type != onnx.TensorProto.INT32:
+            _check_zero_point(node, zp.astype(np.int64), _qtype_of(weight.data_type))
+
+
 def parse(model_or_path) -> QGraph:
     model = load_model(model_or_path)
     graph = model.graph
@@ -113,6 +186,7 @@ def parse(model_or_path) -> QGraph:
     zp_info = {n: (ints[n][0], ints[n][1]) for n in ints}
     init_vals = {n: (floats[n] if n not in zp_info else zp_info[n]) for n in floats}
 
+    check_qdq_parameters(model)
     producer = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output if o}
     graph_inputs = [i.name for i in graph.input if i.name not in protos]
 
@@ -143,12 +217,12 @@ def parse(model_or_path) -> QGraph:
         if src in protos:
             codes = numpy_helper.to_array(protos[src]).astype(np.int64)
             scale = floats[node.input[1]].astype(np.float32)
+            axis = int(node_attrs(node).get("axis", 1)) % max(codes.ndim, 1)
             zp = None
             if len(node.input) > 2 and node.input[2]:
-                zp = numpy_helper.to_array(protos[node.input[2]]).astype(np.int64)
+                zp = floats[node.input[2]].astype(np.int64)
             dq_const[node.output[0]] = {"codes": codes, "scale": scale, "zp": zp, "init": src,
-                                        "axis": int(node_attrs(node).get("axis", 1)),
-                                        "type": protos[src].data_type}
+                                        "axis": axis, "type": protos[src].data_type}
             if scale.size == 1 and protos[src].data_type != onnx.TensorProto.INT32:
                 qt = _qtype_of(protos[src].data_type)
                 constants[src] = (codes, QTensor(float(scale.reshape(-1)[0]),
@@ -208,7 +282,11 @@ def parse(model_or_path) -> QGraph:
             ops.append((idx, QOp("quantize", node.name, [src], [node.output[0]], [None], out_q)))
             continue
         region, inputs = region_of(src)
-        op = _classify(region, inputs, src, node.output[0], out_q, dq_act, dq_const, floats)
+        try:
+            op = _classify(region, inputs, src, node.output[0], out_q, dq_act, dq_const, floats)
+        except F.ScaleRangeError as exc:
+            raise EdgekitError(f"node {node.name} ({node.op_type}): {exc}: its scale {node.input[1]} and the "
+                               "scales of its inputs give a ratio the integer kernels cannot represent") from None
         ops.append((idx, op))
     outputs = [o.name for o in graph.output]
     for name in outputs:

@@ -30,8 +30,10 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
 
 def open_session(folder, *, device: str | None = None, tracker: str | None = None, key: str | None = None,
                  num_threads: int | None = None) -> Session:
-    """A session on this machine, on a board (`device`), or on a board from a tracker."""
-    artifact = load(folder)
+    """A session on this machine, on a board (`device`), or on a board from a tracker.
+
+    `folder` is an artifact folder or an already loaded `Artifact`."""
+    artifact = folder if isinstance(folder, Artifact) else load(folder)
     if device and tracker:
         raise EdgekitError("give either --device HOST:PORT or --tracker HOST:PORT --key KEY, not both")
     if tracker and not key:

@@ -21,7 +21,7 @@ def artifact_predictor(folder, threads: int | None = None, device=None, tracker=
     session = open_session(folder, device=device, tracker=tracker, key=key, num_threads=threads)
     art = session.artifact
     return Predictor(session.run, {i["name"]: tuple(i["shape"]) for i in art.inputs},
-                     [o["name"] for o in art.outputs], label=f"tvm {Path(folder).name} ({art.meta['target']['name']})")
+                     [o["name"] for o in art.outputs], label=f"tvm {Path(folder).name} ({art.meta['target'].get('name', art.arch)})")
 
 
 def register() -> None:

@@ -235,6 +235,8 @@ class RemoteSession(Session):
 
     def __init__(self, artifact: Artifact, remote: RemoteDevice):
         check_compatible(artifact, remote)
+        # A malformed library would crash the device's session process when it maps it.
+        artifact.check_library(remote.machine)
         self.artifact, self.device = artifact, remote
         self._vm, self._dev = _load_remote(artifact, remote)
 

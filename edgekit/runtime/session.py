@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import platform
 import time
 
 import numpy as np
@@ -27,20 +28,82 @@ def _flatten(result) -> list:
     return out
 
 
-def _load_fresh(runtime, library):
+TEMP_PREFIX = "edgekit-"  # private copies of libraries: edgekit-<pid>-<random>.so in the temp folder
+STALE_UNOWNED_SECONDS = 3600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_copies(folder=None) -> int:
+    """Remove library copies left by processes that died between copying and unlinking them
+    (a crash, SIGKILL): those named with a pid that no longer runs, and old unnamed ones."""
+    import os
+    import re
+    import tempfile
+    import time
+    from pathlib import Path
+
+    folder = Path(folder or tempfile.gettempdir())
+    removed = 0
+    pattern = re.compile(rf"^{TEMP_PREFIX}(?:(\d+)-)?[A-Za-z0-9_]+\.so$")
+    try:
+        entries = list(folder.glob(f"{TEMP_PREFIX}*.so"))
+    except OSError:
+        return 0
+    for path in entries:
+        match = pattern.match(path.name)
+        if not match:
+            continue
+        try:
+            st = path.lstat()
+            if st.st_uid != os.getuid() or not path.is_file():
+                continue
+            if match.group(1):
+                if int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+                    continue
+            elif time.time() - st.st_mtime < STALE_UNOWNED_SECONDS:
+                continue  # an older edgekit's copy (no pid in the name): only when clearly abandoned
+            path.unlink()
+            removed += 1
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def _load_fresh(runtime, library, check=None):
     """Load `library` from a private copy: dlopen returns an already-loaded library of the
-    same path, so a recompiled artifact at the same path would otherwise run the old code."""
+    same path, so a recompiled artifact at the same path would otherwise run the old code.
+
+    The copy is what gets mapped, so `check(copy)` validates it (ELF structure, machine) right
+    before dlopen; the copy is removed whatever happens (the loaded mapping stays valid), and
+    copies left by processes that died (a crash cannot run `finally`) are cleaned up here."""
     import os
     import shutil
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix="edgekit-", suffix=".so")
+    remove_stale_copies()
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".so")
     os.close(fd)
     try:
         shutil.copyfile(library, tmp)
+        if check is not None:
+            check(tmp)
         return runtime.load_module(tmp)
     finally:
-        os.unlink(tmp)  # the loaded mapping stays valid
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
 
 
 class Session:
@@ -85,6 +148,8 @@ class LocalSession(Session):
         from tvm import runtime
 
         artifact.check_runtime(tvm.__version__)
+        host = platform.machine()
+        artifact.check_library(host)
         self.artifact = artifact
         self.num_threads = num_threads
         if num_threads:
@@ -92,11 +157,13 @@ class LocalSession(Session):
             if config is not None:
                 config(1, int(num_threads))
         try:
-            lib = _load_fresh(runtime, artifact.library)
+            lib = _load_fresh(runtime, artifact.library, check=lambda copy: artifact.check_library(host, copy))
             from tvm.runtime.vm import VirtualMachine  # runtime-only import path
 
             self._vm = VirtualMachine(lib, tvm.cpu())
             self._main = self._vm["main"]
+        except EdgekitError:
+            raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise EdgekitError(f"{artifact.library}: cannot be loaded by this TVM runtime ({first})") from None

@@ -4,8 +4,10 @@
 // `may_start` says no older instruction is still running, so a fault in an
 // older instruction can never be followed by a DRAM write (precise faults).
 // A soft reset or abort in the middle of a burst completes the burst the
-// AXI way: AWVALID stays up until accepted, remaining beats go out with
-// WSTRB = 0, the B response is awaited; `flushing` is high meanwhile.
+// AXI way: AWVALID stays up until accepted, the beat already on the bus
+// keeps its payload until WREADY (AXI forbids changing WSTRB while WVALID
+// waits), every later beat goes out with WSTRB = 0, the B response is
+// awaited; `flushing` is high meanwhile.
 `include "accel_isa.vh"
 `default_nettype none
 module accel_store #(
@@ -44,6 +46,7 @@ module accel_store #(
                      S_AW = 3'd4, S_W = 3'd5, S_B = 3'd6;
     reg [2:0]  state;
     reg        flush;
+    reg        strb_off;     // the beat on the bus carries no data (chosen when the beat starts)
     reg [1:0]  buf_sel;
     reg [9:0]  ly, ysize;
     reg [19:0] data_words, data_left, sram_w;
@@ -72,16 +75,17 @@ module accel_store #(
     assign awvalid = (state == S_AW);
     assign wvalid = (state == S_W);
     assign wdata = rd_data;
-    assign wstrb = flush ? 8'h00 : 8'hFF;
+    assign wstrb = strb_off ? 8'h00 : 8'hFF;
     assign wlast = (beat_cnt == beats - 5'd1);
     assign bready = (state == S_B);
-    assign beat = wvalid && wready && !flush;
+    assign beat = wvalid && wready && !strb_off;
 
     always @(posedge clk) begin
         err <= 1'b0;
         if (rst) begin
             state <= S_IDLE;
             flush <= 1'b0;
+            strb_off <= 1'b0;
         end else if (cancel && state != S_AW && state != S_W && state != S_B) begin
             state <= S_IDLE;
         end else begin
@@ -117,8 +121,12 @@ module accel_store #(
                         state <= S_AW;
                     end
                 end
-                S_AW: if (awready) state <= S_W;
+                S_AW: if (awready) begin
+                    strb_off <= flush || cancel;
+                    state <= S_W;
+                end
                 S_W: if (wready) begin
+                    strb_off <= flush || cancel;   // for the next beat; this one is done
                     sram_w <= sram_w + 20'd1;
                     beat_cnt <= beat_cnt + 5'd1;
                     if (wlast) state <= S_B;

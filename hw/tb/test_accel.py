@@ -43,6 +43,46 @@ def random_timing(seed: int) -> MemoryTiming:
     return MemoryTiming.random(random.Random(seed))
 
 
+def store_starved(timing: MemoryTiming) -> MemoryTiming:
+    """The same timing with WREADY rarely offered, so store beats wait on the bus."""
+    timing.w.p_offer = 0.15
+    return timing
+
+
+async def soft_reset_when_store_waits(h: Harness, max_cycles: int = 50_000) -> bool:
+    """Write ctrl.soft_reset at an edge where a W beat is valid and WREADY is low, then wait until idle.
+
+    The CSR write is driven from the harness's per-cycle hook, after the memory has chosen this
+    cycle's WREADY, so the reset lands exactly while the beat waits (a coroutine could be a cycle
+    late). Returns False when no store beat waited within `max_cycles` (the program has no store)."""
+    ctrl_addr = isa.CSRS["ctrl"][0]
+    state = {"armed": True, "fired_at": None}
+
+    def hook(cycle: int) -> None:
+        if state["fired_at"] is not None:
+            if cycle > state["fired_at"]:
+                h.sig.set("csr_valid", 0)
+                h.hooks.remove(hook)
+            return
+        if h.sig.get("m_axi_wvalid") and not h.mem.out["m_axi_wready"]:
+            for name, value in (("csr_write", 1), ("csr_addr", ctrl_addr), ("csr_wdata", 2), ("csr_valid", 1)):
+                h.sig.set(name, value)
+            state["fired_at"] = cycle
+
+    h.hooks.append(hook)
+    for _ in range(max_cycles):
+        await FallingEdge(h.dut.clk)
+        if state["fired_at"] is not None and hook not in h.hooks:
+            break
+        if int(h.dut.irq.value) and state["fired_at"] is None:
+            break
+    if hook in h.hooks:
+        h.hooks.remove(hook)
+        h.sig.set("csr_valid", 0)
+    await h.ctrl.soft_reset()
+    return state["fired_at"] is not None
+
+
 @cocotb.test()
 async def test_each_instruction(dut):
     h = await make(dut, seed=1)
@@ -138,6 +178,26 @@ async def test_reset_mid_program_and_burst(dut):
         await interrupt(when)
     await interrupt("program", hard=True)
     await interrupt("write", hard=True)
+
+    # A soft reset while a store beat waits for WREADY: the waiting beat keeps its WSTRB (the
+    # monitor checks the payload is stable), later beats of that burst carry WSTRB = 0.
+    saved = h.mem.timing
+    flushed = 0
+    for k in range(8):
+        h.mem.timing = store_starved(MemoryTiming.random(random.Random(50 + k)))
+        h.mem.load_image(program.dram)
+        await h.ctrl.start(program.insn_addr, program.insn_count)
+        first = len(h.mem.beat_log)
+        assert await soft_reset_when_store_waits(h), "no store beat waited for WREADY"
+        # beats with data are a prefix: the ones before the reset plus the one that was waiting
+        data_flags = [bool(strb) for _, strb in h.mem.beat_log[first:]]
+        assert data_flags == sorted(data_flags, reverse=True), f"a data beat after a WSTRB=0 beat: {data_flags}"
+        flushed += not all(data_flags)
+        h.mem.timing = saved
+        rtl = await h.run(program.dram, program.insn_addr, program.insn_count)
+        h.scoreboard.compare(f"rerun after soft reset while a store beat waited ({k})", rtl, gold)
+        await h.ctrl.soft_reset()
+    assert flushed, "no interrupted burst was finished with WSTRB=0 beats"
     finish(h)
 
 
@@ -148,28 +208,37 @@ async def test_random_programs(dut):
     dut._log.info("random programs: %d, seeds %d..%d (EDGEKIT_HW_SEED)", count, base, base + count - 1)
     h = await make(dut, seed=base)
     errors = {}
-    resets = 0
+    resets = store_resets = 0
     t0, c0 = time.perf_counter(), h.cycle
     for k in range(count):
         seed = base + k
         h.mem.timing = random_timing(seed)
         program = P.random_program(seed)
         pick = random.Random(seed)
-        if pick.random() < 0.1:  # interrupt a first attempt at a random cycle; the rerun must be exact
+        roll = pick.random()
+        if roll < 0.1:  # interrupt a first attempt at a random cycle; the rerun must be exact
             h.mem.load_image(program.dram)
             await h.ctrl.start(program.insn_addr, program.insn_count)
             await ClockCycles(dut.clk, pick.randrange(5, 1500), rising=False)
             await h.ctrl.soft_reset()
             resets += 1
+        elif roll < 0.2:  # interrupt it while a store beat waits for WREADY (W back-pressure)
+            h.mem.timing = store_starved(random_timing(seed))
+            h.mem.load_image(program.dram)
+            await h.ctrl.start(program.insn_addr, program.insn_count)
+            store_resets += await soft_reset_when_store_waits(h)
+            h.mem.timing = random_timing(seed)
         rtl, gold = await h.check_program(f"random seed={seed}", program)
         errors[gold.error] = errors.get(gold.error, 0) + 1
     wall = time.perf_counter() - t0
     cycles = h.cycle - c0
-    dut._log.info("random: %d programs (%d after a random soft reset), %d mismatches, outcomes %s, "
-                  "%d cycles in %.1f s (%.0f cycles/s)",
-                  count, resets, len(h.scoreboard.mismatches), errors, cycles, wall, cycles / wall)
+    dut._log.info("random: %d programs (%d after a random soft reset, %d after one while a store beat "
+                  "waited), %d mismatches, %d protocol violations, outcomes %s, %d cycles in %.1f s (%.0f cycles/s)",
+                  count, resets, store_resets, len(h.scoreboard.mismatches), len(h.monitor.errors), errors,
+                  cycles, wall, cycles / wall)
     report("random", {"programs": count, "base_seed": base, "mismatches": len(h.scoreboard.mismatches),
-                      "interrupted_by_soft_reset": resets,
+                      "protocol_violations": len(h.monitor.errors),
+                      "interrupted_by_soft_reset": resets, "reset_while_store_waited": store_resets,
                       "outcomes": errors, "cycles": cycles, "wall_s": wall, "cycles_per_s": cycles / wall})
     finish(h)
 
