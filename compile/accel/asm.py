@@ -86,6 +86,9 @@ def assemble(text: str) -> list[int]:
             words.append(encode(parts[0], **fields))
         except EdgekitError as exc:
             raise EdgekitError(f"line {lineno}: {exc}") from None
+        except (ValueError, IndexError):  # int() of a bad number, `.insn` without its word
+            raise EdgekitError(f"line {lineno}: cannot parse {line[:60]!r} (a value is missing or is "
+                               "not a number)") from None
     return words
 
 

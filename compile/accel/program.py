@@ -14,6 +14,7 @@ the golden model or the RTL.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,11 +22,20 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.fileio import atomic_dir
+from edgekit.jsondoc import DocCheck, is_int, read_object
 
 from . import asm, isa
 
 FORMAT = "edgekit-accel-program"
 VERSION = 1
+
+
+# Limits of a sound program.json (anything beyond them is corruption, not a program).
+MAX_DRAM = (1 << 29) * isa.WORD_BYTES   # load/store address DRAM in 29-bit counts of 64-bit words
+ARRAY_SIZES = (8, 16, 32)               # the MAC array sizes the compiler and the RTL support
+HW_MAX = {"MAX_BURST": 256}             # AXI4: at most 256 beats a burst
+HW_MAX_DEFAULT = 1 << 16                # buffer depths, queue entries, post rows
+REQUIRED = ("format", "version", "insn_addr", "insn_count", "dram_size", "dram_image")
 
 
 @dataclass
@@ -44,11 +54,80 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize   # Python ints: no overflow
 
     def read(self, dram: np.ndarray) -> np.ndarray:
         raw = np.asarray(dram, np.uint8)[self.addr:self.addr + self.nbytes]
         return raw.view(self.dtype).reshape(self.shape)
+
+    def write(self, dram: np.ndarray, values: np.ndarray) -> None:
+        dram[self.addr:self.addr + self.nbytes] = np.ascontiguousarray(values, self.dtype).view(np.uint8).reshape(-1)
+
+    @classmethod
+    def from_json(cls, spec, field: str, dram_size: int, check: DocCheck) -> "Tensor":
+        spec = check.of_type(spec, field, dict, "an object {name, addr, shape, dtype, layout}")
+        name = check.text(check.get(spec, "name", f"{field}.name"), f"{field}.name")
+        sub = lambda key: f"{field}.{key} (tensor {name})"  # noqa: E731
+        addr = check.integer(check.get(spec, "addr", sub("addr")), sub("addr"))
+        shape = check.of_type(check.get(spec, "shape", sub("shape")), sub("shape"), list, "a list of positive integers")
+        for i, dim in enumerate(shape):
+            check.integer(dim, sub(f"shape[{i}]"), lo=1)
+        dtype = check.get(spec, "dtype", sub("dtype"))
+        if not (isinstance(dtype, str) and _numeric_dtype(dtype)):
+            check.fail(sub("dtype"), "a numeric numpy dtype (int8, uint8, <i4, float32...)", dtype)
+        layout = check.text(spec.get("layout", "raw"), sub("layout"))
+        tensor = cls(name, addr, tuple(shape), dtype, layout)
+        end = addr + tensor.nbytes
+        if end > dram_size:
+            raise EdgekitError(f"{check.doc_path}: field {field} (tensor {name}): bytes [{addr}, {end}) lie "
+                               f"outside the DRAM image of {dram_size} bytes")
+        return tensor
+
+
+def _numeric_dtype(text: str) -> bool:
+    try:
+        return np.dtype(text).kind in "biuf"
+    except (TypeError, ValueError):
+        return False
+
+
+def _tensors(doc: dict, key: str, dram_size: int, check: DocCheck) -> list[Tensor]:
+    specs = check.of_type(doc.get(key, []), key, list, "a list of tensors {name, addr, shape, dtype}")
+    tensors = [Tensor.from_json(spec, f"{key}[{i}]", dram_size, check) for i, spec in enumerate(specs)]
+    names = [t.name for t in tensors]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise EdgekitError(f"{check.doc_path}: field {key}: tensor {twice[0]!r} appears twice")
+    return tensors
+
+
+def _hw(doc: dict, check: DocCheck) -> dict:
+    hw = check.of_type(doc.get("hw", {}), "hw", dict, "an object of hardware parameters")
+    for key, value in hw.items():
+        if key not in isa.HW_DEFAULTS:
+            raise EdgekitError(f"{check.doc_path}: field hw.{key} is not a hardware parameter "
+                               f"(known: {', '.join(isa.HW_DEFAULTS)})")
+        if key == "N" and not (is_int(value) and value in ARRAY_SIZES):
+            check.fail("hw.N", f"one of {', '.join(map(str, ARRAY_SIZES))}", value)
+        check.integer(value, f"hw.{key}", lo=1, hi=HW_MAX.get(key, HW_MAX_DEFAULT))
+    return dict(isa.HW_DEFAULTS, **hw)   # the golden model and the compiled-model runner read every key
+
+
+def _read_doc(meta_file: Path) -> dict:
+    """program.json as a JSON object, or a one-line EdgekitError."""
+    if not meta_file.is_file():
+        raise EdgekitError(f"{meta_file.parent}: not an accelerator program folder (no program.json)")
+    return read_object(meta_file)
+
+
+def _image(folder: Path, doc: dict, dram_size: int, check: DocCheck) -> np.ndarray:
+    image = check.file_inside(folder, doc["dram_image"], "dram_image", "program folder")
+    size = image.stat().st_size
+    if size != dram_size:
+        state = "truncated" if size < dram_size else "longer than dram_size"
+        raise EdgekitError(f"{image}: DRAM image of {size} bytes is {state}: program.json field dram_size "
+                           f"says {dram_size}")
+    return np.fromfile(image, np.uint8)
 
 
 @dataclass
@@ -78,38 +157,104 @@ class Program:
 
     @classmethod
     def load(cls, path) -> "Program":
+        """Read a program folder; program.json is checked field by field before anything uses it."""
         path = Path(path)
         meta_file = path / "program.json"
-        if not meta_file.is_file():
-            raise EdgekitError(f"{path}: not an accelerator program folder (no program.json)")
-        try:
-            doc = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise EdgekitError(f"{meta_file}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-        if doc.get("format") != FORMAT:
-            raise EdgekitError(f"{meta_file}: format is {doc.get('format')!r}, expected {FORMAT!r}")
-        image = path / doc.get("dram_image", "dram.bin")
-        if not image.is_file():
-            raise EdgekitError(f"{path}: DRAM image {image.name} is missing")
-        dram = np.frombuffer(image.read_bytes(), np.uint8).copy()
-        if dram.size != doc["dram_size"] or dram.size % isa.WORD_BYTES:
-            raise EdgekitError(f"{image}: {dram.size} bytes, program.json says {doc['dram_size']} (multiple of 8)")
-        addr, count = int(doc["insn_addr"]), int(doc["insn_count"])
-        if addr % isa.INSN_BYTES or addr + count * isa.INSN_BYTES > dram.size:
-            raise EdgekitError(f"{meta_file}: instructions [{addr}, +{count * 16}) do not fit the DRAM image")
-        insns = asm.from_bytes(dram[addr:addr + count * isa.INSN_BYTES].tobytes())
-        tensors = lambda key: [Tensor(t["name"], t["addr"], tuple(t["shape"]), t["dtype"], t["layout"])
-                               for t in doc.get(key, [])]
-        return cls(insns, dram, addr, doc.get("hw", dict(isa.HW_DEFAULTS)), tensors("inputs"), tensors("outputs"),
-                   doc.get("meta", {}))
+        doc = _read_doc(meta_file)
+        check = DocCheck(meta_file)
+        for key in REQUIRED:
+            check.get(doc, key, key)
+        if doc["format"] != FORMAT:
+            check.fail("format", repr(FORMAT), doc["format"])
+        if doc["version"] != VERSION or not is_int(doc["version"]):
+            check.fail("version", f"{VERSION} (this edgekit reads version {VERSION} programs)", doc["version"])
+        dram_size = check.integer(doc["dram_size"], "dram_size", lo=isa.WORD_BYTES, hi=MAX_DRAM,
+                                  multiple=isa.WORD_BYTES)
+        addr = check.integer(doc["insn_addr"], "insn_addr", multiple=isa.INSN_BYTES)
+        count = check.integer(doc["insn_count"], "insn_count", lo=1)
+        end = addr + count * isa.INSN_BYTES
+        if end > dram_size:
+            raise EdgekitError(f"{meta_file}: fields insn_addr/insn_count: instructions [{addr}, {end}) lie "
+                               f"outside the DRAM image of {dram_size} bytes")
+        hw = _hw(doc, check)
+        inputs, outputs = (_tensors(doc, key, dram_size, check) for key in ("inputs", "outputs"))
+        meta = check.of_type(doc.get("meta", {}), "meta", dict, "an object")
+        dram = _image(path, doc, dram_size, check)
+        insns = asm.from_bytes(dram[addr:end].tobytes())
+        return cls(insns, dram, addr, hw, inputs, outputs, meta)
 
     @classmethod
     def from_assembly(cls, text: str, dram_size: int = 1 << 16) -> "Program":
         """A bare program from assembly text: instructions at 0, the rest of DRAM zero."""
+        if not (is_int(dram_size) and isa.WORD_BYTES <= dram_size <= MAX_DRAM and dram_size % isa.WORD_BYTES == 0):
+            raise EdgekitError(f"DRAM size {dram_size!r}: must be a multiple of {isa.WORD_BYTES} bytes in "
+                               f"[{isa.WORD_BYTES}, {MAX_DRAM}]")
         insns = asm.assemble(text)
+        if not insns:
+            raise EdgekitError("no instructions (only blank lines and comments)")
         dram = np.zeros(max(dram_size, len(insns) * isa.INSN_BYTES), np.uint8)
         dram[:len(insns) * isa.INSN_BYTES] = np.frombuffer(asm.to_bytes(insns), np.uint8)
         return cls(insns, dram, 0)
+
+
+def check_feeds(feeds: dict, specs: dict, label: str, need_all: bool = True) -> dict:
+    """{name: array} checked against `specs` ({name: (shape, dtype)}): known names, shapes, numeric
+    element types, values the tensor's dtype holds (finite; integral and in range for integer
+    tensors). Returns the arrays converted to their tensor's dtype."""
+    if not isinstance(feeds, dict):
+        raise EdgekitError(f"{label}: a dict {{input name: array}} expected, got {type(feeds).__name__}")
+    unknown = [name for name in feeds if name not in specs]
+    if unknown:
+        raise EdgekitError(f"{label}: no input named {unknown[0]!r} (inputs: {', '.join(specs) or 'none'})")
+    missing = [name for name in specs if name not in feeds]
+    if need_all and missing:
+        raise EdgekitError(f"{label}: missing input {missing[0]!r} (inputs: {', '.join(specs)})")
+    return {name: _checked_array(np.asarray(value), *specs[name], f"{label}: input {name!r}")
+            for name, value in feeds.items()}
+
+
+def _checked_array(value: np.ndarray, shape, dtype, label: str) -> np.ndarray:
+    want = np.dtype(dtype)
+    if value.dtype.kind not in "biuf":
+        raise EdgekitError(f"{label}: dtype {value.dtype} is not numeric (expected {want})")
+    if tuple(value.shape) != tuple(shape):
+        raise EdgekitError(f"{label} has shape {list(value.shape)}, expected {list(shape)}")
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise EdgekitError(f"{label}: holds NaN or inf where {want} values are expected")
+    if want.kind in "iub":
+        if value.dtype.kind == "f" and not np.all(value == np.round(value)):
+            raise EdgekitError(f"{label}: holds fractions where {want} values are expected")
+        lo, hi = (0, 1) if want.kind == "b" else (int(np.iinfo(want).min), int(np.iinfo(want).max))
+        vmin, vmax = (value.min().item(), value.max().item()) if value.size else (lo, hi)
+        if vmin < lo or vmax > hi:
+            raise EdgekitError(f"{label}: values [{vmin}, {vmax}] lie outside the {want} range [{lo}, {hi}]")
+        return value.astype(want)
+    with np.errstate(over="ignore"):
+        converted = value.astype(want)
+    if not np.all(np.isfinite(converted)):   # float64 beyond float32's range
+        raise EdgekitError(f"{label}: values beyond the {want} range")
+    return converted
+
+
+def read_feeds(path, specs: dict, need_all: bool = True) -> dict:
+    """An --input file (.npy for a one-input program, .npz by input name) checked by `check_feeds`."""
+    from edgekit.quant.calib import read_array
+
+    path = Path(path)
+    label = f"--input {path}"
+    if not path.is_file():
+        raise EdgekitError(f"{label}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise EdgekitError(f"{label}: use a .npy (one input) or .npz (arrays by input name) file")
+    arrays = read_array(path, "--input")
+    if isinstance(arrays, np.ndarray):
+        if len(specs) != 1:
+            raise EdgekitError(f"{label}: there are {len(specs)} inputs ({', '.join(specs) or 'none'}); "
+                               "give an .npz of arrays by input name")
+        arrays = {next(iter(specs)): arrays}
+    if not arrays:
+        raise EdgekitError(f"{label}: the .npz archive holds no arrays")
+    return check_feeds(arrays, specs, label, need_all)
 
 
 class ProgramBuilder:

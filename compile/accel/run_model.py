@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import EdgekitError, require
+from edgekit.jsondoc import DocCheck
 
 from . import golden, isa
 from . import layout as L
 from .compiler import FORMAT_KIND
-from .program import Program
+from .program import Program, check_feeds, read_feeds
 
 CYCLE_LATENCY = 4   # memory latency the golden cycle estimate assumes (cycles)
 
@@ -39,9 +41,10 @@ def is_compiled_model(path) -> bool:
     if not meta.is_file():
         return False
     try:
-        return json.loads(meta.read_text()).get("meta", {}).get("kind") == FORMAT_KIND
-    except (json.JSONDecodeError, OSError):
+        doc = json.loads(meta.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError):   # Program.load names what is wrong with it
         return False
+    return isinstance(doc, dict) and isinstance(doc.get("meta"), dict) and doc["meta"].get("kind") == FORMAT_KIND
 
 
 class CompiledModel:
@@ -53,6 +56,7 @@ class CompiledModel:
         self.meta = self.program.meta
         require(self.meta.get("kind") == FORMAT_KIND, f"{self.folder}: not a compiled model (meta.kind)")
         self.n = self.program.hw["N"]
+        self.source = check_model_meta(self.meta, self.folder, self.program)
         self.tensors = self.meta["tensors"]
         self._qg = None
 
@@ -61,9 +65,7 @@ class CompiledModel:
         if self._qg is None:
             from edgekit.quant.qgraph import parse
 
-            src = self.folder / self.meta["source"]
-            require(src.is_file(), f"{self.folder}: the quantized model {src.name} is missing")
-            self._qg = parse(src)
+            self._qg = parse(self.source)
         return self._qg
 
     # ---- tensors in DRAM ------------------------------------------------
@@ -86,6 +88,68 @@ class CompiledModel:
 
     def in_dram(self, name: str) -> bool:
         return name in self.tensors and self.tensors[name]["addr"] >= 0
+
+
+def check_model_meta(meta: dict, folder: Path, program: Program) -> Path:
+    """The compiled-model part of program.json (meta.*), checked before `execute` trusts it; returns
+    the quantized source model's path (inside the folder)."""
+    check = DocCheck(folder / "program.json")
+    source = check.file_inside(folder, check.get(meta, "source", "meta.source"), "meta.source", "program folder")
+    for key in ("inputs", "outputs"):
+        names = check.of_type(check.get(meta, key, f"meta.{key}"), f"meta.{key}", list, "a list of tensor names")
+        for i, name in enumerate(names):
+            check.text(name, f"meta.{key}[{i}]")
+    tensors = check.of_type(check.get(meta, "tensors", "meta.tensors"), "meta.tensors", dict,
+                            "an object {tensor name: placement}")
+    for name, spec in tensors.items():
+        _check_placement(spec, f"meta.tensors.{name}", program, check)
+    steps = check.of_type(check.get(meta, "steps", "meta.steps"), "meta.steps", list, "a list of steps")
+    first, end = program.insn_addr, program.insn_addr + program.insn_count * isa.INSN_BYTES
+    for i, step in enumerate(steps):
+        where = f"meta.steps[{i}]"
+        step = check.of_type(step, where, dict, "an object {kind, ...}")
+        kind = check.get(step, "kind", f"{where}.kind")
+        if kind == "host":
+            check.text(check.get(step, "op", f"{where}.op"), f"{where}.op")
+            continue
+        if kind != "accel":
+            check.fail(f"{where}.kind", "'host' or 'accel'", kind)
+        check.text(check.get(step, "name", f"{where}.name"), f"{where}.name")
+        for key in ("ops", "op_kinds"):
+            items = check.of_type(check.get(step, key, f"{where}.{key}"), f"{where}.{key}", list, "a list of names")
+            for j, item in enumerate(items):
+                check.text(item, f"{where}.{key}[{j}]")
+        check.integer(check.get(step, "macs", f"{where}.macs"), f"{where}.macs")
+        # a segment runs instructions of the program's own region, nothing else in DRAM
+        addr = check.integer(check.get(step, "insn_addr", f"{where}.insn_addr"), f"{where}.insn_addr", lo=first,
+                             hi=end - isa.INSN_BYTES, multiple=isa.INSN_BYTES)
+        check.integer(check.get(step, "insn_count", f"{where}.insn_count"), f"{where}.insn_count", lo=1,
+                      hi=(end - addr) // isa.INSN_BYTES)
+    return source
+
+
+def _check_placement(spec, where: str, program: Program, check: DocCheck) -> None:
+    """One meta.tensors entry: its [CB, H, W, N] bytes lie inside DRAM (addr -1: kept on chip)."""
+    from edgekit.quant.formats import QTYPES
+
+    spec = check.of_type(spec, where, dict, "an object {addr, c, h, w, type, zero_point, shape}")
+    c, h, w = (check.integer(check.get(spec, k, f"{where}.{k}"), f"{where}.{k}", lo=1) for k in "chw")
+    addr = check.integer(check.get(spec, "addr", f"{where}.addr"), f"{where}.addr", lo=-1)
+    qtype = check.get(spec, "type", f"{where}.type")
+    if not (isinstance(qtype, str) and qtype in QTYPES):
+        check.fail(f"{where}.type", f"one of {', '.join(QTYPES)}", qtype)
+    check.integer(check.get(spec, "zero_point", f"{where}.zero_point"), f"{where}.zero_point", lo=-128, hi=255)
+    if spec.get("view", "nchw") not in ("nchw", "rows"):
+        check.fail(f"{where}.view", "'nchw' or 'rows'", spec.get("view"))
+    shape = check.of_type(check.get(spec, "shape", f"{where}.shape"), f"{where}.shape", list, "a list of integers")
+    for i, dim in enumerate(shape):
+        check.integer(dim, f"{where}.shape[{i}]", lo=1)
+    if math.prod(shape) != c * h * w:
+        check.fail(f"{where}.shape", f"of c*h*w = {c * h * w} elements", shape)
+    nbytes = L.blocks(c, program.hw["N"]) * h * w * program.hw["N"]
+    if addr >= 0 and addr + nbytes > program.dram.size:
+        raise EdgekitError(f"{check.doc_path}: field {where}: bytes [{addr}, {addr + nbytes}) lie outside "
+                           f"the DRAM image of {program.dram.size} bytes")
 
 
 class HostOps:
@@ -136,6 +200,8 @@ async def execute(model: CompiledModel, device, feeds: dict, log=None) -> dict:
         if log:
             log(k, len(steps), step)
         if step["kind"] == "host":
+            require(step["op"] in ops, f"{model.folder}/program.json: field meta.steps[{k}].op: the quantized "
+                                       f"model {model.source.name} has no op {step['op']!r}")
             op = ops[step["op"]]
             out = host.run(op, [fetch(t) for t in op.inputs])
             env[op.outputs[0]] = out
@@ -148,6 +214,8 @@ async def execute(model: CompiledModel, device, feeds: dict, log=None) -> dict:
                                f"at instruction {counters.get('error_pc')}")
         layers.append({"name": step["name"], "ops": step["ops"], "op_kinds": step["op_kinds"],
                        **counters, "useful_macs": step["macs"]})
+    for name in model.meta["outputs"]:
+        require(name in env, f"{model.folder}/program.json: field meta.outputs: no step computes {name!r}")
     outputs = {name: np.asarray(env[name]) for name in model.meta["outputs"]}
     codes = {}
     for name in model.tensors:
@@ -179,38 +247,20 @@ class GoldenDevice:
         return out
 
 
+def input_specs(model: CompiledModel) -> dict:
+    """{input name: (shape, float32)}: what the model's float inputs must be."""
+    return {inp.name: (tuple(d.dim_value for d in inp.type.tensor_type.shape.dim), "float32")
+            for inp in model.qgraph.model.graph.input if inp.name in model.qgraph.inputs}
+
+
 def default_input(model: CompiledModel, seed: int = 0) -> dict:
-    feeds = {}
     rng = np.random.default_rng(seed)
-    for inp in model.qgraph.model.graph.input:
-        if inp.name in model.qgraph.inputs:
-            dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-            feeds[inp.name] = rng.standard_normal(dims).astype(np.float32)
-    return feeds
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, (shape, _) in input_specs(model).items()}
 
 
 def load_input(model: CompiledModel, path) -> dict:
-    names = list(model.qgraph.inputs)
-    path = Path(path)
-    require(path.is_file(), f"{path}: no such input file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise EdgekitError(f"{path}: not a .npy/.npz file ({type(exc).__name__})") from None
-    if isinstance(data, np.lib.npyio.NpzFile):
-        feeds = {k: data[k] for k in data.files}
-    else:
-        require(len(names) == 1, f"{path}: the model has {len(names)} inputs ({', '.join(names)}); give an .npz")
-        feeds = {names[0]: data}
-    for inp in model.qgraph.model.graph.input:
-        if inp.name not in names:
-            continue
-        require(inp.name in feeds, f"{path}: missing model input {inp.name}")
-        dims = tuple(d.dim_value for d in inp.type.tensor_type.shape.dim)
-        got = tuple(np.shape(feeds[inp.name]))
-        require(got == dims, f"{path}: input {inp.name} has shape {list(got)}, the compiled model needs {list(dims)}")
-        feeds[inp.name] = np.asarray(feeds[inp.name], np.float32)
-    return feeds
+    """An .npy (one-input models) or .npz (by input name) file of the model's float inputs, checked."""
+    return read_feeds(path, input_specs(model))
 
 
 def check_against_reference(model: CompiledModel, feeds: dict, run: dict) -> dict:
@@ -273,10 +323,12 @@ def run_model(folder, feeds: dict | None = None, simulator: str = "golden", chec
               progress: bool = False, rtl_seed: int = 0, max_cycles: int = 50_000_000) -> dict:
     """Run all steps on `simulator`; with `check`, compare with the integer reference.
 
+    folder: a compiled-model folder (or an already loaded CompiledModel); feeds: {input name: float array}.
+
     rtl_seed: 0 = ideal memory, else seeded random back-pressure and latency on every AXI channel;
     max_cycles: per segment (RTL)."""
-    model = CompiledModel(folder)
-    feeds = feeds if feeds is not None else default_input(model)
+    model = folder if isinstance(folder, CompiledModel) else CompiledModel(folder)
+    feeds = default_input(model) if feeds is None else check_feeds(feeds, input_specs(model), "feeds")
     if simulator == "golden":
         log = None
         if progress:
@@ -356,10 +408,9 @@ def json_result(result: dict) -> dict:
 
 
 def add_model_arguments(p) -> None:
-    """`edgekit simulate` options for compiled-model folders (registered by the simulate command)."""
+    """`edgekit simulate` options for compiled-model folders (registered by the simulate command,
+    which owns --input, --outputs and the JSON flags shared with program folders)."""
     g = p.add_argument_group("compiled models (edgekit compile --target accel)")
-    g.add_argument("--input", default=None, metavar="X.npy",
-                   help="model input (.npy, or .npz by input name); default: seeded random normal")
     g.add_argument("--compare", default=None, metavar="FOLDER",
                    help="a second build of the same model (e.g. --no-fusion) run alongside, side by side")
     g.add_argument("--plot", default=None, metavar="FILE.png", help="per-layer cycles and DRAM traffic picture")
@@ -367,60 +418,41 @@ def add_model_arguments(p) -> None:
                    help="skip the bit-exact comparison with the integer reference")
 
 
-def simulate_compiled_model(args) -> int:
-    """`edgekit simulate FOLDER` for a compiled model; prints the per-layer table; JSON with --json."""
-    import sys
-
-    from edgekit.fileio import save_json
-
+def simulate_compiled_model(args, plot=None) -> tuple[dict, str, dict, int]:
+    """`edgekit simulate FOLDER` for a compiled model: (JSON document, per-layer table, output values,
+    exit code). The caller writes the files (one OutputSet for all of them); `plot` is where
+    the per-layer picture goes (the caller's temporary)."""
     simulator = "rtl" if args.rtl else "golden"
     model = CompiledModel(args.program)
     feeds = load_input(model, args.input) if args.input else default_input(model)
-    rtl = {"rtl_seed": getattr(args, "seed", 0) or 0,
-           "max_cycles": getattr(args, "max_cycles", 0) or 50_000_000}   # per segment
-    result = run_model(args.program, feeds, simulator, check=args.check, progress=True, **rtl)
-    other = None
-    if args.compare:
+    other_model = None
+    if args.compare:   # checked before the first (long) run
         require(is_compiled_model(args.compare), f"--compare {args.compare}: not a compiled-model folder")
-        other = run_model(args.compare, feeds, simulator, check=args.check, progress=True, **rtl)
-    out = sys.stderr if args.json == "-" else sys.stdout
-    print(format_table(result, other), file=out)
+        other_model = CompiledModel(args.compare)
+        require(input_specs(other_model) == input_specs(model),
+                f"--compare {args.compare}: its inputs differ from those of {args.program}")
+    rtl = {"rtl_seed": args.seed or 0, "max_cycles": args.max_cycles or 50_000_000}   # per segment
+    result = run_model(model, feeds, simulator, check=args.check, progress=True, **rtl)
+    other = None
+    if other_model is not None:
+        other = run_model(other_model, feeds, simulator, check=args.check, progress=True, **rtl)
     doc = json_result(result)
     if other is not None:
         doc["compare"] = json_result(other)
         doc["compare"]["folder"] = str(args.compare)
         doc["dram_ratio_compare_over_this"] = other["dram_bytes"] / max(1, result["dram_bytes"])
-    if args.plot:
-        plot_layers(result, other, args.plot)
-    if args.json == "-":
-        print(json.dumps(doc, indent=2, default=_json_default))
-    elif args.json:
-        save_json(doc, args.json)
-    if args.outputs:
-        from edgekit.fileio import atomic_path
-
-        folder = Path(args.outputs)
-        folder.mkdir(exist_ok=True)
-        for name, value in result["outputs_values"].items():
-            with atomic_path(folder / f"{name}.npy") as tmp:
-                np.save(tmp, value)
-    return 0 if result.get("bit_exact", True) else 1
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
+    if plot:
+        plot_layers(result, other, plot)
+    return doc, format_table(result, other), result["outputs_values"], 0 if result.get("bit_exact", True) else 1
 
 
 def plot_layers(result: dict, other: dict | None, path) -> None:
-    """Bars per layer: cycles and DRAM bytes, this build vs the compared one (e.g. fused vs unfused)."""
+    """Bars per layer: cycles and DRAM bytes, this build vs the compared one (e.g. fused vs unfused),
+    as a PNG written to `path` (a temporary of the caller's OutputSet: it renames it into place)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from edgekit.fileio import atomic_path
 
     mine = {r["name"]: r for r in result["layers"]}
     others = {r["name"]: r for r in (other or {}).get("layers", [])}
@@ -439,6 +471,7 @@ def plot_layers(result: dict, other: dict | None, path) -> None:
     axes[1].set_xticks(x)
     axes[1].set_xticklabels(names, rotation=90, fontsize=7)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110, format="png")
+    finally:
+        plt.close(fig)

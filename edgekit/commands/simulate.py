@@ -2,22 +2,24 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-from edgekit.commands import add_command
+from edgekit.commands import add_command, add_json_flags, non_negative_int, positive_int, print_json
 from edgekit.errors import EdgekitError
 
 EXAMPLES = """\
-  edgekit simulate build/prog --golden                 (program folder: program.json + dram.bin)
-  edgekit simulate build/prog --rtl --json result.json (cocotb + Verilator; first run builds the RTL)
-  edgekit simulate kernel.s --golden                   (bare assembly; DRAM is zero apart from the code)
-  edgekit simulate build/prog --rtl --waves run.vcd    (VCD waveform of the whole run)
-  edgekit simulate build/prog --golden --outputs out/  (each output tensor of program.json as .npy)
-  edgekit simulate build/m-accel --golden --input x.npy --json -   (compiled model: checked vs intref)
+  edgekit simulate build/prog --golden                  (program folder: program.json + dram.bin)
+  edgekit simulate build/prog --rtl --json-file r.json  (cocotb + Verilator; first run builds the RTL)
+  edgekit simulate kernel.s --golden --json             (bare assembly; counters as JSON on stdout)
+  edgekit simulate build/prog --rtl --waves run.vcd     (VCD waveform of the whole run)
+  edgekit simulate build/prog --golden --input x.npz --outputs out/  (inputs by name; outputs as .npy)
+  edgekit simulate build/m-accel --golden --input x.npy --json  (compiled model: checked vs intref)
   edgekit simulate build/m-accel --golden --compare build/m-nofuse --plot layers.png
 """
+
+DEFAULT_DRAM = 1 << 16
+DEFAULT_MAX_CYCLES = 10_000_000
 
 
 def register(subparsers):
@@ -28,19 +30,27 @@ def register(subparsers):
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--golden", action="store_true", help="instruction-level golden model (fast)")
     mode.add_argument("--rtl", action="store_true", help="the Verilog RTL under cocotb + Verilator")
-    p.add_argument("--json", default=None, metavar="FILE", help="write error, counters and estimates as JSON")
-    p.add_argument("--outputs", default=None, metavar="DIR", help="save the program's output tensors as .npy")
+    add_json_flags(p)
+    p.add_argument("--outputs", default=None, metavar="DIR",
+                   help="save the output tensors as NAME.npy in this folder (created; other files kept)")
+    p.add_argument("--input", default=None, metavar="X.npy",
+                   help="input tensors: .npy (one input) or .npz (by input name); a program folder's "
+                        "are written into its DRAM image (default: the image's own data), a compiled "
+                        "model's are its float inputs (default: seeded random normal)")
     p.add_argument("--waves", default=None, metavar="FILE.vcd", help="(--rtl) write a VCD waveform")
-    p.add_argument("--dram-size", type=int, default=1 << 16, help="DRAM bytes for a .s program (default 65536)")
-    p.add_argument("--max-cycles", type=int, default=10_000_000, help="(--rtl) give up after this many cycles")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--dram-size", type=positive_int, default=None,
+                   help=f"(.s files) DRAM bytes, a multiple of 8 (default {DEFAULT_DRAM})")
+    p.add_argument("--max-cycles", type=positive_int, default=None,
+                   help=f"(--rtl) give up after this many cycles (default {DEFAULT_MAX_CYCLES:,}; "
+                        "compiled models: 50,000,000 per segment)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="(--rtl) memory back-pressure/latency seed; 0 = ideal memory")
     # Whole compiled models (`edgekit compile --target accel`): owned by edgekit.compile.accel.run_model.
     from edgekit.compile.accel.run_model import add_model_arguments
     add_model_arguments(p)
 
 
-def load_program(path: str, dram_size: int):
+def load_program(path: str, dram_size: int | None = None):
     from edgekit.compile.accel import Program
 
     p = Path(path)
@@ -51,9 +61,68 @@ def load_program(path: str, dram_size: int):
     if p.suffix not in (".s", ".asm"):
         raise EdgekitError(f"{path}: expected a program folder or a .s assembly file")
     try:
-        return Program.from_assembly(p.read_text(), dram_size)
+        return Program.from_assembly(p.read_bytes().decode("utf-8"), dram_size or DEFAULT_DRAM)
+    except UnicodeDecodeError:
+        raise EdgekitError(f"{path}: not assembly text (not UTF-8)") from None
     except EdgekitError as exc:
         raise EdgekitError(f"{path}: {exc}") from None
+
+
+def check_flags(args, compiled: bool) -> None:
+    """Refuse flags that do not apply to this kind of program, before any work."""
+    folder = Path(args.program).is_dir()
+    not_a_model = "it is not a compiled model (edgekit compile --target accel)"
+    wrong = [("--waves", args.waves, compiled or not args.rtl,
+              "only --rtl runs of a program folder or .s file write a waveform"),
+             ("--dram-size", args.dram_size, folder,
+              "its program.json sets the DRAM size; --dram-size is for .s files"),
+             ("--input", args.input, not folder, "an assembly file declares no input tensors"),
+             ("--compare", args.compare, not compiled, not_a_model),
+             ("--plot", args.plot, not compiled, not_a_model),
+             ("--no-check", not args.check, not compiled, not_a_model)]
+    for flag, given, refused, why in wrong:
+        if given and refused:
+            raise EdgekitError(f"{flag} does not apply to {args.program}: {why}")
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise EdgekitError(f"--plot {args.plot}: needs matplotlib (pip install 'edgekit[eval]')")
+
+
+def input_files(args) -> list:
+    """Every file the command reads: no output may be one of them."""
+    files = [args.program, args.input, args.compare]
+    for folder in (args.program, args.compare):
+        if folder and Path(folder).is_dir():
+            files += [Path(folder) / name for name in program_files(Path(folder) / "program.json")]
+    return files
+
+
+def program_files(meta_file: Path) -> list[str]:
+    """The files of a program folder that program.json names (its DRAM image, a compiled model's
+    source); a broken program.json names only itself (Program.load then says what is wrong)."""
+    try:
+        doc = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except (ValueError, OSError, RecursionError):
+        return ["program.json"]
+    if not isinstance(doc, dict):
+        return ["program.json"]
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    names = ["program.json", "program.s", doc.get("dram_image"), meta.get("source")]
+    return [name for name in names if isinstance(name, str) and name and "\0" not in name]
+
+
+def feed_inputs(program, path) -> None:
+    """Write the --input arrays into the program's input tensors in DRAM (the others keep the image's)."""
+    from edgekit.compile.accel.program import read_feeds
+
+    specs = {t.name: (t.shape, t.dtype) for t in program.inputs}
+    if not specs:
+        raise EdgekitError(f"--input {path}: the program declares no inputs (program.json field inputs)")
+    tensors = {t.name: t for t in program.inputs}
+    for name, value in read_feeds(path, specs, need_all=False).items():
+        tensors[name].write(program.dram, value)
 
 
 def run_golden(program) -> dict:
@@ -68,7 +137,20 @@ def run_golden(program) -> dict:
             "estimated_cycles": estimate, "dram": res.dram}
 
 
-def run_rtl(program, waves: str | None, max_cycles: int, seed: int) -> dict:
+def check_rtl_config(program) -> None:
+    """The RTL is built with the default parameters: a program for other hardware cannot run on it."""
+    from edgekit.compile.accel import isa
+
+    for key, value in program.hw.items():
+        if value != isa.HW_DEFAULTS[key]:
+            raise EdgekitError(f"--rtl: the RTL is built with {key}={isa.HW_DEFAULTS[key]}, the program's "
+                               f"program.json field hw.{key} is {value} (use --golden)")
+
+
+def run_rtl(program, waves: Path | None, max_cycles: int, seed: int) -> dict:
+    """Run on the RTL; `waves`: where to copy the VCD (the caller's temporary)."""
+    import shutil
+
     import numpy as np
 
     from edgekit.hw.tb import runner
@@ -98,51 +180,79 @@ def run_rtl(program, waves: str | None, max_cycles: int, seed: int) -> dict:
             found = sorted(tmp.rglob("*.vcd"))
             if not found:
                 raise EdgekitError("the simulator wrote no VCD waveform")
-            import shutil
-
             shutil.copyfile(found[0], waves)
-            result["waves"] = str(waves)
         return result
 
 
-def print_table(result: dict, out=None) -> None:
-    out = out or sys.stdout  # looked up at call time (pytest swaps stdout)
-    print(f"engine: {result['engine']}   error: {result['error']}"
-          + (f" at instruction {result['error_pc']}" if result["error"] != "none" else ""), file=out)
+def format_table(result: dict) -> str:
+    lines = [f"engine: {result['engine']}   error: {result['error']}"
+             + (f" at instruction {result['error_pc']}" if result["error"] != "none" else "")]
     width = max(len(k) for k in result["counters"])
     for key, value in result["counters"].items():
-        print(f"  {key:<{width}}  {value:>14,}", file=out)
+        lines.append(f"  {key:<{width}}  {value:>14,}")
     c = result["counters"]
     if c.get("cycles"):
-        print(f"  {'mac utilization':<{width}}  {c['mac_busy'] / c['cycles']:>14.1%}", file=out)
+        lines.append(f"  {'mac utilization':<{width}}  {c['mac_busy'] / c['cycles']:>14.1%}")
     if "estimated_cycles" in result:
         est = result["estimated_cycles"]
-        print(f"  estimated cycles (4-cycle memory): overlapped {est['overlapped']:,}, serial {est['serial']:,}",
-              file=out)
+        lines.append(f"  estimated cycles (4-cycle memory): overlapped {est['overlapped']:,}, "
+                     f"serial {est['serial']:,}")
+    return "\n".join(lines)
+
+
+def simulate_program(args, waves: Path | None) -> tuple[dict, str, dict, int]:
+    """A program folder or .s file: (JSON document, table, output tensors, exit code)."""
+    program = load_program(args.program, args.dram_size)
+    if args.input:
+        feed_inputs(program, args.input)
+    if args.golden:
+        result = run_golden(program)
+    else:
+        check_rtl_config(program)
+        result = run_rtl(program, waves, args.max_cycles or DEFAULT_MAX_CYCLES, args.seed)
+        if waves:
+            result["waves"] = str(args.waves)
+    dram = result.pop("dram")
+    tensors = {t.name: t.read(dram) for t in program.outputs}
+    return result, format_table(result), tensors, 0 if result["error"] == "none" else 1
+
+
+def npy_files(tensors: dict) -> dict:
+    """{file name: array}: a tensor's name as a file name in the --outputs folder (ONNX names hold
+    '/', and no name may climb out of the folder)."""
+    files = {}
+    for name, value in tensors.items():
+        file = (name.replace("/", "_").replace("\\", "_").replace("\0", "_").lstrip(".") or "_") + ".npy"
+        if file in files:
+            raise EdgekitError(f"--outputs: tensors {files[file][0]!r} and {name!r} would both be saved as {file}")
+        files[file] = (name, value)
+    return {file: value for file, (_, value) in files.items()}
 
 
 def simulate(args) -> int:
-    from edgekit.fileio import atomic_path, save_json
+    import numpy as np
 
     from edgekit.compile.accel.run_model import is_compiled_model, simulate_compiled_model
-    if is_compiled_model(args.program):
-        return simulate_compiled_model(args)
-    program = load_program(args.program, args.dram_size)
-    if args.waves and not args.rtl:
-        raise EdgekitError("--waves needs --rtl")
-    if args.outputs and not Path(args.outputs).parent.exists():
-        raise EdgekitError(f"--outputs {args.outputs}: parent folder does not exist")
-    result = run_golden(program) if args.golden else run_rtl(program, args.waves, args.max_cycles, args.seed)
-    dram = result.pop("dram")
-    print_table(result)
-    if args.json:
-        save_json(result, args.json)
-    if args.outputs:
-        import numpy as np
+    from edgekit.fileio import OutputSet, save_json
 
-        folder = Path(args.outputs)
-        folder.mkdir(exist_ok=True)
-        for t in program.outputs:
-            with atomic_path(folder / f"{t.name}.npy") as tmp:
-                np.save(tmp, t.read(dram))
-    return 0 if result["error"] == "none" else 1
+    compiled = is_compiled_model(args.program)
+    check_flags(args, compiled)
+    # Every output (JSON file, tensors folder, plot, waveform) is planned here and renamed into place
+    # together at the end: any error on the way leaves each destination as it was.
+    with OutputSet(inputs=input_files(args)) as out:
+        json_tmp = out.file(args.json_file, "--json-file") if args.json_file else None
+        outputs_tmp = out.folder(args.outputs, "--outputs folder", merge=True) if args.outputs else None
+        plot_tmp = out.file(args.plot, "--plot", suffix=".png") if args.plot else None
+        waves_tmp = out.file(args.waves, "--waves", suffix=".vcd") if args.waves else None
+        if compiled:
+            document, table, tensors, code = simulate_compiled_model(args, plot=plot_tmp)
+        else:
+            document, table, tensors, code = simulate_program(args, waves_tmp)
+        if outputs_tmp is not None:
+            for file, value in npy_files(tensors).items():
+                np.save(outputs_tmp / file, np.asarray(value), allow_pickle=False)
+        if json_tmp is not None:
+            save_json(document, json_tmp)
+    if not print_json(args, document):
+        print(table)
+    return code

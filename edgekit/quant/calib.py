@@ -49,8 +49,19 @@ def read_array(path: Path, what: str = "calibration file") -> np.ndarray | dict:
 
     Pickled (object) arrays are refused: loading them would run code from the file.
     """
+    import tokenize
     import zipfile
+    import zlib
 
+    # numpy falls back to unpickling a file without the NumPy header: say what the file really is
+    suffix = path.suffix.lower()
+    magic = {".npz": (b"PK", "not a zip archive"), ".npy": (b"\x93NUMPY", "no NumPy header")}.get(suffix)
+    if magic and path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(len(magic[0]))
+        if head != magic[0]:
+            raise EdgekitError(f"{what} {path}: not a readable {suffix} file ({magic[1]}"
+                               f"{'; it is empty' if not head else ''})")
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as data:
@@ -59,7 +70,8 @@ def read_array(path: Path, what: str = "calibration file") -> np.ndarray | dict:
             arrays = np.load(path, allow_pickle=False)
             if not isinstance(arrays, np.ndarray):
                 raise ValueError("not an .npy array")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, SyntaxError,
+            tokenize.TokenError) as exc:  # the last two: numpy parsing a corrupted header dict
         reason = "it holds Python objects (pickle), which are refused" if "pickle" in str(exc).lower() \
             else f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
         raise EdgekitError(f"{what} {path}: not a readable {path.suffix.lower()} file ({reason})") from None

@@ -6,7 +6,6 @@ on a board that has just Python, numpy and the TVM runtime.
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError
+from edgekit.jsondoc import inside_folder, is_int, read_object, shown
 from edgekit.runtime import native
 
 METADATA = "edgekit-artifact.json"
@@ -45,17 +45,13 @@ def _type_name(value) -> str:
             float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def validate_metadata(meta, meta_path) -> None:
     """The one schema check of `edgekit-artifact.json`: raise EdgekitError naming the first field
     that is missing or of the wrong type/value (every later use of `meta` may then trust it)."""
 
     def fail(field: str, what: str, value=None, show=True):
-        shown = show and not isinstance(value, (dict, list)) and value is not None
-        got = f", got {_type_name(value)}" + (f" {_short(value)}" if shown else "")
+        visible = show and not isinstance(value, (dict, list)) and value is not None
+        got = f", got {_type_name(value)}" + (f" {shown(value)}" if visible else "")
         raise EdgekitError(f"{meta_path}: corrupted metadata: field {field} must be {what}{got}")
 
     if not isinstance(meta, dict):
@@ -65,7 +61,7 @@ def validate_metadata(meta, meta_path) -> None:
     if missing:
         raise EdgekitError(f"{meta_path}: corrupted metadata (missing {', '.join(missing)})")
     version = meta["format_version"]
-    if not _is_int(version):
+    if not is_int(version):
         fail("format_version", "an integer", version)
     if version != FORMAT_VERSION:
         raise EdgekitError(f"{meta_path}: artifact format {version} is not supported by this "
@@ -106,7 +102,7 @@ def validate_metadata(meta, meta_path) -> None:
                 fail(f"{where}.shape ({name})", "a list of non-negative integers", shape)
             elements = 1
             for j, dim in enumerate(shape):
-                if not _is_int(dim) or dim < 0:
+                if not is_int(dim) or dim < 0:
                     fail(f"{where}.shape[{j}] ({name})", "a non-negative integer", dim)
                 elements *= dim
                 if elements > MAX_ELEMENTS:
@@ -124,7 +120,7 @@ def validate_metadata(meta, meta_path) -> None:
         if target.get(key) is not None and not isinstance(target[key], str):
             fail(f"target.{key}", "a string or null", target[key])
     if "num_cores" in target and target["num_cores"] is not None and not (
-            _is_int(target["num_cores"]) and target["num_cores"] >= 1):
+            is_int(target["num_cores"]) and target["num_cores"] >= 1):
         fail("target.num_cores", "a positive integer", target["num_cores"])
     if target.get("mattr") is not None and not (isinstance(target["mattr"], list)
                                   and all(isinstance(a, str) for a in target["mattr"])):
@@ -161,32 +157,6 @@ def _numbers(value) -> bool:
         and abs(value) != float("inf")
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def inside_folder(folder: Path, name: str, field: str, meta_path) -> Path:
-    """`folder / name`, refused unless it stays inside `folder` (no absolute path, no `..`, no
-    symbolic link that leads out)."""
-    rel = Path(name)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise EdgekitError(f"{meta_path}: field {field} {name!r} points outside the artifact folder: "
-                           "metadata paths must name files inside it")
-    path = folder / rel
-    try:
-        real, root = path.resolve(), folder.resolve()
-    except (OSError, RuntimeError):
-        raise EdgekitError(f"{meta_path}: field {field} {name!r} cannot be resolved (a symbolic link loop?)") \
-            from None
-    if real != root and root not in real.parents:
-        raise EdgekitError(f"{meta_path}: field {field} {name!r} leads outside the artifact folder "
-                           f"(to {real}): metadata paths must name files inside it")
-    if real == root:
-        raise EdgekitError(f"{meta_path}: field {field} {name!r} names the artifact folder, not a file in it")
-    return path
-
-
 @dataclass
 class Artifact:
     folder: Path
@@ -219,16 +189,13 @@ class Artifact:
             raise EdgekitError(f"{folder}: no such artifact folder (make one with `edgekit compile`)")
         if not meta_path.is_file():
             raise EdgekitError(f"{folder}: not an edgekit artifact (missing {METADATA})")
-        try:
-            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise EdgekitError(f"{meta_path}: corrupted metadata (not valid JSON)") from None
+        meta = read_object(meta_path, "corrupted metadata: ")
         validate_metadata(meta, meta_path)
         art = cls(folder, meta)
-        lib = inside_folder(folder, meta["library"], "library", meta_path)
+        lib = inside_folder(folder, meta["library"], "library", meta_path, "artifact folder")
         for field in OPTIONAL_PATH_FIELDS:
             if field in meta:
-                inside_folder(folder, meta[field], field, meta_path)
+                inside_folder(folder, meta[field], field, meta_path, "artifact folder")
         if not lib.is_file():
             raise EdgekitError(f"{folder}: library {meta['library']} is missing")
         if verify_checksum:

@@ -100,7 +100,7 @@ def test_cli_compile_and_simulate_json(quantized, tmp_path, capsys):
     x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     capsys.readouterr()
-    code = main(["simulate", str(tmp_path / "f"), "--golden", "--input", str(tmp_path / "x.npy"), "--json", "-",
+    code = main(["simulate", str(tmp_path / "f"), "--golden", "--input", str(tmp_path / "x.npy"), "--json",
                  "--compare", str(tmp_path / "u"), "--plot", str(tmp_path / "layers.png")])
     out = capsys.readouterr().out
     doc = json.loads(out)

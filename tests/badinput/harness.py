@@ -8,6 +8,7 @@ in-process (an uncaught exception fails the test: that is a traceback).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,3 +78,36 @@ def check_api(call, folder: Path, names=()) -> str:
         assert str(name).lower() in message.lower(), f"{name!r} not named in: {message}"
     assert snapshot(folder) == before, f"{folder} changed after a failed call: {message}"
     return message
+
+
+# Mutations of a JSON document in a folder (artifact metadata, program.json): each returns a
+# callable `mutate(folder)` for a table of corrupted inputs.
+def read_doc(folder: Path, doc_name: str) -> dict:
+    return json.loads((Path(folder) / doc_name).read_text())
+
+
+def edit_doc(doc_name: str, path, change):
+    """mutate(folder) applying change(parent, last key) at doc[path...] (keys / indices)."""
+    def mutate(folder: Path):
+        doc = read_doc(folder, doc_name)
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        change(node, path[-1])
+        (Path(folder) / doc_name).write_text(json.dumps(doc))
+    return mutate
+
+
+def set_field(doc_name: str, *path_and_value):
+    """mutate(folder) setting doc[path...] = value (the last item is the value)."""
+    *path, value = path_and_value
+    return edit_doc(doc_name, path, lambda node, key: node.__setitem__(key, value))
+
+
+def del_field(doc_name: str, *path):
+    return edit_doc(doc_name, path, lambda node, key: node.__delitem__(key))
+
+
+def raw_doc(doc_name: str, data: bytes):
+    """mutate(folder) replacing the document by `data`."""
+    return lambda folder: (Path(folder) / doc_name).write_bytes(data)

@@ -11,13 +11,15 @@ import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
 
-from tests.badinput.harness import Case, check_api, check_cli, check_error_line
+from tests.badinput.harness import (Case, check_api, check_cli, check_error_line, del_field, raw_doc, read_doc,
+                                    set_field)
 
 pytest.importorskip("tvm")
 
@@ -116,39 +118,16 @@ def no_library_copies_left():
 
 # ------------------------------------------------------------------ corrupting an artifact
 def _meta(art: Path) -> dict:
-    return json.loads((art / METADATA).read_text())
+    return read_doc(art, METADATA)
 
 
 def _write_meta(art: Path, meta) -> None:
     (art / METADATA).write_text(json.dumps(meta))
 
 
-def _edit_meta(path, change):
-    """A mutation applying change(parent, last key) at meta[path...] (keys / indices)."""
-    def mutate(art: Path):
-        meta = _meta(art)
-        node = meta
-        for key in path[:-1]:
-            node = node[key]
-        change(node, path[-1])
-        _write_meta(art, meta)
-    return mutate
-
-
-def setf(*path_and_value):
-    """A mutation that sets meta[path...] = value (the last item is the value)."""
-    *path, value = path_and_value
-    return _edit_meta(path, lambda node, key: node.__setitem__(key, value))
-
-
-def delf(*path):
-    return _edit_meta(path, lambda node, key: node.__delitem__(key))
-
-
-def raw_meta(data: bytes):
-    def mutate(art: Path):
-        (art / METADATA).write_bytes(data)
-    return mutate
+setf = partial(set_field, METADATA)
+delf = partial(del_field, METADATA)
+raw_meta = partial(raw_doc, METADATA)
 
 
 def set_library(transform):
@@ -613,7 +592,7 @@ def test_fuzzed_metadata_loads_or_fails_cleanly(fuzz_art, top, nested, drop):
     meta.update(top)
     for key in drop:
         meta.pop(key, None)
-    (art / METADATA).write_text(json.dumps(meta))
+    _write_meta(art, meta)
     try:
         loaded = Artifact.load(art)
     except EdgekitError as exc:

@@ -180,7 +180,7 @@ def test_program_container_round_trip(tmp_path):
 def test_simulate_cli_golden(tmp_path, capsys):
     conv, expected = P.conv_layer()
     conv.save(tmp_path / "prog")
-    rc = cli_main(["simulate", str(tmp_path / "prog"), "--golden", "--json", str(tmp_path / "r.json"),
+    rc = cli_main(["simulate", str(tmp_path / "prog"), "--golden", "--json-file", str(tmp_path / "r.json"),
                    "--outputs", str(tmp_path / "out")])
     assert rc == 0
     assert "macs" in capsys.readouterr().out
