@@ -27,11 +27,8 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
     log (callable receiving progress lines).
     """
     if target == "accel":
-        try:
-            from edgekit.compile.accel.compiler import compile_accel
-        except ImportError as exc:
-            raise EdgekitError(f"target accel is not available yet ({exc.name or 'edgekit.compile.accel.compiler'} "
-                               "is missing in this installation)") from None
+        from edgekit.compile.accel.compiler import compile_accel
+
         _check_options(target, options, compile_accel, skip=("onnx_path", "out_dir"))
         return compile_accel(onnx_path, out_dir, **options)
     if target not in TVM_TARGETS:

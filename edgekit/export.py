@@ -381,7 +381,6 @@ def export_zoo(name: str, path, config: str = "tiny", input_shapes=None, opset: 
 def load_factory(spec: str):
     """'package.module:factory' -> the factory callable (EdgekitError if it cannot be found)."""
     import importlib
-
     import os
     import sys
 

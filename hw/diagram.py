@@ -35,11 +35,15 @@ def draw(path: Path = OUT) -> Path:
         if text:
             ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, text, ha="center", fontsize=7.5, color="#333")
 
-    box(0.2, 5.6, 2.2, 1.2, "control/status block\nstart, soft reset,\nerror code + PC,\n12 x 64-bit counters", "#f6e8c3")
+    box(0.2, 5.6, 2.2, 1.2,
+        "control/status block\nstart, soft reset,\nerror code + PC,\n12 x 64-bit counters", "#f6e8c3")
     box(3.0, 5.6, 2.2, 1.2, f"fetch unit\n{hw['IQ_DEPTH']}-entry instruction\nqueue, bursts of 8 insns", "#dfc27d")
-    box(5.8, 5.6, 3.0, 1.2, "dispatcher\ndecode + error checks\nfootprint hazard interlock\n(in order, precise faults)", "#dfc27d")
+    box(5.8, 5.6, 3.0, 1.2,
+        "dispatcher\ndecode + error checks\nfootprint hazard interlock\n(in order, precise faults)", "#dfc27d")
     box(3.0, 3.4, 2.2, 1.3, "load unit\n2-D DMA, zero-point\npadding", "#c7eae5")
-    box(5.8, 3.4, 3.0, 1.3, f"compute unit\n{n}x{n} INT4/INT8 MAC array (int32)\nvector unit (set/add/max/min)\n{n} post lanes: bias, M+shift RNE,\nzp, clamp, residual", "#80cdc1")
+    box(5.8, 3.4, 3.0, 1.3,
+        f"compute unit\n{n}x{n} INT4/INT8 MAC array (int32)\nvector unit (set/add/max/min)\n"
+        f"{n} post lanes: bias, M+shift RNE,\nzp, clamp, residual", "#80cdc1")
     box(9.4, 3.4, 2.2, 1.3, "store unit\n2-D DMA, starts only\nas oldest in flight", "#c7eae5")
     depth = {b: isa.buffer_depth(b) for b in isa.BUFFERS}
     kib = {b: depth[b] * isa.row_bytes(b, n) // 1024 for b in isa.BUFFERS}
@@ -48,7 +52,9 @@ def draw(path: Path = OUT) -> Path:
     for i, (b, label) in enumerate((("act", "activation"), ("wgt", "weight"), ("acc", "accumulator"),
                                     ("param", "parameter"))):
         box(3.2 + i * 2.1, 1.25, 1.9, 0.85, f"{label}\n{depth[b]} x {isa.row_bytes(b, n)} B = {kib[b]} KiB", "white")
-    box(0.2, 1.1, 2.2, 3.6, "AXI4 master\n(subset)\n64-bit data\nINCR bursts <= 16\nno 4 KiB crossing\n1 read + 1 write\nburst in flight\n\nDRAM", "#e0e0e0")
+    box(0.2, 1.1, 2.2, 3.6,
+        "AXI4 master\n(subset)\n64-bit data\nINCR bursts <= 16\nno 4 KiB crossing\n1 read + 1 write\n"
+        "burst in flight\n\nDRAM", "#e0e0e0")
     arrow(2.4, 6.2, 3.0, 6.2, "start")
     arrow(5.2, 6.2, 5.8, 6.2, "insn")
     arrow(6.6, 5.6, 4.1, 4.7, "issue")

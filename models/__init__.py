@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 
-from . import litepose, depth, deblur, lm  # noqa: F401  (registration order = listing order)
+# Each family module registers its entry; the zoo's listing order is `registry.ZOO_ORDER`.
+from . import deblur, depth, litepose, lm  # noqa: F401
 from .registry import InputSpec, ZooEntry, get, list_models
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"

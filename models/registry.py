@@ -89,6 +89,8 @@ class ZooEntry:
 
 
 _REGISTRY: dict[str, ZooEntry] = {}
+# How `edgekit zoo list` and error messages list the zoo (not the order the modules are imported in).
+ZOO_ORDER = ("litepose", "depth", "deblur", "lm")
 
 
 def register(entry: ZooEntry) -> ZooEntry:
@@ -97,10 +99,11 @@ def register(entry: ZooEntry) -> ZooEntry:
 
 
 def list_models() -> list[str]:
-    return list(_REGISTRY)
+    rank = {name: i for i, name in enumerate(ZOO_ORDER)}
+    return sorted(_REGISTRY, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def get(name: str) -> ZooEntry:
     if name not in _REGISTRY:
-        raise EdgekitError(f"unknown model {name!r}; valid models: {', '.join(_REGISTRY)}")
+        raise EdgekitError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
     return _REGISTRY[name]

@@ -65,7 +65,7 @@ def estimate(spec: str, work: Path, clock_mhz: float, array: int, rtl_factor: fl
     hz = clock_mhz * 1e6
     dram = t["dram_rd_bytes"] + t["dram_wr_bytes"]
     fps = hz / max(1, t["cycles"])
-    worst = sorted(cost["layers"], key=lambda l: -l["cycles"])[:5]
+    worst = sorted(cost["layers"], key=lambda layer: -layer["cycles"])[:5]
     return {
         "model": spec, "array": array, "clock_mhz": clock_mhz, "cycles_per_frame": t["cycles"],
         "fps_golden": fps, "fps_rtl_calibrated": fps / rtl_factor, "useful_macs": t["useful_macs"],
@@ -74,8 +74,8 @@ def estimate(spec: str, work: Path, clock_mhz: float, array: int, rtl_factor: fl
         "accelerator_segments": len(cost["layers"]), "host_steps": cost["host_steps"],
         "fallback_ops": len(cost["fallback_ops"]),
         "fallback_op_kinds": sorted({k.split("(")[1].split(")")[0] for k in meta.get("fallback_op_list", [])}),
-        "slowest_layers": [{"name": l["name"], "kinds": l["kinds"], "cycles": l["cycles"],
-                            "mac_utilization": l["useful_macs"] / max(1, l["cycles"] * n2)} for l in worst],
+        "slowest_layers": [{"name": layer["name"], "kinds": layer["kinds"], "cycles": layer["cycles"],
+                            "mac_utilization": layer["useful_macs"] / max(1, layer["cycles"] * n2)} for layer in worst],
     }
 
 

@@ -121,17 +121,21 @@ def main(argv=None) -> int:
                 outputs[key] = session.run(feeds)
                 row[key + "_ms"] = summarize(session.time(feeds, args.warmup, args.repeat))["median_ms"]
         log(f"{name}: onnxruntime")
-        row["ort_fp32_ms"] = summarize(time_onnxruntime(str(fp32), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
-        row["ort_qdq_ms"] = summarize(time_onnxruntime(str(qdq), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
+        row["ort_fp32_ms"] = summarize(
+            time_onnxruntime(str(fp32), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
+        row["ort_qdq_ms"] = summarize(
+            time_onnxruntime(str(qdq), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
         # parity
         import onnxruntime as ort
 
         ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
         rel = max(float(np.abs(outputs["tvm_fp32_tuned"][o.name] - r).max() / max(np.abs(r).max(), 1e-12))
-                  for o, r in zip(ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_outputs(), ref))
+                  for o, r in zip(ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_outputs(),
+                                  ref))
         row["fp32_max_rel_err_vs_ort"] = rel
         iref = intref.run(str(qdq), feeds)
-        row["int_equals_intref"] = all(np.array_equal(outputs["tvm_int_tuned"][k], np.asarray(v)) for k, v in iref.items())
+        row["int_equals_intref"] = all(np.array_equal(outputs["tvm_int_tuned"][k], np.asarray(v))
+                                       for k, v in iref.items())
         rows.append(row)
         log(f"{name}: {json.dumps(row)}")
     (out / "bench_compile.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -139,7 +143,8 @@ def main(argv=None) -> int:
               "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT | int == intref |")
     lines = [header, "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} | {r['tvm_fp32_untuned_ms']:.2f} "
+        lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} "
+                     f"| {r['tvm_fp32_untuned_ms']:.2f} "
                      f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
                      f"| {r['tvm_fp32_tuned_kernels_tuned']} / {r['tvm_int_tuned_kernels_tuned']} "
                      f"| {r['tvm_fp32_tuned_compile_s']:.0f} / {r['tvm_int_tuned_compile_s']:.0f} "

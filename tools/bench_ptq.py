@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,8 +51,13 @@ def output_sqnr_db(reference: list, outputs: list) -> float:
 
 def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
     """onnxruntime quantize_static at W4A4 (best calibration method by the test metric)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

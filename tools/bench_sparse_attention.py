@@ -76,7 +76,8 @@ def bench_length(seq: int, args) -> dict:
             "estimate_ms": med(est_t) * 1e3, "prepare_ms": med(prep_t) * 1e3, "exact_ms": med(exact_t) * 1e3,
             "taus": taus, "error_bound": args.bound, "calib_seq": min(seq, args.calib_seq),
             "calib_s": calib_s, "repeats": args.repeats,
-            "runs_ms": {"dense": [t * 1e3 for t in dense_t], "sparse": [t * 1e3 for t in sparse_t]}, "vnni": has_vnni(), "qkv": QKV_SOURCE}
+            "runs_ms": {"dense": [t * 1e3 for t in dense_t], "sparse": [t * 1e3 for t in sparse_t]},
+            "vnni": has_vnni(), "qkv": QKV_SOURCE}
 
 
 def bench_lm(args) -> dict | None:

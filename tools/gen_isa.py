@@ -59,7 +59,8 @@ def markdown_section() -> str:
            "|---|---|---|---|---|---|"]
     for op in isa.OPCODES:
         fields = ", ".join(f"`{f.name}` {lsb}:{f.width}{'s' if f.signed else ''}" for f, lsb in op.layout()) or "-"
-        out.append(f"| {op.code} | `{op.name}` | {op.unit} | {fields} | [{isa.INSN_BITS - 1}:{op.used_bits}] | {op.doc} |")
+        out.append(f"| {op.code} | `{op.name}` | {op.unit} | {fields} "
+                   f"| [{isa.INSN_BITS - 1}:{op.used_bits}] | {op.doc} |")
     out += ["", "Enumerations: " + "; ".join(
         f"`{key}`: " + ", ".join(f"{v} {k}" for k, v in table.items())
         for key, table in (("buf", isa.BUFFERS), ("vec op", isa.VEC_OPS), ("post out_type", isa.OUT_TYPES))) + ".",
@@ -67,7 +68,7 @@ def markdown_section() -> str:
     out += [f"| {code} | `{name}` | {doc} |" for name, (code, doc) in isa.ERRORS.items()]
     out += ["", "### Control/status registers (32-bit)", "", "| offset | name | meaning |", "|---|---|---|"]
     out += [f"| 0x{addr:02x} | `{name}` | {doc} |" for name, (addr, doc) in isa.CSRS.items()]
-    out += ["", f"Performance counters are 64 bits: low word at the offset, high word at offset + 4.", "",
+    out += ["", "Performance counters are 64 bits: low word at the offset, high word at offset + 4.", "",
             "| offset | counter | counts |", "|---|---|---|"]
     out += [f"| 0x{isa.COUNTER_ADDR[name]:02x} | `{name}` | {doc} |" for name, doc in isa.COUNTERS]
     out += ["", END]

@@ -31,7 +31,8 @@ def encode(name: str, **fields) -> int:
     known = {f.name for f in op.fields}
     for key in fields:
         if key not in known:
-            raise EdgekitError(f"instruction {name} has no field '{key}' (fields: {', '.join(sorted(known)) or 'none'})")
+            raise EdgekitError(f"instruction {name} has no field '{key}' "
+                               f"(fields: {', '.join(sorted(known)) or 'none'})")
     for f, lsb in op.layout():
         value = fields.get(f.name, 0)
         if f.name in ENUMS and isinstance(value, str):

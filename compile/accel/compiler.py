@@ -34,8 +34,19 @@ from edgekit.quant import formats
 
 from . import asm, isa
 from . import layout as L
-from .lower import Act, AddFusion, ConvGeometry, Emitter, Epilogue, Regions, Weights, add_param_row, \
-    choose_tiling, lower_add, lower_conv_like
+from .lower import (
+    Act,
+    AddFusion,
+    ConvGeometry,
+    Emitter,
+    Epilogue,
+    Regions,
+    Weights,
+    add_param_row,
+    choose_tiling,
+    lower_add,
+    lower_conv_like,
+)
 from .program import Program, Tensor
 
 FORMAT_KIND = "compiled-model"
@@ -369,7 +380,8 @@ def _group(refused: list[str], per_kind: int = 6) -> str:
     return "; ".join(parts)
 
 
-def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, opts: CompileOptions) -> int:
+def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image,
+                opts: CompileOptions) -> tuple[int, dict]:
     n = em.n
     x, y1 = acts[op.inputs[0]], acts[op.outputs[0]]
     geo = ConvLowering().geometry(op, shapes[op.inputs[0]], shapes[op.outputs[0]])
@@ -418,7 +430,7 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, o
     return int(y1.c * weight.shape[1] * geo.kh * geo.kw * y1.h * y1.w), where
 
 
-def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> None:
+def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> dict:
     a, b, y = acts[op.inputs[0]], acts[op.inputs[1]], acts[op.outputs[0]]
     ka, kb = op.extra["k"]
     p_addr = image.place(add_param_row(int(np.reshape(op.mult, -1)[0]), int(np.reshape(op.shift, -1)[0]), em.n))

@@ -71,7 +71,7 @@ def program_cost(folder, latency: int = 4) -> dict:
         seg = prog.insns[step["insn_start"]:step["insn_start"] + step["insn_count"]]
         cost = segment_cost(seg, prog.hw, latency)
         layers.append({"name": step["name"], "kinds": step["op_kinds"], "useful_macs": step["macs"], **cost})
-    total = {k: sum(l[k] for l in layers) for k in ("cycles", "compute_busy", "mac_busy", "useful_macs",
+    total = {k: sum(layer[k] for layer in layers) for k in ("cycles", "compute_busy", "mac_busy", "useful_macs",
                                                      "dram_rd_bytes", "dram_wr_bytes", "insns")}
     host = [s for s in prog.meta["steps"] if s["kind"] == "host"]
     return {"hw": prog.hw, "layers": layers, "total": total, "host_steps": len(host),

@@ -147,7 +147,8 @@ OPCODES: tuple[Opcode, ...] = (
      "per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize). "
      "POST_ROWS rows per cycle (one row per cycle when res_en and 0 < out - res < POST_ROWS, "
      "where a row reads what the row before it wrote)."),
-    Opcode("fence", 6, "control", (), "wait until every unit is idle (for measurement; hazards are interlocked anyway)."),
+    Opcode("fence", 6, "control", (),
+           "wait until every unit is idle (for measurement; hazards are interlocked anyway)."),
     Opcode("finish", 7, "control", (), "wait until every unit is idle, then raise done."),
 )
 BY_NAME = {op.name: op for op in OPCODES}

@@ -1,8 +1,10 @@
 """Lowering of integer ops to accelerator instructions: tiling, buffer planning, fused epilogues.
 
-One lowering class per op kind (the op table `LOWERINGS`); each knows whether
-it can run a `QOp` (`unsupported(...)` returns the reason or None) and emits
-its instructions through an `Emitter`.
+The op table (`compiler.LOWERINGS`, one class per kind) decides whether the
+accelerator can run a `QOp` (`unsupported(...)` returns the reason or None);
+the compiler's `_lower_conv` / `_lower_add` then call the functions here
+(`lower_conv_like`, `lower_depthwise`, `lower_add`), which emit the
+instructions through an `Emitter`.
 
 Buffer plan (rows; the default 2048-row act buffer in brackets):
   act:   IN0, IN1 input tiles (double buffered) [2 x 640], OUT0, OUT1 post
@@ -443,7 +445,7 @@ def lower_conv_like(em: Emitter, geo: ConvGeometry, x: Act, cbo: int, weights: W
                             tile0 = (ob * cbi + ib_first) * taps + t_first
                             wbase = em.take("wgt")
                             weights.load(em, wbase, tile0, len(part))
-                            for k, (i, ib, t) in enumerate(part):
+                            for k, (i, _ib, t) in enumerate(part):
                                 gm = gemms[t]
                                 reset = gm.group not in started[ob]
                                 started[ob].add(gm.group)

@@ -275,7 +275,8 @@ def check_against_reference(model: CompiledModel, feeds: dict, run: dict) -> dic
         same = got.shape == want.shape and np.array_equal(got, want)
         exact &= same
         outputs[name] = {"shape": list(want.shape), "bit_exact": bool(same),
-                         "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - want))) if got.shape == want.shape else None}
+                         "max_abs_diff": (float(np.max(np.abs(got.astype(np.float64) - want)))
+                                          if got.shape == want.shape else None)}
     first_bad = None
     order = [op.outputs[0] for op in model.qgraph.ops]
     for name in order:
@@ -462,7 +463,7 @@ def plot_layers(result: dict, other: dict | None, path) -> None:
     label = lambda r: ("fused" if r.get("fusion") else "unfused") + f" ({r['simulator']})"  # noqa: E731
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(names)), 8), sharex=True)
     for ax, key, title in ((axes[0], "cycles", "cycles per layer"), (axes[1], None, "DRAM bytes per layer")):
-        val = lambda r: (r["cycles"] if key else r["dram_read"] + r["dram_written"]) if r else 0  # noqa: E731
+        val = lambda r, key=key: (r["cycles"] if key else r["dram_read"] + r["dram_written"]) if r else 0  # noqa: E731
         ax.bar(x - (w / 2 if other else 0), [val(mine.get(nm)) for nm in names], w, label=label(result))
         if other:
             ax.bar(x + w / 2, [val(others.get(nm)) for nm in names], w, label=label(other))

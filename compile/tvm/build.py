@@ -9,24 +9,12 @@ write the metadata. The artifact folder appears atomically.
 """
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-
-LIBRARY = "model.so"
-METADATA = "edgekit-artifact.json"
-FORMAT_VERSION = 1
-
-
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from edgekit.runtime.artifact import FORMAT_VERSION, LIBRARY, METADATA, sha256_file  # the format's one home
 
 
 def prepare(mod, target):
@@ -114,6 +102,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
 
     import edgekit
     from edgekit.compile.tvm import importer, qlower, tuning
+    from edgekit.compile.tvm.converters import CONVERTERS
     from edgekit.fileio import atomic_dir, save_json
 
     log = progress_log or (lambda msg: None)
@@ -121,7 +110,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     onnx_path = Path(onnx_path)
     model = importer.load_onnx(onnx_path)
     inputs, outputs = importer.graph_io(model)
-    importer.check_ops(model)
+    importer.check_ops(model, CONVERTERS)
     quantized = importer.is_quantized(model)
     lowered: dict = {}
     if quantized:
@@ -134,7 +123,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
         importer.clamp_four_bit_quantizers(model, clamps)
     log(f"importing {onnx_path.name} ({len(model.graph.node)} nodes"
         + (f", integer ops: {lowered or 'none'}" if quantized else "") + ")")
-    mod = importer.to_relax(model, inputs)
+    mod = importer.to_relax(model, inputs, CONVERTERS)
     target = spec.tvm_target()
     mod = prepare(mod, target)
 

@@ -7,8 +7,9 @@
     bytes but onnx hands it one byte per value) and keeps the 4-bit range of
     every QuantizeLinear that produced a 4-bit tensor with an explicit clamp
     (otherwise a uint4 activation would silently saturate at 255, not 15);
-  * registers edgekit's own ops (domain ``edgekit``: the integer kernels the
-    lowering in `qlower.py` emits) as extra frontend converters.
+  * adds edgekit's own ops (domain ``edgekit``: the integer kernels the
+    lowering in `qlower.py` emits, SALE attention) to the frontend's op table
+    while it imports: the caller passes the table, `converters.CONVERTERS`.
 """
 from __future__ import annotations
 
@@ -22,20 +23,6 @@ import numpy as np
 from edgekit.errors import EdgekitError
 
 EDGEKIT_DOMAIN = "edgekit"
-
-# Frontend converters edgekit adds: op_type -> OnnxOpConverter subclass.
-CUSTOM_CONVERTERS: dict[str, type] = {}
-
-
-def register_converter(op_type: str):
-    """Decorator: make `op_type` (domain edgekit) importable by the Relax frontend."""
-
-    def wrap(cls):
-        CUSTOM_CONVERTERS[op_type] = cls
-        return cls
-
-    return wrap
-
 
 @dataclass
 class TensorSpec:
@@ -93,11 +80,11 @@ def graph_io(model) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
-def check_ops(model) -> None:
+def check_ops(model, converters: dict) -> None:
     """One-line error naming the first node whose op cannot be imported."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    known = set(onnx_frontend._get_convert_map()) | set(CUSTOM_CONVERTERS) | {"Constant", "If"}
+    known = set(onnx_frontend._get_convert_map()) | set(converters) | {"Constant", "If"}
     for index, node in enumerate(model.graph.node):
         if node.op_type not in known:
             name = node.name or f"#{index}"
@@ -206,7 +193,7 @@ class _NamedConverter:
 
 
 @contextlib.contextmanager
-def _frontend_with_edgekit_ops(model):
+def _frontend_with_edgekit_ops(model, converters: dict):
     """Temporarily add edgekit's converters to the frontend's op table (all of them named)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -218,7 +205,7 @@ def _frontend_with_edgekit_ops(model):
 
     def extended():
         table = original()
-        table.update(CUSTOM_CONVERTERS)
+        table.update(converters)
         return {op: _NamedConverter(op, conv, nodes, calls) for op, conv in table.items()}
 
     onnx_frontend._get_convert_map = extended
@@ -228,17 +215,15 @@ def _frontend_with_edgekit_ops(model):
         onnx_frontend._get_convert_map = original
 
 
-def to_relax(model, inputs: list[TensorSpec]):
+def to_relax(model, inputs: list[TensorSpec], converters: dict):
     """ONNX ModelProto (already rewritten) -> Relax IRModule with weights as constants."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    from edgekit.compile.tvm import qlower  # noqa: F401  (registers the integer converters)
-
-    check_ops(model)
+    check_ops(model, converters)
     shape_dict = {t.name: list(t.shape) for t in inputs}
     dtype_dict = {t.name: t.dtype for t in inputs}
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    with _frontend_with_edgekit_ops(model), warnings.catch_warnings():
+    with _frontend_with_edgekit_ops(model, converters), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the frontend warns about every shape-less value_info
         try:
             return from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, opset=opset,

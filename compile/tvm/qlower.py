@@ -20,14 +20,15 @@ output grid. Everything else (layout moves, max pools, float regions such as
 softmax or layernorm) stays QDQ-in-float, computed by the frontend's ops, as
 the reference computes it in float32.
 
-One converter per integer kind behind `KIND_CONVERTERS` (like the reference's
-kernel table).
+Two frontend converters carry it into Relax: `QLinearIntegerConverter` (every
+integer linear kind, dispatched on its `kind` attribute) and
+`QuantizeLinearClampedConverter`; both are listed in `converters.CONVERTERS`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN, register_converter
+from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
 from edgekit.quant import formats as F
 
 LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "concat", "global_avgpool")
@@ -351,7 +352,6 @@ class _EdgekitConverter:
         return cls.convert
 
 
-@register_converter("QLinearInteger")
 class QLinearIntegerConverter(_EdgekitConverter):
     @staticmethod
     def convert(bb, inputs, attr, params):
@@ -362,8 +362,8 @@ class QLinearIntegerConverter(_EdgekitConverter):
         zps = _ints(attr, "in_zero_points")
         lo, hi, zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
         if kind == "concat":
-            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64), zp_y,
-                                      lo, hi, out_dtype)
+            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64),
+                                      zp_y, lo, hi, out_dtype)
                      for x, zp, m, s in zip(inputs, zps, _ints(attr, "mults"), _ints(attr, "shifts"))]
             return op.concat(parts, axis=int(attr["axis"]))
         mult, shift, bias = _arr(attr, "mult"), _arr(attr, "shift"), None
@@ -389,7 +389,6 @@ class QLinearIntegerConverter(_EdgekitConverter):
         return requantize_relax(acc, bias, mult, shift, zp_y, lo, hi, out_dtype)
 
 
-@register_converter("QuantizeLinearClamped")
 class QuantizeLinearClampedConverter(_EdgekitConverter):
     """QuantizeLinear onto a 4-bit grid stored in 8 bits: quantize, then saturate to [qmin, qmax]."""
 

@@ -110,7 +110,8 @@ def _android_compiler(api: int) -> str:
         clang = folder / f"aarch64-linux-android{api}-clang++"
         if clang.exists():
             return str(clang)
-    raise EdgekitError(f"ANDROID_NDK_HOME={ndk}: no aarch64-linux-android{api}-clang++ under toolchains/llvm/prebuilt/*/bin")
+    raise EdgekitError(f"ANDROID_NDK_HOME={ndk}: no aarch64-linux-android{api}-clang++ "
+                       "under toolchains/llvm/prebuilt/*/bin")
 
 
 def _check_llvm_cpu(spec: TargetSpec) -> None:

@@ -15,8 +15,8 @@ EXAMPLES = """\
 
 
 def register(subparsers):
-    p = add_command(subparsers, "bench", "Measure latency (median, p90) of an artifact, optionally against onnxruntime.",
-                    EXAMPLES, run)
+    p = add_command(subparsers, "bench",
+                    "Measure latency (median, p90) of an artifact, optionally against onnxruntime.", EXAMPLES, run)
     p.add_argument("artifact", help="artifact folder written by `edgekit compile`")
     p.add_argument("--compare", default=None, metavar="MODEL.onnx",
                    help="also time onnxruntime on this ONNX file with the same inputs and threads")
@@ -64,7 +64,8 @@ def time_onnxruntime(onnx_path: str, feeds: dict, threads: int, warmup: int, rep
     try:
         session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise EdgekitError(f"--compare {onnx_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        raise EdgekitError(f"--compare {onnx_path}: onnxruntime cannot load it "
+                           f"({str(exc).splitlines()[0][:200]})") from None
     names = {i.name for i in session.get_inputs()}
     if names != set(feeds):
         raise EdgekitError(f"--compare {onnx_path}: inputs {sorted(names)} differ from the artifact's {sorted(feeds)}")

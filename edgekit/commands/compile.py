@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import sys
 
-from edgekit.commands import (add_command, add_json_flags, check_json_file, emit_json, non_negative_int,
-                              positive_int)
+from edgekit.commands import add_command, add_json_flags, check_json_file, emit_json, non_negative_int, positive_int
 
 EXAMPLES = """\
   edgekit compile litepose.onnx --target x86-64 -o build/litepose
   edgekit compile litepose.q.onnx --target x86-64 -o build/litepose-int8
   edgekit compile m.onnx --target x86-64 -o build/m --tune 2000 --tuning-db tuning/m
-  edgekit compile m.onnx --target arm64 -o build/m-arm --tune 500 --tuning-db tuning/m-arm --tracker 127.0.0.1:9190 --key arm64
+  edgekit compile m.onnx --target arm64 -o build/m-arm --tune 500 --tuning-db tuning/m-arm \\
+      --tracker 127.0.0.1:9190 --key arm64
   edgekit compile m.onnx --target x86-64 -o build/m --tuning-db tuning/m   (reuse records)
   edgekit compile m.onnx --target arm64 --target-opts cortex-a76,+dotprod,+i8mm -o build/m-arm
   ANDROID_NDK_HOME=/opt/ndk edgekit compile m.onnx --target android-arm64 -o build/m-android
@@ -28,7 +28,8 @@ def register(subparsers):
                    help="where the model will run (default: x86-64, this host's CPU)")
     p.add_argument("--target-opts", default=None,
                    help="CPU name and features, e.g. 'cortex-a76,+dotprod,+i8mm' or 'mcpu=znver4,num-cores=4'")
-    p.add_argument("--num-cores", type=positive_int, default=None, help="threads the compiled code is planned for (default 2, arm 4)")
+    p.add_argument("--num-cores", type=positive_int, default=None,
+                   help="threads the compiled code is planned for (default 2, arm 4)")
     p.add_argument("--tune", type=non_negative_int, default=0, metavar="TRIALS",
                    help="tune with MetaSchedule for this many trials (needs --tuning-db)")
     p.add_argument("--tuning-db", default=None, metavar="DIR",
@@ -43,7 +44,8 @@ def register(subparsers):
     p.add_argument("--tune-min-per-task", type=non_negative_int, default=None, metavar="N",
                    help="with --tune: trials every kernel gets at least (default 16; raises --tune when "
                         "needed; records already in the database count)")
-    p.add_argument("--max-trials-per-task", type=positive_int, default=None, help="cap per tuning task (default: even split)")
+    p.add_argument("--max-trials-per-task", type=positive_int, default=None,
+                   help="cap per tuning task (default: even split)")
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
     p.add_argument("--no-committed-db", dest="committed_db", action="store_false",

@@ -23,7 +23,8 @@ def register(subparsers):
     p.add_argument("--activations", type=int, choices=(4, 8), default=8)
     p.add_argument("--method", default="full", choices=("rtn", "polish", "compensate", "reconstruct", "full"))
     p.add_argument("--slow", action="store_true", help="learned rounding instead of the fast Hessian-based mode")
-    p.add_argument("--samples", type=positive_int, default=20, help="held-out test samples for the metrics (default 20)")
+    p.add_argument("--samples", type=positive_int, default=20,
+                   help="held-out test samples for the metrics (default 20)")
     p.add_argument("-o", "--output", default="demo", help="folder for every stage's file (default ./demo)")
     return p
 
@@ -37,10 +38,8 @@ def _stage(name: str, fn):
 
 
 def run(args) -> int:
-    from edgekit import api
-    from edgekit.errors import require
-
     import edgekit.models as zoo
+    from edgekit.errors import require
 
     out = Path(args.output)
     require(args.model in zoo.list_models(), f"--model {args.model}: not a zoo model "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from edgekit.commands import add_command, add_json_flags, check_json_file, emit_json
 from edgekit.errors import EdgekitError

@@ -1,7 +1,6 @@
 """`edgekit eval`: metrics of a zoo model (PyTorch) or a model file on the held-out test split."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path

@@ -33,7 +33,8 @@ def register(subparsers):
     p.add_argument("--input", required=True, help=".npy (one input), .npz (by input name), or an image (.png/.jpg)")
     p.add_argument("--output", default=None,
                    help=".npy (first output) or .npz (all outputs); default: ARTIFACT/outputs.npz")
-    p.add_argument("--picture", default=None, help="PNG with a human-readable result (zoo models; default beside --output)")
+    p.add_argument("--picture", default=None,
+                   help="PNG with a human-readable result (zoo models; default beside --output)")
     add_json_flags(p)
     add_device_flags(p)
 

@@ -32,8 +32,8 @@ PHOTO_FRACTION = 0.7
 @functools.lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
     """A bundled photograph as float32 RGB [3, h, w] in [0, 1]."""
-    import skimage.io
     import skimage.data
+    import skimage.io
 
     image = skimage.io.imread(Path(skimage.data.data_dir) / name)
     image = np.asarray(image, np.float32)

@@ -220,7 +220,6 @@ def depth_sample(rng: np.random.Generator, spec: dict, split: str = "test", size
 def _shadows(scene: _Scene, points: np.ndarray, light: np.ndarray) -> np.ndarray:
     """True where the way to the (directional) light is blocked by an object."""
     blocked = np.zeros(points.shape[0], bool)
-    d = np.broadcast_to(light, points.shape)
     for ob in scene.objects:
         s, pos = ob["size"], ob["pos"]
         if ob["kind"] == "sphere":

@@ -15,11 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
-
 import edgekit
 from edgekit.device import DEVICE_FILES
 from edgekit.device.serve import READY_PREFIX, check_bind
+from edgekit.errors import EdgekitError
 
 # Python + tvm import under qemu takes ~40 s on an idle core; leave room for a
 # loaded 2-core CI machine.

@@ -72,7 +72,7 @@ def device_info() -> dict:
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
+    host, sep, port = str(text).rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise DeviceError(f"{what} must be HOST:PORT with a port in 1-65535, got {text!r}")
     return host, int(port)

@@ -54,7 +54,7 @@ def wanted_versions() -> dict[str, str]:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            raise EdgekitError(f"{name} is not installed on the host: install edgekit[tvm] first")
+            raise EdgekitError(f"{name} is not installed on the host: install edgekit[tvm] first") from None
     return versions
 
 
@@ -174,9 +174,9 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800)
     except FileNotFoundError:
-        raise EdgekitError(f"{what}: {cmd[0]} is not installed")
+        raise EdgekitError(f"{what}: {cmd[0]} is not installed") from None
     except subprocess.TimeoutExpired:
-        raise EdgekitError(f"{what}: {cmd[0]} did not finish in 30 minutes")
+        raise EdgekitError(f"{what}: {cmd[0]} did not finish in 30 minutes") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise EdgekitError(f"{what} failed (exit {proc.returncode}): {last[0]}")

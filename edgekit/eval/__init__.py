@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from edgekit.errors import EdgekitError
 from edgekit.eval.predictors import Predictor, predictor, register_predictor
 

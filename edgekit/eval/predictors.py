@@ -54,7 +54,6 @@ def predictor(obj, **options) -> Predictor:
     """A predict function for a torch nn.Module, an ONNX file path, or a registered kind."""
     if isinstance(obj, Predictor):
         return obj
-    import edgekit.runtime.predictor  # noqa: F401 - registers compiled TVM artifacts (cheap: no tvm import)
     for entry in _PREDICTORS:
         if entry.matches(obj):
             return entry.factory(obj, **options)
@@ -169,5 +168,25 @@ def _match_names(feed: dict, wanted: list, path) -> dict:
     raise EdgekitError(f"{path} has inputs {', '.join(wanted)} but the task provides {', '.join(feed)}")
 
 
+# ---------------------------------------------------------------- compiled artifacts (edgekit compile)
+def _is_artifact(obj) -> bool:
+    from edgekit.runtime.artifact import METADATA  # cheap: no tvm import
+
+    return isinstance(obj, (str, os.PathLike)) and (Path(obj) / METADATA).is_file()
+
+
+def _artifact_predictor(folder, threads: int | None = None, device=None, tracker=None, key=None,
+                        **_) -> Predictor:
+    from edgekit.runtime import open_session
+
+    session = open_session(folder, device=device, tracker=tracker, key=key, num_threads=threads)
+    art = session.artifact
+    return Predictor(session.run, {i["name"]: tuple(i["shape"]) for i in art.inputs},
+                     [o["name"] for o in art.outputs],
+                     label=f"tvm {Path(folder).name} ({art.meta['target'].get('name', art.arch)})")
+
+
+# The kinds, in the order they are tried (an artifact folder is checked before anything else).
+register_predictor("tvm-artifact", _is_artifact, _artifact_predictor)
 register_predictor("torch", _is_torch_module, _torch_predictor)
 register_predictor("onnx", _is_onnx_file, _onnx_predictor)

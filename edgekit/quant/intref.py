@@ -214,7 +214,7 @@ def constants(qg: QGraph) -> dict:
     Back-ends that run some ops with these kernels (the accelerator's host fallback) call this too.
     """
     consts = dict(qg.initializers)
-    for name, (codes, q) in qg.constants.items():
+    for name, (codes, _) in qg.constants.items():
         consts[name] = codes
     # Region nodes read DQ'd constants (weights of float ops, operands) by their DQ output name.
     for node in qg.model.graph.node:
@@ -229,7 +229,8 @@ def constants(qg: QGraph) -> dict:
                 else np.zeros(1, np.int64)
             if scale.size > 1:
                 scale = _channel_view(scale, codes.ndim, int(a.get("axis", 1)) % codes.ndim)
-                zp = _channel_view(zp, codes.ndim, int(a.get("axis", 1)) % codes.ndim) if zp.size > 1 else zp.reshape(())
+                zp = (_channel_view(zp, codes.ndim, int(a.get("axis", 1)) % codes.ndim) if zp.size > 1
+                      else zp.reshape(()))
             consts[node.output[0]] = F.dequantize(codes, scale, zp.reshape(scale.shape) if zp.size == scale.size
                                                   else zp.reshape(()))
     return consts

@@ -8,7 +8,8 @@ onnxruntime 1.32 mishandles 4-bit activations in two graph transformers:
   ("Type 'tensor(uint4)' ... is invalid").
 `session()` disables both (edgekit's own files never need the first: a
 Relu/Clip whose bounds the following Q already enforces is dropped by the
-writer); numerics are unchanged (they only move or drop Q/DQ/Clip nodes). 8-bit-activation files load with default options too.
+writer); numerics are unchanged (they only move or drop Q/DQ/Clip nodes).
+8-bit-activation files load with default options too.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def session(model_or_path, threads: int | None = None, strict: bool = False):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"], disabled_optimizers=STRICT_DISABLED if strict else DISABLED)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=STRICT_DISABLED if strict else DISABLED)
 
 
 def run(sess, feeds: dict) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import torch
 
-from edgekit.errors import EdgekitError, require
+from edgekit.errors import require
 from edgekit.onnx_graph.model import initializers, prepare_model
 from edgekit.onnx_graph.torch_ops import SUPPORTED_OPS, TorchGraph, to_torch
 from edgekit.progress import progress
@@ -144,13 +144,13 @@ def _copy(model):
 def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) -> dict:
     """Diagonal Fisher proxy per block output: squared gradient of a random projection of the outputs."""
     graph = TorchGraph(model)
-    blocks = {l.block_output for l in plan.layers.values()}
+    blocks = {layer.block_output for layer in plan.layers.values()}
     sums: dict[str, list] = {b: [] for b in blocks}
     gen = torch.Generator().manual_seed(0)
     for feeds in progress(calib, desc="fisher"):
         seen = {}
 
-        def hook(name, value):
+        def hook(name, value, seen=seen):  # this batch's dict: the hook lives one iteration
             if name in blocks and value.is_floating_point():
                 if not value.requires_grad:  # upstream of it is all integer (token ids)
                     value = value.detach().requires_grad_(True)
@@ -180,7 +180,7 @@ def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) ->
 def sqnr_report(plan: QuantPlan, float_model, calib, samples: int) -> dict:
     """Per-layer SQNR (dB) at block outputs and at the model outputs, fake-quantized vs float."""
     fgraph, qgraph = TorchGraph(float_model), TorchGraph(plan.model)
-    names = [l.block_output for l in plan.layers.values()] + list(fgraph.output_names)
+    names = [layer.block_output for layer in plan.layers.values()] + list(fgraph.output_names)
     sig = {n: 0.0 for n in names}
     noise = {n: 0.0 for n in names}
     overrides, hook = quantized_overrides(plan), act_hook(plan)
@@ -193,7 +193,7 @@ def sqnr_report(plan: QuantPlan, float_model, calib, samples: int) -> dict:
                     sig[n] += float((f[n].double() ** 2).sum())
                     noise[n] += float(((q[n].double() - f[n].double()) ** 2).sum())
     db = lambda n: float(10 * np.log10(max(sig[n], 1e-30) / max(noise[n], 1e-30)))  # noqa: E731
-    return {"layers": {l.name: db(l.block_output) for l in plan.layers.values()},
+    return {"layers": {layer.name: db(layer.block_output) for layer in plan.layers.values()},
             "outputs": {n: db(n) for n in fgraph.output_names if sig[n] > 0 or noise[n] > 0}}
 
 
@@ -249,8 +249,8 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
             report.setdefault("_models", {})[step.name] = to_qdq(plan)
     qdq = to_qdq(plan)
     report["seconds"] = round(time.time() - t0, 2)
-    report["layers"] = {l.name: {"op": l.op_type, "weight_bits": l.weight_bits,
-                                 "act_bits": plan.qparams(l.block_output).qtype.bits}
-                        for l in plan.layers.values()}
+    report["layers"] = {layer.name: {"op": layer.op_type, "weight_bits": layer.weight_bits,
+                                 "act_bits": plan.qparams(layer.block_output).qtype.bits}
+                        for layer in plan.layers.values()}
     report["_plan"] = plan
     return qdq, report

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_graph.model import attrs, consumers, initializers, producers
+from edgekit.onnx_graph.model import attrs, consumers, initializers
 from edgekit.quant import formats as F
 
 INHERIT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice",
@@ -154,7 +154,8 @@ def _layer_of(node, inits, cons, graph_outputs) -> Layer | None:
         if node.input[1] not in inits or node.input[0] in inits or inits[node.input[1]].ndim != 2:
             return None
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if bias is not None and (bias not in inits or inits[bias].size not in (1, inits[node.input[1]].shape[0 if a.get("transB", 0) else 1])):
+        if bias is not None and (bias not in inits or inits[bias].size not in (
+                1, inits[node.input[1]].shape[0 if a.get("transB", 0) else 1])):
             return None
         out_axis, in_axis = (0, 1) if a.get("transB", 0) else (1, 0)
         return Layer(node.name, op, node.input[0], node.input[1], bias, out_axis, in_axis,
@@ -229,7 +230,8 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
         if node.op_type == "Add" and layer is None:
             is_int = all(i not in inits and _is_float(i, env) for i in node.input)
         if node.op_type in REQUANT_OPS or node.op_type in INHERIT:
-            is_int = node.input[0] not in inits and _is_float(node.input[0], env) and all(_is_float(o, env) for o in node.output if o)
+            is_int = (node.input[0] not in inits and _is_float(node.input[0], env)
+                      and all(_is_float(o, env) for o in node.output if o))
         if not is_int:
             continue
         out = layer.output if layer else node.output[0]

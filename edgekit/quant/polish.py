@@ -50,10 +50,10 @@ def equalization_pairs(plan: QuantPlan):
     model = plan.model
     cons = consumers(model)
     inits = initializers(model)
-    by_node = {l.name: l for l in plan.layers.values()}
+    by_node = {layer.name: layer for layer in plan.layers.values()}
     outputs = {o.name for o in model.graph.output}
     pairs = []
-    candidates = [("layer", l, l.block_output) for l in plan.layers.values() if l.act in (None, "relu")]
+    candidates = [("layer", layer, layer.block_output) for layer in plan.layers.values() if layer.act in (None, "relu")]
     for node in model.graph.node:
         if node.op_type == "LayerNormalization" and len(node.input) >= 3 and node.input[1] in inits \
                 and node.input[2] in inits and int(attrs(node).get("axis", -1)) == -1:
@@ -80,9 +80,9 @@ def equalization_pairs(plan: QuantPlan):
         if not ok or not layers:
             continue
         conv_prod = kind == "layer" and prod.op_type == "Conv"
-        if any((l.op_type == "Conv") != conv_prod for l in layers):
+        if any((layer.op_type == "Conv") != conv_prod for layer in layers):
             continue
-        if any(_in_axis(l, inits[l.weight]) < 0 for l in layers):
+        if any(_in_axis(layer, inits[layer.weight]) < 0 for layer in layers):
             continue
         pairs.append((kind, prod, tensor, layers))
     return pairs
@@ -104,7 +104,7 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
     need = set()
     for kind, prod, tensor, layers in pairs:
         need.add(tensor)
-        need.update(l.input for l in layers)
+        need.update(layer.input for layer in layers)
         if kind == "layer":
             need.add(prod.input)
         else:
@@ -119,9 +119,9 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
         dims = [d for d in range(x.dim()) if d != axis]
         xmax = x.abs().amax(dim=dims).double().clamp_min(1e-8)
         wmax = torch.zeros_like(xmax)
-        for l in layers:
-            w = torch.from_numpy(np.array(inits[l.weight], np.float64))
-            ax = _in_axis(l, inits[l.weight])
+        for layer in layers:
+            w = torch.from_numpy(np.array(inits[layer.weight], np.float64))
+            ax = _in_axis(layer, inits[layer.weight])
             wmax = torch.maximum(wmax, w.abs().amax(dim=[d for d in range(w.dim()) if d != ax]))
         wmax = wmax.clamp_min(1e-8)
         cands = {"none": torch.ones_like(xmax)}
@@ -150,7 +150,6 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
 
 def _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, bits) -> float:
     """Relative error of the consumers' outputs with W4 weights and quantized activation."""
-    conv = kind == "layer" and prod.op_type == "Conv"
     with torch.no_grad():
         if kind == "layer":
             x_in = torch.cat([e[prod.input] for e in envs])
@@ -165,15 +164,15 @@ def _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, bits) -> float
         qp = QParams.from_range(float(y.min()), float(y.max()), act_qtype(bits))
         yq = fake_quant(y, qp)
         total, ref = 0.0, 0.0
-        for l in layers:
-            x_f = torch.cat([e[l.input] for e in envs])
-            w = inits[l.weight]
-            ax = _in_axis(l, w)
+        for layer in layers:
+            x_f = torch.cat([e[layer.input] for e in envs])
+            w = inits[layer.weight]
+            ax = _in_axis(layer, w)
             w_s = w * weight_shape_scales(s.numpy(), w.shape, ax)
-            wq = to_torch(rtn_dq(w_s.astype(np.float32), l.out_axis, l.weight_bits))
-            b = to_torch(inits[l.bias]) if l.bias else None
-            target = layer_forward(l, x_f, to_torch(w), b)
-            got = layer_forward(l, yq.reshape(x_f.shape), wq, b)
+            wq = to_torch(rtn_dq(w_s.astype(np.float32), layer.out_axis, layer.weight_bits))
+            b = to_torch(inits[layer.bias]) if layer.bias else None
+            target = layer_forward(layer, x_f, to_torch(w), b)
+            got = layer_forward(layer, yq.reshape(x_f.shape), wq, b)
             total += float(((got - target) ** 2).sum())
             ref += float((target ** 2).sum())
     return total / max(ref, 1e-20)
@@ -189,9 +188,9 @@ def _apply_scales(plan, kind, prod, layers, inits, s: np.ndarray) -> None:
     else:
         plan.set_initializer(prod.input[1], inits[prod.input[1]] / s)
         plan.set_initializer(prod.input[2], inits[prod.input[2]] / s)
-    for l in layers:
-        w = inits[l.weight]
-        plan.set_initializer(l.weight, w * weight_shape_scales(s, w.shape, _in_axis(l, w)))
+    for layer in layers:
+        w = inits[layer.weight]
+        plan.set_initializer(layer.weight, w * weight_shape_scales(s, w.shape, _in_axis(layer, w)))
 
 
 def clip_search(plan: QuantPlan, calib: list[dict], ranges: dict, samples: int = 8) -> dict:
@@ -200,11 +199,11 @@ def clip_search(plan: QuantPlan, calib: list[dict], ranges: dict, samples: int =
     inits = initializers(plan.model)
     own = [p for p in plan.points if p not in plan.inherit]
     readers: dict[str, list[Layer]] = {p: [] for p in own}
-    for l in plan.layers.values():
-        src = plan.source(l.input)
+    for layer in plan.layers.values():
+        src = plan.source(layer.input)
         if src in readers:
-            readers[src].append(l)
-    need = set(own) | {l.input for l in plan.layers.values()}
+            readers[src].append(layer)
+    need = set(own) | {layer.input for layer in plan.layers.values()}
     with torch.no_grad():
         envs = [graph.run(f, keep=need) for f in calib[:samples]]
     choice = {}
@@ -217,13 +216,13 @@ def clip_search(plan: QuantPlan, calib: list[dict], ranges: dict, samples: int =
             qp = QParams.from_range(lo * r, hi * r, qt)
             err = 0.0
             if readers[p]:
-                for l in readers[p]:
-                    xin = torch.cat([e[l.input] for e in envs])
-                    w = to_torch(inits[l.weight])
-                    b = to_torch(inits[l.bias]) if l.bias else None
+                for layer in readers[p]:
+                    xin = torch.cat([e[layer.input] for e in envs])
+                    w = to_torch(inits[layer.weight])
+                    b = to_torch(inits[layer.bias]) if layer.bias else None
                     with torch.no_grad():
-                        t = layer_forward(l, xin, w, b)
-                        g = layer_forward(l, fake_quant(xin, qp), w, b)
+                        t = layer_forward(layer, xin, w, b)
+                        g = layer_forward(layer, fake_quant(xin, qp), w, b)
                     err += float(((g - t) ** 2).sum() / ((t ** 2).sum() + 1e-20))
             else:
                 err = float(((fake_quant(x, qp) - x) ** 2).sum() / ((x ** 2).sum() + 1e-20))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from edgekit.onnx_graph.model import QDQ_OPSET
 from edgekit.quant import formats as F

@@ -127,7 +127,8 @@ def _checked_scale(node, floats: dict) -> np.ndarray:
 def _check_zero_point(node, zp: np.ndarray, qt: F.QType) -> None:
     outside = (zp < qt.qmin) | (zp > qt.qmax)
     if outside.any():
-        raise EdgekitError(f"node {node.name} ({node.op_type}): zero point {int(zp.reshape(-1)[np.argmax(outside.reshape(-1))])} "
+        raise EdgekitError(f"node {node.name} ({node.op_type}): "
+                           f"zero point {int(zp.reshape(-1)[np.argmax(outside.reshape(-1))])} "
                            f"is outside the {qt.name} range [{qt.qmin}, {qt.qmax}]")
 
 
@@ -184,7 +185,6 @@ def parse(model_or_path) -> QGraph:
             ints[name] = (arr.astype(np.int64), proto.data_type)
         floats[name] = arr if arr.dtype.kind != "V" else arr
     zp_info = {n: (ints[n][0], ints[n][1]) for n in ints}
-    init_vals = {n: (floats[n] if n not in zp_info else zp_info[n]) for n in floats}
 
     check_qdq_parameters(model)
     producer = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output if o}
@@ -348,7 +348,8 @@ def fused_bounds(act, clip, out_q: QTensor) -> tuple[int, int]:
 
 
 def requant_scale(s_x: float, s_w: np.ndarray, s_y: float) -> np.ndarray:
-    prod = (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow to inf is refused, by name, by quantize_multiplier
+        prod = (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
     return prod.astype(np.float64) / np.float64(s_y)
 
 

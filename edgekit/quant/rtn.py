@@ -55,9 +55,3 @@ def rtn_weights(plan: QuantPlan, layers=None, mse: bool = False) -> None:
         codes = W.quantize_codes(w2, scales, layer.weight_bits)
         plan.weights_q[layer.name] = W.from_channel_view(codes, w.shape, layer.out_axis)
         plan.weight_scales[layer.name] = scales
-
-
-def apply_rtn(plan: QuantPlan, calib: list[dict]) -> None:
-    set_params_from_ranges(plan, collect_ranges(plan, calib))
-    quantize_constants(plan)
-    rtn_weights(plan)

@@ -12,7 +12,6 @@ import onnx
 import torch
 import torch.nn.functional as Fnn
 
-from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.onnx_graph.model import initializers
 from edgekit.onnx_graph.torch_ops import TorchGraph, _auto_pad, _pads_torch, run_node, to_torch
 from edgekit.progress import progress

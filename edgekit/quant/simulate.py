@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgekit.onnx_graph.torch_ops import TorchGraph, run_node, to_torch
+from edgekit.onnx_graph.torch_ops import to_torch
 from edgekit.quant import formats as F
-from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QParams, QuantPlan
 from edgekit.quant.qdq import bias_scale, layer_bias, quantize_bias
 
@@ -70,18 +69,6 @@ def act_hook(plan: QuantPlan):
             return fake_quant(value, plan.qparams(name))
         return value
     return hook
-
-
-def run_quantized(plan: QuantPlan, feeds: dict, keep=None) -> dict:
-    graph = TorchGraph(plan.model)
-    with torch.no_grad():
-        return graph.run(feeds, hook=act_hook(plan), weights=quantized_overrides(plan), keep=keep)
-
-
-def run_float(plan_or_model, feeds: dict, keep=None) -> dict:
-    model = plan_or_model.model if isinstance(plan_or_model, QuantPlan) else plan_or_model
-    with torch.no_grad():
-        return TorchGraph(model).run(feeds, keep=keep)
 
 
 def layer_forward(layer: Layer, x: torch.Tensor, weight: torch.Tensor, bias, with_act: bool = True,

@@ -26,7 +26,10 @@ def absmax_scales(w2: np.ndarray, bits: int) -> np.ndarray:
     return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
 
 
-def mse_scales(w2: np.ndarray, bits: int, grid=np.linspace(1.0, 0.45, 12)) -> np.ndarray:
+MSE_GRID = np.linspace(1.0, 0.45, 12)   # clipping ratios mse_scales tries
+
+
+def mse_scales(w2: np.ndarray, bits: int, grid=MSE_GRID) -> np.ndarray:
     """Per-channel clipping ratio minimising the weight's own squared error."""
     base = absmax_scales(w2, bits)
     best, best_err = base.copy(), np.full(base.shape, np.inf)

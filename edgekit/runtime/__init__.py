@@ -10,6 +10,7 @@ Local sessions run in this process; with `device="HOST:PORT"` or
 """
 from __future__ import annotations
 
+from edgekit.device.serve import parse_address
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import METADATA, Artifact
 from edgekit.runtime.session import LocalSession, Session
@@ -19,13 +20,6 @@ __all__ = ["Artifact", "METADATA", "Session", "LocalSession", "load", "open_sess
 
 def load(folder, *, verify_checksum: bool = True) -> Artifact:
     return Artifact.load(folder, verify_checksum=verify_checksum)
-
-
-def parse_hostport(value: str, what: str) -> tuple[str, int]:
-    host, _, port = str(value).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgekitError(f"{what} must be HOST:PORT, got {value!r}")
-    return host, int(port)
 
 
 def open_session(folder, *, device: str | None = None, tracker: str | None = None, key: str | None = None,
@@ -39,9 +33,9 @@ def open_session(folder, *, device: str | None = None, tracker: str | None = Non
     if tracker and not key:
         raise EdgekitError("--tracker needs --key (the device key the board registered with)")
     if device:
-        parse_hostport(device, "--device")
+        parse_address(device, "--device")
     if tracker:
-        parse_hostport(tracker, "--tracker")
+        parse_address(tracker, "--tracker")
     if device or tracker:
         try:
             from edgekit.runtime import remote

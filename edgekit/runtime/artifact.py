@@ -1,6 +1,6 @@
 """An artifact folder: the compiled library and its metadata, verified before use.
 
-Imports only the standard library, numpy and edgekit.errors, so that it runs
+Imports only the standard library, numpy, edgekit.errors and edgekit.jsondoc, so that it runs
 on a board that has just Python, numpy and the TVM runtime.
 """
 from __future__ import annotations
@@ -17,10 +17,11 @@ from edgekit.jsondoc import inside_folder, is_int, read_object, shown
 from edgekit.runtime import native
 
 METADATA = "edgekit-artifact.json"
+LIBRARY = "model.so"       # the name compile gives the library (the reader takes the metadata's)
 FORMAT_VERSION = 1
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -199,7 +200,7 @@ class Artifact:
         if not lib.is_file():
             raise EdgekitError(f"{folder}: library {meta['library']} is missing")
         if verify_checksum:
-            actual = _sha256(lib)
+            actual = sha256_file(lib)
             if actual != meta["sha256"].lower():
                 raise EdgekitError(f"{lib}: checksum mismatch (sha256 {actual[:12]}..., metadata says "
                                    f"{meta['sha256'][:12]}...): the library is corrupted or was replaced; recompile")

@@ -34,6 +34,8 @@ import struct
 import threading
 from dataclasses import dataclass
 
+# the one HOST:PORT parser is the device server's (serve.py must also run copied alone onto a board)
+from edgekit.device.serve import parse_address
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import Artifact
 from edgekit.runtime.session import Session, _flatten
@@ -43,13 +45,6 @@ DEFAULT_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------- addresses
-def parse_address(text: str, flag: str) -> tuple[str, int]:
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EdgekitError(f"{flag}: expected HOST:PORT (e.g. 127.0.0.1:9090), got {text!r}")
-    return host, int(port)
-
-
 def _probe(host: str, port: int, timeout: float, what: str) -> None:
     """Fail fast and clearly when nothing listens (TVM's own connect can hang)."""
     try:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgekit.errors import EdgekitError, require
+from edgekit.errors import require
 
 DEFAULT_SEED = 0
 

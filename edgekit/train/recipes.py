@@ -236,7 +236,8 @@ class LMRecipe(Recipe):
 
             def batch(self, step, steps):
                 done = 0.0
-                for frac, length, size, mix in recipe.schedule:
+                # the phase of the curriculum `step` is in: its length, size and mix stay bound after the loop
+                for frac, length, size, mix in recipe.schedule:  # noqa: B007
                     done += frac
                     if step < done * steps:
                         break

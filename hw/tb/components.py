@@ -19,10 +19,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
-
 import cocotb
-from cocotb.triggers import FallingEdge, RisingEdge, Timer, with_timeout
+import numpy as np
+from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
 from edgekit.compile.accel import golden, isa
 

@@ -90,8 +90,10 @@ def each_instruction() -> list[tuple[str, object]]:
                act_so=3, act_si=1, wgt_si=1)
         _dump_buffers(b)
         out.append((f"load_int4_s{signed}", b.build()))
-    out.append(("store_act_2d", single([("store", dict(buf="act", sram=3, dram=0xC000 // 8, ysize=3, xsize=5, xstride=7))])))
-    out.append(("store_acc_2d", single([("store", dict(buf="acc", sram=2, dram=0xC000 // 8, ysize=2, xsize=3, xstride=17))])))
+    out.append(("store_act_2d", single([("store", dict(buf="act", sram=3, dram=0xC000 // 8,
+                                                        ysize=3, xsize=5, xstride=7))])))
+    out.append(("store_acc_2d", single([("store", dict(buf="acc", sram=2, dram=0xC000 // 8,
+                                                        ysize=2, xsize=3, xstride=17))])))
     for reset in (0, 1):
         for signed in (0, 1):
             out.append((f"gemm_r{reset}_s{signed}", single([("gemm", dict(
@@ -362,7 +364,8 @@ def conv_layer(seed: int = 5, h: int = 8, w: int = 8, cin: int = N, cout: int = 
             acc += np.einsum("yxc,oc->yxo", win, wt[:, :, ky, kx])
     t = formats.wrap_int32(acc + (res - zr) * res_mult)
     expected = formats.requantize(t, bias, mult, shift, zy, formats.UINT8, lo=zy, hi=255)
-    blocked = lambda a, nb: a.reshape(a.shape[0], a.shape[1], nb, N).transpose(2, 0, 1, 3)
+    def blocked(a, nb):
+        return a.reshape(a.shape[0], a.shape[1], nb, N).transpose(2, 0, 1, 3)
 
     b = ProgramBuilder(DRAM)
     xa = b.place(blocked(x, cb).astype(np.uint8))
@@ -418,7 +421,8 @@ def depthwise_layer(seed: int = 9, h: int = 12, w: int = 13, c: int = 2 * N, k: 
         ky, kx = divmod(t, k)
         acc += xp[ky:ky + stride * (oh - 1) + 1:stride, kx:kx + stride * (ow - 1) + 1:stride] * wt[:, t]
     expected = formats.requantize(acc, bias, mult, shift, zy, formats.INT8, lo=zy, hi=127)
-    blocked = lambda a: a.reshape(a.shape[0], a.shape[1], cb, N).transpose(2, 0, 1, 3)
+    def blocked(a):
+        return a.reshape(a.shape[0], a.shape[1], cb, N).transpose(2, 0, 1, 3)
 
     tiles_per_block = -(-taps // N)
     rows = np.zeros((cb, tiles_per_block * N, N), np.int64)        # [block, tap row, lane]

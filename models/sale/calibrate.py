@@ -80,7 +80,7 @@ def calibrate_model(model, token_batches, cfg: SaleConfig | None = None, error_b
     token_batches = list(token_batches)
     per_layer = capture_qkv(model, token_batches)
     layer_taus, layer_errors = [], []
-    for i, samples in enumerate(progress(per_layer, desc="SALE calibration (layers)", total=len(per_layer))):
+    for samples in progress(per_layer, desc="SALE calibration (layers)", total=len(per_layer)):
         taus, errs = calibrate_heads(samples, cfg, error_bound, backend)
         layer_taus.append(taus)
         layer_errors.append([round(e, 6) for e in errs])

@@ -122,15 +122,15 @@ def select_blocks(q, k, taus, cfg: SaleConfig):
     causal_blk, forced_blk = block_masks(T, cfg)
     causal_tok = torch.ones(T, T, dtype=torch.bool).tril()
     logits = (q @ k.transpose(-1, -2)) / math.sqrt(D)
-    # Step 3: exact attention over the forced blocks -> row max m and sum l.
+    # Step 3: exact attention over the forced blocks -> row max m and row sum row_sum.
     forced_tok = _token_mask(forced_blk, T, cfg) & causal_tok
     s = logits.masked_fill(~forced_tok, float("-inf"))
     m = s.amax(dim=-1, keepdim=True)
-    l = torch.exp(s - m).sum(dim=-1, keepdim=True)
+    row_sum = torch.exp(s - m).sum(dim=-1, keepdim=True)
     # Step 4: RAS test in logit space on the int4 estimate.
     tau = torch.as_tensor(taus, dtype=torch.float32).view(1, H, 1, 1)
     with torch.no_grad():
-        threshold = m + torch.log(tau * l)          # tau = 0 -> -inf: every block passes (dense head)
+        threshold = m + torch.log(tau * row_sum)          # tau = 0 -> -inf: every block passes (dense head)
     est = estimate_logits(q, k, cfg)
     passes = (est >= threshold) & causal_tok
     # Step 5: OR over the rows of each query block and the keys of each key block.

@@ -1,7 +1,6 @@
 """ai.edgekit::SaleAttention for `edgekit compile` (TVM Relax ONNX import).
 
-Importing this module registers a converter with edgekit's TVM importer
-(`edgekit.compile.tvm.importer.register_converter`). Two lowerings:
+`SaleAttentionConverter` is listed in `edgekit.compile.tvm.converters`. Two lowerings:
 
 - "dense" (default, any target incl. arm64): exact causal attention in Relax
   ops (matmul, additive causal mask, softmax, matmul). The compiled library
@@ -103,15 +102,4 @@ def register_packed_kernel() -> bool:
     return True
 
 
-def register() -> bool:
-    """Register the converter (and the packed kernel) with edgekit's TVM importer."""
-    try:
-        from edgekit.compile.tvm.importer import register_converter
-    except ImportError:
-        return False
-    register_converter("SaleAttention")(SaleAttentionConverter)
-    register_packed_kernel()
-    return True
-
-
-register()
+register_packed_kernel()

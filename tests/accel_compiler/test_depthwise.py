@@ -43,7 +43,7 @@ def test_depthwise_layers_use_the_depthwise_mode_above_one_nth(quantized, tmp_pa
     compile_accel(quantized("depthwise_w4a8"), folder)
     n = Program.load(folder).hw["N"]
     steps = {s["name"]: s for s in depthwise_steps(folder)}
-    layers = {l["name"]: l for l in program_cost(folder)["layers"]}
+    layers = {layer["name"]: layer for layer in program_cost(folder)["layers"]}
     for name, step in steps.items():
         gemms = gemm_fields(folder, step)
         assert gemms and all(f["dw"] == 1 and f["acc_si"] == 1 for f in gemms), name

@@ -20,7 +20,6 @@ from arm64_helpers import LOOPBACK, free_port  # noqa: E402
 from edgekit.errors import EdgekitError  # noqa: E402
 
 
-
 def have_arm64_tools() -> str | None:
     """Why the emulated tests cannot run here, or None when they can."""
     missing = [t for t in ("qemu-aarch64", "aarch64-linux-gnu-g++") if not shutil.which(t)]

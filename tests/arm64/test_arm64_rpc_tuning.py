@@ -32,8 +32,8 @@ def test_tuning_measures_candidates_on_a_tracker_device(tracker, tmp_path, capsy
     try:
         wait_registered(tracker, "tune", 1)
         code = main(["compile", str(model), "-o", str(tmp_path / "out"), "--tune", "4",
-                     "--tune-min-per-task", "4", "--tuning-db", str(tmp_path / "db"), "--tracker", tracker, "--key", "tune",
-                     "--no-committed-db", "--json"])
+                     "--tune-min-per-task", "4", "--tuning-db", str(tmp_path / "db"), "--tracker", tracker,
+                     "--key", "tune", "--no-committed-db", "--json"])
     finally:
         device.stop()
     assert code == 0

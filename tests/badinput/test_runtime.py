@@ -18,8 +18,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from tests.badinput.harness import (Case, check_api, check_cli, check_error_line, del_field, raw_doc, read_doc,
-                                    set_field)
+from tests.badinput.harness import Case, check_api, check_cli, check_error_line, del_field, raw_doc, read_doc, set_field
 
 pytest.importorskip("tvm")
 

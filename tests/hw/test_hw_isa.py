@@ -119,7 +119,8 @@ def test_golden_depthwise_mode_equals_the_sequential_pixel_loop():
         f = dict(dw=1, dw_row=int(rng.integers(n)), reset=int(rng.integers(2)), act_signed=int(rng.integers(2)),
                  za=int(rng.integers(-256, 256)), outer=int(rng.integers(1, 4)), inner=int(rng.integers(1, 2 * n)),
                  acc=int(rng.integers(4)), act=int(rng.integers(4)), wgt=int(rng.integers(4)),
-                 acc_so=int(rng.integers(0, 6)), acc_si=1, act_so=int(rng.integers(0, 6)), act_si=int(rng.integers(0, 3)),
+                 acc_so=int(rng.integers(0, 6)), acc_si=1, act_so=int(rng.integers(0, 6)),
+                 act_si=int(rng.integers(0, 3)),
                  wgt_so=int(rng.integers(0, 2)), wgt_si=0)
         acc = g.acc_rows(np.arange(64))
         act = g.act_values(np.arange(64), f["act_signed"])
@@ -139,7 +140,8 @@ def test_golden_post_takes_post_rows_per_cycle_unless_chained():
     the output of an earlier row of the same group (0 < out - res < POST_ROWS)."""
     rows = isa.HW_DEFAULTS["POST_ROWS"]
     base = dict(out_type="int8", count=9, acc=0, out=40, param=0, res_en=1, res=30)
-    for fields, cycles in ((base, -(-9 // rows)), (dict(base, res=39), 9), (dict(base, res=39, res_en=0), -(-9 // rows)),
+    for fields, cycles in ((base, -(-9 // rows)), (dict(base, res=39), 9),
+                           (dict(base, res=39, res_en=0), -(-9 // rows)),
                            (dict(base, res=40 - rows), -(-9 // rows))):
         assert golden.post_cycles(fields, rows) == cycles, fields
         prog = P.single([("post", fields)])

@@ -129,9 +129,12 @@ def _official_depth_anything_names(ours: dict) -> dict:
         (r"^decoder\.project\.", "depth_head.projects."),
         (r"^decoder\.resample\.", "depth_head.resize_layers."),
         (r"^decoder\.layer_rn\.(\d)\.", lambda m: f"depth_head.scratch.layer{int(m.group(1)) + 1}_rn."),
-        (r"^decoder\.fusion\.(\d)\.skip_unit\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit1."),
-        (r"^decoder\.fusion\.(\d)\.refine_unit\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit2."),
-        (r"^decoder\.fusion\.(\d)\.out_conv\.", lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.out_conv."),
+        (r"^decoder\.fusion\.(\d)\.skip_unit\.",
+         lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit1."),
+        (r"^decoder\.fusion\.(\d)\.refine_unit\.",
+         lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.resConfUnit2."),
+        (r"^decoder\.fusion\.(\d)\.out_conv\.",
+         lambda m: f"depth_head.scratch.refinenet{int(m.group(1)) + 1}.out_conv."),
         (r"^decoder\.head\.0\.", "depth_head.scratch.output_conv1."),
         (r"^decoder\.head_out\.", "depth_head.scratch.output_conv2."),
     ]
@@ -156,7 +159,8 @@ def test_depth_anything_checkpoint_layout_loads(tmp_path):
     cfg = replace(models.get("depth").config("tiny"), layer_scale=True, head_activation="sigmoid")
     source = DepthModel(cfg).eval()
     official = _official_depth_anything_names(source.state_dict())
-    assert "pretrained.blocks.1.ls2.gamma" in official and "depth_head.scratch.refinenet4.resConfUnit1.conv1.weight" in official
+    assert ("pretrained.blocks.1.ls2.gamma" in official
+            and "depth_head.scratch.refinenet4.resConfUnit1.conv1.weight" in official)
     assert "depth_head.scratch.output_conv2.2.weight" in official and "pretrained.patch_embed.proj.weight" in official
     official["pretrained.mask_token"] = torch.zeros(1, cfg.dim)
     path = tmp_path / "depth_anything.safetensors"

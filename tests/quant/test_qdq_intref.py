@@ -3,13 +3,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_models import TinyBlock, TinyCNN, export, feeds
 
 from edgekit.quant import intref, qgraph
 from edgekit.quant import pipeline as P
 from edgekit.quant.ort import run as ort_run
 from edgekit.quant.ort import session
-
-from tiny_models import TinyBlock, TinyCNN, export, feeds
 
 torch.set_num_threads(1)
 

@@ -9,9 +9,8 @@ from edgekit.onnx_graph.model import initializers, prepare_model
 from edgekit.onnx_graph.torch_ops import SUPPORTED_OPS, TorchGraph
 from edgekit.quant import compensate as C
 from edgekit.quant import pipeline as P
-from edgekit.quant import polish
+from edgekit.quant import polish, rtn
 from edgekit.quant import reconstruct as R
-from edgekit.quant import rtn
 from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QParams, build_plan
 from edgekit.quant.simulate import fake_quant, layer_forward

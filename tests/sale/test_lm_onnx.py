@@ -7,8 +7,7 @@ import torch
 from edgekit import models
 from edgekit.errors import EdgekitError
 from edgekit.models.sale import SaleConfig, SalePlan, apply_plan, calibrate_model
-from edgekit.models.sale.onnx_op import (DENSE_ENV, DOMAIN, OP_TYPE, export_sale_lm, make_session,
-                                          set_dense_fallback)
+from edgekit.models.sale.onnx_op import DENSE_ENV, DOMAIN, OP_TYPE, export_sale_lm, make_session, set_dense_fallback
 
 CFG = SaleConfig(block_q=16, block_k=16, sink_blocks=1, window_blocks=1)
 

@@ -82,8 +82,8 @@ def test_block_selection_is_or_over_query_rows():
         allowed = forced[b].repeat_interleave(64)[None, :] & torch.ones(64, 1024, dtype=torch.bool).tril(b * 64)
         s = logits[0, 0, rows].masked_fill(~allowed, float("-inf"))
         m = s.amax(-1, keepdim=True)
-        l = torch.exp(s - m).sum(-1, keepdim=True)
-        passes = est[0, 0, rows] >= m + np.log(tau) + torch.log(l)
+        row_sum = torch.exp(s - m).sum(-1, keepdim=True)
+        passes = est[0, 0, rows] >= m + np.log(tau) + torch.log(row_sum)
         for c in range(b + 1):
             if forced[b, c]:
                 assert keep[0, 0, b, c]

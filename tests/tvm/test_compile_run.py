@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 import tiny
+
 from edgekit.errors import EdgekitError
 from edgekit.runtime import METADATA, load, open_session
 
@@ -96,8 +96,10 @@ def test_garbage_metadata_is_refused(conv_artifact, tmp_path):
 
 
 @pytest.mark.parametrize("feeds,message", [
-    ({"x": np.zeros((1, 3, 8, 16), np.float32)}, r"input 'x': expected shape \[1, 3, 16, 16\] float32, got shape \[1, 3, 8, 16\] float32"),
-    ({"x": np.zeros((1, 3, 16, 16), np.float64)}, r"expected shape \[1, 3, 16, 16\] float32, got shape \[1, 3, 16, 16\] float64"),
+    ({"x": np.zeros((1, 3, 8, 16), np.float32)},
+     r"input 'x': expected shape \[1, 3, 16, 16\] float32, got shape \[1, 3, 8, 16\] float32"),
+    ({"x": np.zeros((1, 3, 16, 16), np.float64)},
+     r"expected shape \[1, 3, 16, 16\] float32, got shape \[1, 3, 16, 16\] float64"),
     ({"image": np.zeros((1, 3, 16, 16), np.float32)}, r"expected \['x'\], got \['image'\]"),
 ])
 def test_wrong_input_names_expected_and_actual(conv_artifact, feeds, message):

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 import tiny
+
 from edgekit.cli import main
 
 

@@ -37,12 +37,12 @@ def zoo_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_fp32_and_integer_parity(name, zoo_dir):
     import onnxruntime as ort
+    from tiny import with_code_outputs
 
     from edgekit.compile import compile_model
     from edgekit.export import export_zoo
     from edgekit.quant import intref
     from edgekit.runtime import open_session
-    from tiny import with_code_outputs
 
     fp32 = zoo_dir / f"{name}.onnx"
     export_zoo(name, fp32)

@@ -36,7 +36,8 @@ def conv_net(path, size: int = 16, seed: int = 0) -> str:
         helper.make_node("Flatten", ["g"], ["gf"], name="flatten"),
         helper.make_node("Gemm", ["gf", "wf", "bf"], ["y"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(nodes, "tiny_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+    graph = helper.make_graph(nodes, "tiny_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 10
