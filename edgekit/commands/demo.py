@@ -83,7 +83,7 @@ def _pipeline(args, out: Path) -> int:
                                                                                 count=args.samples))]
         rows = _stage("run", metrics)
     elif args.target == "accel":
-        from edgekit.compile.accel.run_model import run_model
+        from edgekit.hw.sim.model import run_model
 
         result = _stage("run", lambda: run_model(art, simulator="golden"))
         print(f"  golden model: bit_exact={result['bit_exact']} cycles={result['cycles']} "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from edgekit.commands import add_command, add_json_flags, non_negative_int, positive_int, print_json
@@ -45,9 +44,12 @@ def register(subparsers):
                         "compiled models: 50,000,000 per segment)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="(--rtl) memory back-pressure/latency seed; 0 = ideal memory")
-    # Whole compiled models (`edgekit compile --target accel`): owned by edgekit.compile.accel.run_model.
-    from edgekit.compile.accel.run_model import add_model_arguments
-    add_model_arguments(p)
+    g = p.add_argument_group("compiled models (edgekit compile --target accel)")
+    g.add_argument("--compare", default=None, metavar="FOLDER",
+                   help="a second build of the same model (e.g. --no-fusion) run alongside, side by side")
+    g.add_argument("--plot", default=None, metavar="FILE.png", help="per-layer cycles and DRAM traffic picture")
+    g.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the bit-exact comparison with the integer reference")
 
 
 def load_program(path: str, dram_size: int | None = None):
@@ -125,65 +127,6 @@ def feed_inputs(program, path) -> None:
         tensors[name].write(program.dram, value)
 
 
-def run_golden(program) -> dict:
-    from edgekit.compile.accel import golden
-
-    res = golden.simulate(program.dram, program.insn_addr, program.insn_count, program.hw)
-    # Only what the golden model counts exactly; cycles are estimates (memory timing is unknown).
-    exact = ("compute_busy", "mac_busy", "macs", "dram_rd_bytes", "dram_wr_bytes", "insns")
-    counters = {k: res.counters[k] for k in exact}
-    estimate = res.counters["estimate"]
-    return {"engine": "golden", "error": res.error, "error_pc": res.error_pc, "counters": counters,
-            "estimated_cycles": estimate, "dram": res.dram}
-
-
-def check_rtl_config(program) -> None:
-    """The RTL is built with the default parameters: a program for other hardware cannot run on it."""
-    from edgekit.compile.accel import isa
-
-    for key, value in program.hw.items():
-        if value != isa.HW_DEFAULTS[key]:
-            raise EdgekitError(f"--rtl: the RTL is built with {key}={isa.HW_DEFAULTS[key]}, the program's "
-                               f"program.json field hw.{key} is {value} (use --golden)")
-
-
-def run_rtl(program, waves: Path | None, max_cycles: int, seed: int) -> dict:
-    """Run on the RTL; `waves`: where to copy the VCD (the caller's temporary)."""
-    import shutil
-
-    import numpy as np
-
-    from edgekit.hw.tb import runner
-    from edgekit.progress import progress
-
-    with tempfile.TemporaryDirectory(prefix="edgekit-sim-") as tmp:
-        tmp = Path(tmp)
-        program.save(tmp / "program")
-        steps = progress(total=2, desc="simulate --rtl")
-        build_dir = runner.build(waves=bool(waves))
-        steps.update(1)
-        log = tmp / "sim.log"
-        env = {"EDGEKIT_SIM_PROGRAM": str(tmp / "program"), "EDGEKIT_SIM_RESULT": str(tmp),
-               "EDGEKIT_SIM_MAX_CYCLES": str(max_cycles), "EDGEKIT_SIM_SEED": str(seed)}
-        tests, failed = runner.run(build_dir, "edgekit.hw.tb.run_program", extra_env=env, test_dir=tmp,
-                                   waves=bool(waves), log_file=log)
-        steps.update(1)
-        steps.close()
-        if failed or not (tmp / "result.json").exists():
-            tail = log.read_text().strip().splitlines()[-5:] if log.exists() else []
-            raise EdgekitError(f"RTL simulation of {program.insn_count} instructions failed: "
-                               + " | ".join(t.strip() for t in tail))
-        result = json.loads((tmp / "result.json").read_text())
-        result["engine"] = "rtl"
-        result["dram"] = np.frombuffer((tmp / "dram.bin").read_bytes(), np.uint8).copy()
-        if waves:
-            found = sorted(tmp.rglob("*.vcd"))
-            if not found:
-                raise EdgekitError("the simulator wrote no VCD waveform")
-            shutil.copyfile(found[0], waves)
-        return result
-
-
 def format_table(result: dict) -> str:
     lines = [f"engine: {result['engine']}   error: {result['error']}"
              + (f" at instruction {result['error_pc']}" if result["error"] != "none" else "")]
@@ -202,6 +145,8 @@ def format_table(result: dict) -> str:
 
 def simulate_program(args, waves: Path | None) -> tuple[dict, str, dict, int]:
     """A program folder or .s file: (JSON document, table, output tensors, exit code)."""
+    from edgekit.hw.sim.program import check_rtl_config, run_golden, run_rtl
+
     program = load_program(args.program, args.dram_size)
     if args.input:
         feed_inputs(program, args.input)
@@ -232,8 +177,8 @@ def npy_files(tensors: dict) -> dict:
 def simulate(args) -> int:
     import numpy as np
 
-    from edgekit.compile.accel.run_model import is_compiled_model, simulate_compiled_model
     from edgekit.fileio import OutputSet, save_json
+    from edgekit.hw.sim.model import is_compiled_model, simulate_compiled_model
 
     compiled = is_compiled_model(args.program)
     check_flags(args, compiled)

@@ -103,12 +103,10 @@ class _long_context_attention:
         if blocks is None or not hasattr(self.module, "set_attention"):
             return self
         try:
-            from edgekit.models.lm import dense_causal_attention
+            from edgekit.models.lm import dense_causal_attention, sdpa_causal
         except ImportError:
             return self
         if all(getattr(getattr(b, "attn", None), "attention", None) is dense_causal_attention for b in blocks):
-            from edgekit.train.recipes import sdpa_causal
-
             self.module.set_attention(sdpa_causal)
             self.swapped = True
         return self

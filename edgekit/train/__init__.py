@@ -10,10 +10,7 @@ records the seed, steps, command and the metric reached on the test split.
 """
 from __future__ import annotations
 
-import json
 import math
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -150,47 +147,4 @@ def write_card(card: dict, checkpoint: Path) -> None:
     stem.with_suffix(".json").chmod(0o644)
 
 
-EXAMPLES = """  edgekit zoo train litepose                 # reproduce models/checkpoints/litepose_tiny.safetensors
-  edgekit zoo train lm --steps 50 -o /tmp/lm.safetensors --no-eval
-  edgekit zoo train depth --seed 1 --log train_depth.log
-"""
-
-
-def register_cli(zoo_subparsers) -> None:
-    """Add `train MODEL [--steps] [--seed] [-o]` to `edgekit zoo`."""
-    from edgekit.commands import add_command
-
-    parser = add_command(zoo_subparsers, "train",
-                         "train a tiny reference checkpoint from a seed on procedural data",
-                         EXAMPLES, _cli_train)
-    parser.add_argument("model", help="zoo model name (see `edgekit zoo list`)")
-    parser.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the recipe's)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="data and init seed (default 0)")
-    parser.add_argument("-o", "--output", default=None,
-                        help="checkpoint path (.safetensors; default models/checkpoints/<model>_tiny.safetensors)")
-    parser.add_argument("--eval-samples", type=int, default=None,
-                        help="test samples for the model card's metric (default: the task's)")
-    parser.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    parser.add_argument("--log", default=None, help="also append a text training log to this file")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-
-
-def _cli_train(args) -> int:
-    import edgekit.models as zoo
-
-    zoo.get(args.model)
-    log = open(args.log, "a") if args.log else None
-    command = "edgekit zoo train " + " ".join(shlex.quote(a) for a in sys.argv[3:]) \
-        if sys.argv[1:3] == ["zoo", "train"] else None
-    try:
-        card = train(args.model, steps=args.steps, seed=args.seed, output=args.output,
-                     eval_samples=0 if args.no_eval else args.eval_samples, log=log,
-                     command=command, threads=args.threads)
-    finally:
-        if log:
-            log.close()
-    print(json.dumps({k: v for k, v in card.items()}, indent=2, default=str))
-    return 0
-
-
-__all__ = ["train", "register_cli", "checkpoint_path", "write_card"]
+__all__ = ["train", "checkpoint_path", "write_card", "DEFAULT_SEED"]

@@ -198,12 +198,6 @@ class DeblurRecipe(Recipe):
 
 
 # ---------------------------------------------------------------- lm
-def sdpa_causal(q, k, v):
-    """Causal attention through torch's fused kernel: the same maths as the zoo's dense
-    attention, in O(T) memory (used for training and long-context evaluation)."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[-2] == k.shape[-2])
-
-
 class LMRecipe(Recipe):
     steps = 2200
     lr = 5e-3
@@ -254,6 +248,8 @@ class LMRecipe(Recipe):
         return Stream()
 
     def loss(self, model, batch):
+        from edgekit.models.lm import sdpa_causal
+
         if hasattr(model, "set_attention"):
             model.set_attention(sdpa_causal)
         tokens = torch.from_numpy(np.concatenate([s.inputs["tokens"] for s in batch], axis=0))

@@ -10,7 +10,7 @@ from edgekit.compile.accel import asm
 from edgekit.compile.accel.compiler import compile_accel
 from edgekit.compile.accel.cost import program_cost
 from edgekit.compile.accel.program import Program
-from edgekit.compile.accel.run_model import run_model
+from edgekit.hw.sim.model import run_model
 
 
 def gemm_fields(folder, step) -> list[dict]:
@@ -21,7 +21,7 @@ def gemm_fields(folder, step) -> list[dict]:
 
 def depthwise_steps(folder) -> list[dict]:
     """Segments of the depthwise convs (group = channels), from the compiled graph."""
-    from edgekit.compile.accel.run_model import CompiledModel
+    from edgekit.hw.sim.model import CompiledModel
 
     model = CompiledModel(folder)
     ops = {op.name: op for op in model.qgraph.ops}

