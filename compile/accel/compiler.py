@@ -246,20 +246,40 @@ class _Image:
 
 def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = True,
                   fallback: str | None = None) -> dict:
-    """Lower a QDQ model to an accelerator program folder; returns its metadata."""
+    """Lower a QDQ model to an accelerator program folder; returns its metadata.
+
+    Phases: parse (qgraph) -> place (accelerator or host, per op) -> allocate (DRAM for every
+    tensor an accelerator step touches) -> emit (one instruction segment per step) -> package
+    (DRAM image + program.json, written atomically)."""
     from edgekit.quant.qgraph import parse
 
     opts = CompileOptions(array or isa.HW_DEFAULTS["N"], fusion, fallback)
     require(fallback in (None, "cpu"), f"--fallback {fallback}: only 'cpu' is supported")
     hw = opts.hw()
-    n = hw["N"]
     src = Path(onnx_path)
     parent = Path(out_dir).resolve().parent
     require(parent.is_dir(), f"cannot write {out_dir}: folder {parent} does not exist")   # before any work
     qg = parse(src)
     shapes = tensor_shapes(qg)
+    placement, refused = place(qg, shapes, hw, fallback, src)
+    fused = plan_fusion(qg, placement, opts.fusion)
+    image = _Image()
+    acts = allocate(qg, placement, fused, shapes, hw["N"], image)
+    em, steps = emit(qg, placement, fused, acts, shapes, image, opts, hw)
+    program, meta = package(qg, em, steps, acts, shapes, image, placement, fused, refused, src, opts, hw)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        program.save(tmp)
+        shutil.copyfile(src, tmp / "model.q.onnx")
+    summary = meta["summary"]
+    return {"target": "accel", "output": str(out_dir), "array": hw["N"], "fusion": opts.fusion,
+            "library": (f"accelerator program: {summary['segments']} segments, {summary['instructions']} "
+                        f"instructions, {len(refused)} host fallback ops, {'fused' if opts.fusion else 'unfused'}"),
+            "fallback_op_list": refused, **summary}
 
-    # 1. Placement: which ops run on the accelerator, which on the host.
+
+def place(qg, shapes: dict, hw: dict, fallback: str | None, src: Path) -> tuple[dict, list[str]]:
+    """op name -> 'accel' or 'host', and the ops refused by the accelerator (with the reason)."""
     placement, refused = {}, []
     for op in qg.ops:
         if op.kind in HOST_KINDS:
@@ -275,18 +295,18 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
     if refused and fallback != "cpu":
         raise EdgekitError(f"{src}: {len(refused)} op(s) cannot run on the accelerator: " + _group(refused)
                            + " (use --fallback cpu to run them on the host)")
-    fused = plan_fusion(qg, placement, opts.fusion)
-    fused_into = {v: k for k, v in fused.items()}   # conv index -> add name
-    by_name = {op.name: op for op in qg.ops}
+    return placement, refused
 
-    # 2. DRAM: every tensor an accelerator step reads or writes (fused intermediates stay on chip).
-    image = _Image()
+
+def allocate(qg, placement: dict, fused: dict, shapes: dict, n: int, image: "_Image") -> dict[str, Act]:
+    """Every tensor an accelerator step reads or writes, placed in DRAM (fused intermediates stay
+    on chip). Host-computed tensors the accelerator reads are among them, as accelerator inputs."""
     acts: dict[str, Act] = {}
     on_chip = {qg.ops[i].outputs[0] for i in fused.values()}
 
     def act(name, q) -> Act:
         if name not in acts:
-            c, h, w, view = act_dims(shapes[name])
+            c, h, w, _ = act_dims(shapes[name])
             a = Act(name, c, h, w, q)
             if name not in on_chip:
                 a.addr = image.alloc(a.nbytes(n))
@@ -299,11 +319,16 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
         for t, q in zip(op.inputs, op.in_q):
             act(t, q)
         act(op.outputs[0], op.out_q)
-    # Host-computed tensors read by the accelerator are in `acts` already (as accelerator inputs).
+    return acts
 
-    # 3. Emit segments.
+
+def emit(qg, placement: dict, fused: dict, acts: dict, shapes: dict, image: "_Image", opts: CompileOptions,
+         hw: dict) -> tuple[Emitter, list[dict]]:
+    """The program's steps in graph order: host ops, and accelerator segments (each ends in finish)."""
+    fused_into = {v: k for k, v in fused.items()}   # conv index -> add name
+    by_name = {op.name: op for op in qg.ops}
     em = Emitter(hw)
-    steps, insn_starts = [], []
+    steps = []
     for i, op in enumerate(qg.ops):
         if placement[op.name] == "host":
             steps.append({"kind": "host", "op": op.name, "op_kind": op.kind, "inputs": list(op.inputs),
@@ -325,9 +350,13 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
         steps.append({"kind": "accel", "name": op.name, "ops": names,
                       "op_kinds": [by_name[nm].kind for nm in names], "insn_start": start,
                       "insn_count": len(em.insns) - start, "macs": int(macs), **where})
-        insn_starts.append(start)
+    return em, steps
 
-    # 4. Image and program container.
+
+def package(qg, em: Emitter, steps: list[dict], acts: dict, shapes: dict, image: "_Image", placement: dict,
+            fused: dict, refused: list[str], src: Path, opts: CompileOptions, hw: dict) -> tuple[Program, dict]:
+    """Instructions into the DRAM image, and the program container with its metadata."""
+    n = hw["N"]
     insn_bytes = asm.to_bytes(em.insns)
     insn_addr = image.alloc(len(insn_bytes), isa.INSN_BYTES)
     image.chunks.append((insn_addr, np.frombuffer(insn_bytes, np.uint8)))
@@ -338,32 +367,27 @@ def compile_accel(onnx_path, out_dir, array: int | None = None, fusion: bool = T
     tensors = {a.name: {"addr": a.addr, "c": a.c, "h": a.h, "w": a.w, "scale": a.q.scale,
                         "zero_point": a.q.zero_point, "type": a.q.qtype.name,
                         "view": act_dims(shapes[a.name])[3], "shape": list(shapes[a.name])} for a in acts.values()}
-    as_tensor = lambda a: Tensor(a.name, a.addr, (a.blocks(n), a.h, a.w, n),  # noqa: E731
-                                 "int8" if a.q.qtype.signed else "uint8", "CBHWN")
+
+    def as_tensor(a: Act) -> Tensor:
+        return Tensor(a.name, a.addr, (a.blocks(n), a.h, a.w, n), "int8" if a.q.qtype.signed else "uint8", "CBHWN")
+
     graph_in = [acts[o] for op in qg.ops if op.kind == "quantize" for o in op.outputs if o in acts]
     graph_out = [acts[op.inputs[0]] for op in qg.ops if op.kind == "dequantize" and op.inputs[0] in acts]
     accel_ops = [op for op in qg.ops if placement[op.name] == "accel"]
+    segments = sum(1 for s in steps if s["kind"] == "accel")
     meta = {
         "kind": FORMAT_KIND, "source": "model.q.onnx", "source_name": src.name, "fusion": opts.fusion,
-        "fallback": fallback, "array": n, "steps": steps, "tensors": tensors,
+        "fallback": opts.fallback, "array": n, "steps": steps, "tensors": tensors,
         "inputs": list(qg.inputs), "outputs": list(qg.outputs),
         "fused_adds": sorted(fused), "host_ops": refused,
         "summary": {"accel_ops": len(accel_ops), "host_ops": len(qg.ops) - len(accel_ops),
-                    "fallback_ops": len(refused), "segments": len(insn_starts),
+                    "fallback_ops": len(refused), "segments": segments,
                     "instructions": len(em.insns), "dram_bytes": int(dram.size),
                     "macs": int(sum(s.get("macs", 0) for s in steps))},
     }
     program = Program(em.insns, dram, insn_addr, hw, [as_tensor(a) for a in graph_in],
                       [as_tensor(a) for a in graph_out], meta)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
-        program.save(tmp)
-        shutil.copyfile(src, tmp / "model.q.onnx")
-    summary = meta["summary"]
-    return {"target": "accel", "output": str(out_dir), "array": n, "fusion": opts.fusion,
-            "library": (f"accelerator program: {summary['segments']} segments, {summary['instructions']} "
-                        f"instructions, {len(refused)} host fallback ops, {'fused' if opts.fusion else 'unfused'}"),
-            "fallback_op_list": refused, **summary}
+    return program, meta
 
 
 def _group(refused: list[str], per_kind: int = 6) -> str:

@@ -173,30 +173,50 @@ def check_qdq_parameters(model) -> None:
 
 
 def parse(model_or_path) -> QGraph:
+    """QDQ ONNX -> QGraph. Phases: validate every Q/DQ parameter, classify the DequantizeLinear
+    nodes (constants / activations), turn value-moving ops into integer moves, close each
+    QuantizeLinear's region into one integer op, then the graph outputs."""
     model = load_model(model_or_path)
-    graph = model.graph
-    protos = {i.name: i for i in graph.initializer}
-    floats = {}
-    ints = {}
-    for name, proto in protos.items():
-        arr = numpy_helper.to_array(proto)
-        if proto.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.INT8,
-                               onnx.TensorProto.UINT8):
-            ints[name] = (arr.astype(np.int64), proto.data_type)
-        floats[name] = arr if arr.dtype.kind != "V" else arr
-    zp_info = {n: (ints[n][0], ints[n][1]) for n in ints}
-
     check_qdq_parameters(model)
-    producer = {o: (i, n) for i, n in enumerate(graph.node) for o in n.output if o}
-    graph_inputs = [i.name for i in graph.input if i.name not in protos]
+    parser = _Parser(model)
+    parser.classify_dequantizers()
+    ops = parser.value_moves() + parser.closed_regions() + parser.graph_outputs()
+    ops.sort(key=lambda t: t[0])
+    init_arrays = {n: v for n, v in parser.floats.items() if n not in parser.ints}
+    return QGraph([op for _, op in ops], parser.graph_inputs, parser.outputs, parser.constants, init_arrays,
+                  model)
 
-    def qtensor(node):
-        scale = floats[node.input[1]]
+
+class _Parser:
+    """The state `parse` builds up phase by phase over one QDQ graph."""
+
+    def __init__(self, model):
+        graph = model.graph
+        self.nodes = list(graph.node)
+        self.protos = {i.name: i for i in graph.initializer}
+        self.floats, self.ints = {}, {}
+        for name, proto in self.protos.items():
+            arr = numpy_helper.to_array(proto)
+            if proto.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.INT8,
+                                   onnx.TensorProto.UINT8):
+                self.ints[name] = (arr.astype(np.int64), proto.data_type)
+            self.floats[name] = arr
+        self.producer = {o: (i, n) for i, n in enumerate(self.nodes) for o in n.output if o}
+        self.graph_inputs = [i.name for i in graph.input if i.name not in self.protos]
+        self.outputs = [o.name for o in graph.output]
+        self.dq_const: dict[str, dict] = {}   # DQ output -> {codes, scale, zp, axis, type, init}
+        self.dq_act: dict[str, tuple[str, QTensor]] = {}  # DQ output -> (quantized tensor name, params)
+        self.constants: dict = {}
+
+    def qtensor(self, node) -> QTensor:
+        """The (per-tensor) grid of a Q or DQ node of an activation."""
+        scale = self.floats[node.input[1]]
         if scale.size != 1:
             raise EdgekitError(f"node {node.name}: per-axis activation quantization is not supported")
         if len(node.input) > 2 and node.input[2]:
-            zp, dt = zp_info[node.input[2]] if node.input[2] in zp_info else \
-                (floats[node.input[2]].astype(np.int64), protos[node.input[2]].data_type)
+            zp_name = node.input[2]
+            zp, dt = self.ints[zp_name] if zp_name in self.ints else \
+                (self.floats[zp_name].astype(np.int64), self.protos[zp_name].data_type)
             qt = _qtype_of(dt)
             zp = int(np.asarray(zp).reshape(-1)[0])
         else:
@@ -206,36 +226,35 @@ def parse(model_or_path) -> QGraph:
                 qt = _qtype_of(od) if od else F.UINT8
         return QTensor(float(np.float32(scale.reshape(-1)[0])), zp, qt)
 
-    # Classify DequantizeLinear nodes: of a constant (weight / bias / operand) or of an activation.
-    dq_const: dict[str, dict] = {}   # DQ output -> {codes, scale, zp, axis, type, init}
-    dq_act: dict[str, tuple[str, QTensor]] = {}  # DQ output -> (quantized tensor name, params)
-    constants = {}
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear":
-            continue
-        src = node.input[0]
-        if src in protos:
-            codes = numpy_helper.to_array(protos[src]).astype(np.int64)
-            scale = floats[node.input[1]].astype(np.float32)
+    def classify_dequantizers(self) -> None:
+        """Each DequantizeLinear reads a constant (weight / bias / operand) or an activation."""
+        for node in self.nodes:
+            if node.op_type != "DequantizeLinear":
+                continue
+            src = node.input[0]
+            if src not in self.protos:
+                self.dq_act[node.output[0]] = (src, self.qtensor(node))
+                continue
+            codes = numpy_helper.to_array(self.protos[src]).astype(np.int64)
+            scale = self.floats[node.input[1]].astype(np.float32)
             axis = int(node_attrs(node).get("axis", 1)) % max(codes.ndim, 1)
-            zp = None
-            if len(node.input) > 2 and node.input[2]:
-                zp = floats[node.input[2]].astype(np.int64)
-            dq_const[node.output[0]] = {"codes": codes, "scale": scale, "zp": zp, "init": src,
-                                        "axis": axis, "type": protos[src].data_type}
-            if scale.size == 1 and protos[src].data_type != onnx.TensorProto.INT32:
-                qt = _qtype_of(protos[src].data_type)
-                constants[src] = (codes, QTensor(float(scale.reshape(-1)[0]),
-                                                 int(zp.reshape(-1)[0]) if zp is not None else 0, qt))
-        else:
-            dq_act[node.output[0]] = (src, qtensor(node))
+            zp = self.floats[node.input[2]].astype(np.int64) if len(node.input) > 2 and node.input[2] else None
+            data_type = self.protos[src].data_type
+            self.dq_const[node.output[0]] = {"codes": codes, "scale": scale, "zp": zp, "init": src,
+                                             "axis": axis, "type": data_type}
+            if scale.size == 1 and data_type != onnx.TensorProto.INT32:
+                self.constants[src] = (codes, QTensor(float(scale.reshape(-1)[0]),
+                                                      int(zp.reshape(-1)[0]) if zp is not None else 0,
+                                                      _qtype_of(data_type)))
 
-    # Value-moving ops fed by a dequantized activation keep its grid: they become
-    # integer 'layout' / 'maxpool' ops producing a virtual quantized tensor.
-    moves: list[tuple[int, QOp]] = []
-    for idx, node in enumerate(graph.node):
-        if node.op_type in MOVE_OPS and node.input and node.input[0] in dq_act:
-            src_q, qt = dq_act[node.input[0]]
+    def value_moves(self) -> list[tuple[int, QOp]]:
+        """Value-moving ops fed by a dequantized activation keep its grid: they become integer
+        'layout' / 'maxpool' ops producing a virtual quantized tensor."""
+        moves = []
+        for idx, node in enumerate(self.nodes):
+            if node.op_type not in MOVE_OPS or not node.input or node.input[0] not in self.dq_act:
+                continue
+            src_q, qt = self.dq_act[node.input[0]]
             kind = "maxpool" if node.op_type in ("MaxPool", "GlobalMaxPool") else "layout"
             for out in node.output:
                 if not out:
@@ -247,9 +266,10 @@ def parse(model_or_path) -> QGraph:
                          lo=qt.qtype.qmin, hi=qt.qtype.qmax)
                 op.in_q += [None] * (len(op.inputs) - 1)
                 moves.append((idx, op))
-                dq_act[out] = (vname, qt)
+                self.dq_act[out] = (vname, qt)
+        return moves
 
-    def region_of(tensor: str):
+    def region_of(self, tensor: str):
         """Float nodes computing `tensor` from DQ outputs, graph inputs and initializers."""
         nodes, inputs, seen = {}, [], set()
         stack = [tensor]
@@ -258,47 +278,51 @@ def parse(model_or_path) -> QGraph:
             if t in seen or not t:
                 continue
             seen.add(t)
-            if t in dq_act or t in dq_const or t in graph_inputs:
+            if t in self.dq_act or t in self.dq_const or t in self.graph_inputs:
                 inputs.append(t)
                 continue
-            if t in protos:
+            if t in self.protos:
                 continue
-            if t not in producer:
+            if t not in self.producer:
                 raise EdgekitError(f"tensor {t} has no producer")
-            idx, node = producer[t]
-            if node.op_type in ("QuantizeLinear",):
+            idx, node = self.producer[t]
+            if node.op_type == "QuantizeLinear":
                 raise EdgekitError(f"node {node.name}: a QuantizeLinear output read without DequantizeLinear")
             nodes[idx] = node
             stack.extend(node.input)
         return [nodes[i] for i in sorted(nodes)], inputs
 
-    ops: list[tuple[int, QOp]] = list(moves)
-    for idx, node in enumerate(graph.node):
-        if node.op_type != "QuantizeLinear":
-            continue
-        out_q = qtensor(node)
-        src = node.input[0]
-        if src in graph_inputs:
-            ops.append((idx, QOp("quantize", node.name, [src], [node.output[0]], [None], out_q)))
-            continue
-        region, inputs = region_of(src)
-        try:
-            op = _classify(region, inputs, src, node.output[0], out_q, dq_act, dq_const, floats)
-        except F.ScaleRangeError as exc:
-            raise EdgekitError(f"node {node.name} ({node.op_type}): {exc}: its scale {node.input[1]} and the "
-                               "scales of its inputs give a ratio the integer kernels cannot represent") from None
-        ops.append((idx, op))
-    outputs = [o.name for o in graph.output]
-    for name in outputs:
-        if name in dq_act:
-            qname, qt = dq_act[name]
-            ops.append((producer[name][0], QOp("dequantize", name, [qname], [name], [qt], None)))
-        elif name in producer and producer[name][1].op_type != "QuantizeLinear":
-            region, inputs = region_of(name)
-            ops.append((producer[name][0], _float_op(region, inputs, name, name, None, dq_act)))
-    ops.sort(key=lambda t: t[0])
-    init_arrays = {n: v for n, v in floats.items() if n not in ints}
-    return QGraph([op for _, op in ops], graph_inputs, outputs, constants, init_arrays, model)
+    def closed_regions(self) -> list[tuple[int, QOp]]:
+        """Every QuantizeLinear closes a region: a graph input's quantizer, or one integer op."""
+        ops = []
+        for idx, node in enumerate(self.nodes):
+            if node.op_type != "QuantizeLinear":
+                continue
+            out_q = self.qtensor(node)
+            src = node.input[0]
+            if src in self.graph_inputs:
+                ops.append((idx, QOp("quantize", node.name, [src], [node.output[0]], [None], out_q)))
+                continue
+            region, inputs = self.region_of(src)
+            try:
+                op = _classify(region, inputs, src, node.output[0], out_q, self.dq_act, self.dq_const, self.floats)
+            except F.ScaleRangeError as exc:
+                raise EdgekitError(f"node {node.name} ({node.op_type}): {exc}: its scale {node.input[1]} and the "
+                                   "scales of its inputs give a ratio the integer kernels cannot represent") from None
+            ops.append((idx, op))
+        return ops
+
+    def graph_outputs(self) -> list[tuple[int, QOp]]:
+        """A dequantized output, or a float region computing it."""
+        ops = []
+        for name in self.outputs:
+            if name in self.dq_act:
+                qname, qt = self.dq_act[name]
+                ops.append((self.producer[name][0], QOp("dequantize", name, [qname], [name], [qt], None)))
+            elif name in self.producer and self.producer[name][1].op_type != "QuantizeLinear":
+                region, inputs = self.region_of(name)
+                ops.append((self.producer[name][0], _float_op(region, inputs, name, name, None, self.dq_act)))
+        return ops
 
 
 def _float_op(region, inputs, region_out, out_name, out_q, dq_act, kind="float") -> QOp:
