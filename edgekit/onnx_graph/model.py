@@ -163,6 +163,7 @@ def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.
     model = load_model(model_or_path)
     require(len(model.graph.node) > 0, "model has no nodes")
     _check_finite_weights(model)
+    original = model
     if optimize:
         try:
             model = _ort_basic_optimize(model)
@@ -172,7 +173,13 @@ def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.
             raise EdgekitError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
     # Checked after constant folding: shape arithmetic (Mod, Shape...) folds away.
     if supported is not None:
-        check_supported(model, set(supported) | {"Constant"})
+        try:
+            check_supported(model, set(supported) | {"Constant"})
+        except EdgekitError:
+            # name the ops and nodes as the file has them (onnxruntime inlines function ops such as
+            # Bernoulli into unnamed nodes); if they all pass, the inlined form is what is refused
+            check_supported(original, set(supported) | {"Constant"})
+            raise
     # Drop custom domains ORT lists but the graph does not use.
     used = {n.domain for n in model.graph.node}
     imports = [i for i in model.opset_import if i.domain in ("", "ai.onnx") or i.domain in used]

@@ -18,7 +18,7 @@ import torch
 
 from edgekit.errors import require
 from edgekit.onnx_graph.model import initializers, prepare_model
-from edgekit.onnx_graph.torch_ops import SUPPORTED_OPS, TorchGraph, to_torch
+from edgekit.onnx_graph.torch_ops import OPS, TorchGraph, to_torch
 from edgekit.progress import progress
 from edgekit.quant import compensate as C
 from edgekit.quant import polish as P
@@ -26,10 +26,17 @@ from edgekit.quant import reconstruct as R
 from edgekit.quant import rtn
 from edgekit.quant.plan import QuantPlan, build_plan
 from edgekit.quant.qdq import to_qdq
-from edgekit.quant.sequential import sequential_pass
+from edgekit.quant.sequential import sequential_pass, stack_groups
 from edgekit.quant.simulate import act_hook, quantized_overrides
 
 METHODS = ("rtn", "polish", "compensate", "reconstruct", "full")
+
+# Ops accepted in a float model: every op of the torch op table (default ONNX domain). The plan
+# puts layers and the few integer ops on the grid (see plan.py); any other op stays float in the
+# QDQ graph, reading dequantized tensors. An op missing from the table, or a custom-domain op, is
+# refused before any work, naming the node. (Subgraph ops, If/Loop/Scan, are not accepted: the
+# layer-by-layer steps run nodes one at a time.)
+QUANTIZABLE_MODEL_OPS = frozenset(OPS)
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Compensate:
     def apply(self, plan, calib, ctx) -> dict:
         done = []
 
-        def on_layer(layer, xq, xf):
+        def on_layer(layer, xq, xf, groups):
             if C.compensate_layer(plan, layer, xq, xf, self.damp):
                 done.append(layer.name)
             rtn.rtn_weights(plan, layers={layer.name})
@@ -103,12 +110,12 @@ class Reconstruct:
         fisher = fisher_weights(fm, plan, calib) if (self.fisher and not self.fast) else {}
         how = {}
 
-        def on_layer(layer, xq, xf):
+        def on_layer(layer, xq, xf, groups):
             w0 = finit[layer.weight]
             b0 = finit[layer.bias] if layer.bias else None
             f = fisher.get(layer.block_output)
-            if f is not None:
-                f = (1 - self.fisher_mix) + self.fisher_mix * f
+            if f is not None:  # per sample -> batched like xq, xf
+                f = [(1 - self.fisher_mix) + self.fisher_mix * fg for fg in stack_groups(f, groups)]
             how[layer.name] = R.reconstruct_layer(plan, layer, xq, xf, w0, b0, f, self.fast, self.iters)
         sequential_pass(plan, fm, calib, on_layer, "reconstructing")
         return {"rounding": how}
@@ -142,7 +149,11 @@ def _copy(model):
 
 
 def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) -> dict:
-    """Diagonal Fisher proxy per block output: squared gradient of a random projection of the outputs."""
+    """Diagonal Fisher proxy per block output: squared gradient of a random projection of the outputs.
+
+    {block output: [one tensor per calibration sample]}, normalised to mean 1 over all samples
+    (which may differ in shape on dynamic axes).
+    """
     graph = TorchGraph(model)
     blocks = {layer.block_output for layer in plan.layers.values()}
     sums: dict[str, list] = {b: [] for b in blocks}
@@ -172,8 +183,13 @@ def fisher_weights(model, plan: QuantPlan, calib, samples: int | None = None) ->
     out = {}
     for n, gs in sums.items():
         if len(gs) == len(calib):
-            f = torch.cat(gs)
-            out[n] = f / f.mean().clamp_min(1e-20)
+            if len({tuple(g.shape) for g in gs}) == 1:
+                mean = torch.cat(gs).mean()
+            else:
+                mean = sum(g.double().sum() for g in gs) / sum(g.numel() for g in gs)
+                mean = mean.float()
+            mean = mean.clamp_min(1e-20)
+            out[n] = [g / mean for g in gs]
     return out
 
 
@@ -223,7 +239,7 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
     config = config or QuantConfig()
     require(config.weight_bits in (4, 8) and config.act_bits in (4, 8), "bits must be 4 or 8")
     t0 = time.time()
-    fm = prepare_model(model, SUPPORTED_OPS)
+    fm = prepare_model(model, QUANTIZABLE_MODEL_OPS)
     check_calibration(fm, calib)
     calib = [{k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
               for k, v in f.items()} for f in calib]
@@ -252,5 +268,16 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
     report["layers"] = {layer.name: {"op": layer.op_type, "weight_bits": layer.weight_bits,
                                  "act_bits": plan.qparams(layer.block_output).qtype.bits}
                         for layer in plan.layers.values()}
+    report["float_ops"] = _float_ops(plan)
+    report["float_nodes"] = list(plan.float_nodes)
     report["_plan"] = plan
     return qdq, report
+
+
+def _float_ops(plan: QuantPlan) -> dict[str, int]:
+    """{op type: count} of the nodes left in float (not on the integer grid), sorted by op type."""
+    op_of = {n.name: n.op_type for n in plan.model.graph.node}
+    counts: dict[str, int] = {}
+    for name in plan.float_nodes:
+        counts[op_of[name]] = counts.get(op_of[name], 0) + 1
+    return dict(sorted(counts.items()))

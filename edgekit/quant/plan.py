@@ -13,7 +13,10 @@ Rules (documented in docs/quantization.md):
   that activation fused: the quantization point is the activation's output.
 - INHERIT ops (reshape, transpose, max-pool...) reuse their input's
   quantization parameters: integer hardware moves the codes unchanged.
-- everything else runs in float between DequantizeLinear and QuantizeLinear.
+- everything else runs in float between DequantizeLinear and QuantizeLinear:
+  any op the torch op table runs (Softmax, Erf, Hardmax, Trilu, ...) is
+  accepted and stays a float op reading dequantized tensors; `float_nodes`
+  lists those nodes (the report's float_ops / float_nodes).
 """
 from __future__ import annotations
 
@@ -87,6 +90,7 @@ class QuantPlan:
     weights_q: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> int codes
     weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
     const_params: dict[str, QParams] = field(default_factory=dict)
+    float_nodes: list[str] = field(default_factory=list)  # nodes left in float, graph order
 
     def source(self, tensor: str) -> str:
         while tensor in self.inherit:
@@ -303,4 +307,6 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
         for o in node.output:
             order[o] = i
     points.sort(key=lambda n: order.get(n, -1))
-    return QuantPlan(model, layers, points, inherit, bits, constants)
+    on_grid = {node.name for node, _, _ in integer_nodes} | absorbed
+    float_nodes = [node.name for node in model.graph.node if node.name not in on_grid]
+    return QuantPlan(model, layers, points, inherit, bits, constants, float_nodes=float_nodes)

@@ -18,6 +18,7 @@ from edgekit.progress import progress
 from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QParams, QuantPlan
 from edgekit.quant.rtn import act_qtype
+from edgekit.quant.sequential import env_groups, stack_groups
 from edgekit.quant.simulate import fake_quant, layer_forward, weight_shape_scales
 
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
@@ -111,13 +112,16 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
             need.add(prod.input[0])
     with torch.no_grad():
         envs = [graph.run(f, keep=need) for f in calib[:samples]]
+    groups = env_groups(envs, need)  # samples of equal shapes (dynamic axes may differ between groups)
     inits = initializers(plan.model)
     for kind, prod, tensor, layers in progress(pairs, desc="equalizing"):
         conv = kind == "layer" and prod.op_type == "Conv"
-        x = torch.cat([e[tensor] for e in envs])
-        axis = _channel_axis(x, conv)
-        dims = [d for d in range(x.dim()) if d != axis]
-        xmax = x.abs().amax(dim=dims).double().clamp_min(1e-8)
+        xmax = None
+        for x in stack_groups([e[tensor] for e in envs], groups):
+            axis = _channel_axis(x, conv)
+            m = x.abs().amax(dim=[d for d in range(x.dim()) if d != axis])
+            xmax = m if xmax is None else torch.maximum(xmax, m)
+        xmax = xmax.double().clamp_min(1e-8)
         wmax = torch.zeros_like(xmax)
         for layer in layers:
             w = torch.from_numpy(np.array(inits[layer.weight], np.float64))
@@ -135,7 +139,7 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
         best, best_err = "none", None
         for name, s in cands.items():
             s = s.clamp(1e-3, 1e3).float()
-            err = _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, act_bits_of(tensor))
+            err = _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, act_bits_of(tensor), groups)
             if best_err is None or err < best_err * 0.999:
                 best, best_err = name, err
             if name == "none":
@@ -148,33 +152,34 @@ def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) 
     return report
 
 
-def _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, bits) -> float:
+def _pair_error(plan, kind, prod, tensor, layers, envs, inits, s, bits, groups=None) -> float:
     """Relative error of the consumers' outputs with W4 weights and quantized activation."""
+    groups = groups if groups is not None else [list(range(len(envs)))]
     with torch.no_grad():
         if kind == "layer":
-            x_in = torch.cat([e[prod.input] for e in envs])
             w = inits[prod.weight]
             ws = w / weight_shape_scales(s.numpy(), w.shape, prod.out_axis)
             b = inits[prod.bias].reshape(-1) / s.numpy() if prod.bias else None
             wq = to_torch(rtn_dq(ws.astype(np.float32), prod.out_axis, prod.weight_bits))
-            y = layer_forward(prod, x_in, wq, to_torch(b.astype(np.float32)) if b is not None else None)
+            bt = to_torch(b.astype(np.float32)) if b is not None else None
+            ys = [layer_forward(prod, x_in, wq, bt) for x_in in stack_groups([e[prod.input] for e in envs], groups)]
         else:
-            y = torch.cat([e[tensor] for e in envs])
-            y = y / _scale_view(s, y.dim(), y.dim() - 1)
-        qp = QParams.from_range(float(y.min()), float(y.max()), act_qtype(bits))
-        yq = fake_quant(y, qp)
+            ys = [y / _scale_view(s, y.dim(), y.dim() - 1) for y in stack_groups([e[tensor] for e in envs], groups)]
+        qp = QParams.from_range(min(float(y.min()) for y in ys), max(float(y.max()) for y in ys), act_qtype(bits))
+        yqs = [fake_quant(y, qp) for y in ys]
         total, ref = 0.0, 0.0
         for layer in layers:
-            x_f = torch.cat([e[layer.input] for e in envs])
             w = inits[layer.weight]
             ax = _in_axis(layer, w)
             w_s = w * weight_shape_scales(s.numpy(), w.shape, ax)
             wq = to_torch(rtn_dq(w_s.astype(np.float32), layer.out_axis, layer.weight_bits))
             b = to_torch(inits[layer.bias]) if layer.bias else None
-            target = layer_forward(layer, x_f, to_torch(w), b)
-            got = layer_forward(layer, yq.reshape(x_f.shape), wq, b)
-            total += float(((got - target) ** 2).sum())
-            ref += float((target ** 2).sum())
+            wf = to_torch(w)
+            for yq, x_f in zip(yqs, stack_groups([e[layer.input] for e in envs], groups)):
+                target = layer_forward(layer, x_f, wf, b)
+                got = layer_forward(layer, yq.reshape(x_f.shape), wq, b)
+                total += float(((got - target) ** 2).sum())
+                ref += float((target ** 2).sum())
     return total / max(ref, 1e-20)
 
 
@@ -206,26 +211,33 @@ def clip_search(plan: QuantPlan, calib: list[dict], ranges: dict, samples: int =
     need = set(own) | {layer.input for layer in plan.layers.values()}
     with torch.no_grad():
         envs = [graph.run(f, keep=need) for f in calib[:samples]]
+    groups = env_groups(envs, need)  # samples of equal shapes (dynamic axes may differ between groups)
     choice = {}
     for p in progress(own, desc="clip search"):
         lo, hi = ranges[p]
         qt = act_qtype(plan.bits[p])
-        x = torch.cat([e[p] for e in envs])
+        xs = stack_groups([e[p] for e in envs], groups) if not readers[p] else []
+        xins = {layer.name: stack_groups([e[layer.input] for e in envs], groups) for layer in readers[p]}
         best_r, best_err = 1.0, None
         for r in CLIP_RATIOS:
             qp = QParams.from_range(lo * r, hi * r, qt)
             err = 0.0
             if readers[p]:
                 for layer in readers[p]:
-                    xin = torch.cat([e[layer.input] for e in envs])
                     w = to_torch(inits[layer.weight])
                     b = to_torch(inits[layer.bias]) if layer.bias else None
+                    num, den = 0, 0
                     with torch.no_grad():
-                        t = layer_forward(layer, xin, w, b)
-                        g = layer_forward(layer, fake_quant(xin, qp), w, b)
-                    err += float(((g - t) ** 2).sum() / ((t ** 2).sum() + 1e-20))
+                        for xin in xins[layer.name]:
+                            t = layer_forward(layer, xin, w, b)
+                            g = layer_forward(layer, fake_quant(xin, qp), w, b)
+                            num, den = num + ((g - t) ** 2).sum(), den + (t ** 2).sum()
+                    err += float(num / (den + 1e-20))
             else:
-                err = float(((fake_quant(x, qp) - x) ** 2).sum() / ((x ** 2).sum() + 1e-20))
+                num, den = 0, 0
+                for x in xs:
+                    num, den = num + ((fake_quant(x, qp) - x) ** 2).sum(), den + (x ** 2).sum()
+                err = float(num / (den + 1e-20))
             if best_err is None or err < best_err:
                 best_r, best_err = r, err
         choice[p] = best_r

@@ -17,7 +17,7 @@ import torch
 from edgekit.onnx_graph.model import initializers
 from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QuantPlan
-from edgekit.quant.sequential import group_weight, sampled_features, supports_features, ungroup_weight
+from edgekit.quant.sequential import as_groups, group_weight, sampled_features, supports_features, ungroup_weight
 from edgekit.quant.simulate import layer_forward, weight_shape_scales
 
 ZETA, GAMMA = 1.1, -0.1
@@ -27,10 +27,16 @@ def _h(v):
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
-def adaround(layer: Layer, w: np.ndarray, b: np.ndarray | None, scales: np.ndarray, xq: torch.Tensor,
-             target: torch.Tensor, weight: torch.Tensor | None, iters: int = 200, batch: int = 4,
+def adaround(layer: Layer, w: np.ndarray, b: np.ndarray | None, scales: np.ndarray, xq,
+             target, weight, iters: int = 200, batch: int = 4,
              lr: float = 0.03, lam: float = 0.01, seed: int = 0) -> np.ndarray:
-    """Learned rounding; returns int codes in the weight's layout."""
+    """Learned rounding; returns int codes in the weight's layout.
+
+    xq, target, weight (or None): batched tensors, or lists of them, one per group of
+    samples of equal shape (calibration samples that differ on dynamic axes).
+    """
+    xs, ts = as_groups(xq), as_groups(target)
+    ws = as_groups(weight) if weight is not None else None
     qt = W.weight_qtype(layer.weight_bits)
     s = torch.from_numpy(weight_shape_scales(scales, w.shape, layer.out_axis).astype(np.float32))
     wt = torch.from_numpy(np.array(w, np.float32))
@@ -40,17 +46,36 @@ def adaround(layer: Layer, w: np.ndarray, b: np.ndarray | None, scales: np.ndarr
     bias = torch.from_numpy(np.asarray(b, np.float32)) if b is not None else None
     opt = torch.optim.Adam([v], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    n = xq.shape[0]
-    ref = float((target ** 2).mean()) + 1e-12
+    sizes = [x.shape[0] for x in xs]
+    n = sum(sizes)
+    if len(xs) == 1:
+        ref = float((ts[0] ** 2).mean()) + 1e-12
+    else:
+        ref = float(sum((t.double() ** 2).sum() for t in ts) / sum(t.numel() for t in ts)) + 1e-12
+    # global sample index -> (group, index in group)
+    where = [(gi, j) for gi, size in enumerate(sizes) for j in range(size)]
     warm = int(0.2 * iters)
     for it in range(iters):
         idx = torch.randperm(n, generator=gen)[:batch]
         w_soft = s * torch.clamp(base + _h(v), qt.qmin, qt.qmax)
-        y = layer_forward(layer, xq[idx], w_soft, bias)
-        err = (y - target[idx]) ** 2
-        if weight is not None:
-            err = err * weight[idx]
-        loss = err.mean() / ref
+        if len(xs) == 1:
+            y = layer_forward(layer, xs[0][idx], w_soft, bias)
+            err = (y - ts[0][idx]) ** 2
+            if ws is not None:
+                err = err * ws[0][idx]
+            loss = err.mean() / ref
+        else:
+            total, count = 0, 0
+            for gi in range(len(xs)):
+                sel = torch.tensor([j for g, j in (where[int(i)] for i in idx) if g == gi], dtype=torch.long)
+                if len(sel) == 0:
+                    continue
+                y = layer_forward(layer, xs[gi][sel], w_soft, bias)
+                err = (y - ts[gi][sel]) ** 2
+                if ws is not None:
+                    err = err * ws[gi][sel]
+                total, count = total + err.sum(), count + err.numel()
+            loss = total / count / ref
         if it >= warm:
             beta = 20 + (2 - 20) * (it - warm) / max(1, iters - warm)
             loss = loss + lam * (1 - (2 * _h(v) - 1).abs().pow(beta)).mean()
@@ -102,7 +127,8 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
     elif iters > 0:
         with torch.no_grad():
             bias_o = torch.from_numpy(np.array(b_orig)) if b_orig is not None else None
-            target = layer_forward(layer, xf, torch.from_numpy(np.array(w_orig)), bias_o)
+            w_o = torch.from_numpy(np.array(w_orig))
+            target = [layer_forward(layer, x, w_o, bias_o) for x in as_groups(xf)]
         codes = adaround(layer, w, b, scales, xq, target, fisher, iters=iters)
         how = "adaround"
     else:

@@ -18,10 +18,44 @@ from edgekit.progress import progress
 from edgekit.quant.plan import Layer, QuantPlan
 from edgekit.quant.simulate import act_hook, dequantized_bias, dequantized_weight, quantized_overrides
 
+# ----- calibration samples of different shapes (dynamic axes) ----------------------------
+# Samples are batched along axis 0 only within a group of samples whose tensors share their
+# shapes; a "batch" below is a list of such group tensors (one group when every sample has the
+# same shape, which is then exactly the old single concatenated batch).
+
+def shape_groups(keys: list) -> list[list[int]]:
+    """Sample indices grouped by equal key (a shape signature), groups in order of first appearance."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def env_groups(envs: list[dict], names=None) -> list[list[int]]:
+    """Groups of samples whose tensors `names` (default: every tensor in the env) have equal shapes."""
+    def key(env):
+        items = sorted(env) if names is None else sorted(set(names))
+        return tuple((n, tuple(env[n].shape)) for n in items if n in env and torch.is_tensor(env[n]))
+    return shape_groups([key(e) for e in envs])
+
+
+def stack_groups(values: list, groups: list[list[int]]) -> list[torch.Tensor]:
+    """Per-sample tensors concatenated along axis 0 within each group."""
+    return [torch.cat([values[i] for i in g]) for g in groups]
+
+
+def as_groups(x) -> list[torch.Tensor]:
+    """A batch given as one tensor or as a list of same-shape group tensors -> list of group tensors."""
+    return [x] if torch.is_tensor(x) else list(x)
+
 
 def sequential_pass(plan: QuantPlan, float_model: onnx.ModelProto, calib: list[dict], on_layer,
                     desc: str) -> None:
-    """Call on_layer(layer, xq, xf) (batched inputs) before each layer's quantized output is computed."""
+    """Call on_layer(layer, xq, xf, groups) before each layer's quantized output is computed.
+
+    xq, xf: lists of batched inputs, one tensor per group of samples with equal input shape;
+    groups: the sample indices (into calib) of each group, in the same order.
+    """
     fgraph = TorchGraph(float_model)
     qparams = dict(TorchGraph(plan.model).params)
     qparams.update(quantized_overrides(plan, layers=set()))  # constant operands
@@ -45,10 +79,11 @@ def sequential_pass(plan: QuantPlan, float_model: onnx.ModelProto, calib: list[d
         for i, (node, a) in enumerate(zip(nodes, fgraph.attrs)):
             layer = by_node.get(node.name)
             if layer is not None:
-                xq = torch.cat([e[layer.input] for e in qenv])
-                xf = torch.cat([e[layer.input] for e in fenv])
+                groups = shape_groups([tuple(e[layer.input].shape) for e in qenv])
+                xq = stack_groups([e[layer.input] for e in qenv], groups)
+                xf = stack_groups([e[layer.input] for e in fenv], groups)
                 with torch.enable_grad():
-                    on_layer(layer, xq, xf)
+                    on_layer(layer, xq, xf, groups)
                 inits = initializers(plan.model)
                 w = to_torch(dequantized_weight(plan, layer))
                 b = dequantized_bias(plan, layer, inits)
@@ -119,14 +154,19 @@ def features(layer: Layer, x: torch.Tensor, rows: torch.Tensor | None = None) ->
     return cols
 
 
-def sampled_features(layer: Layer, x: torch.Tensor, max_rows: int = 16384, seed: int = 0) -> torch.Tensor:
-    """features() of every sample, keeping at most max_rows rows in all (same rows for the same seed)."""
+def sampled_features(layer: Layer, x, max_rows: int = 16384, seed: int = 0) -> torch.Tensor:
+    """features() of every sample, keeping at most max_rows rows in all (same rows for the same seed).
+
+    `x`: one batch tensor, or a list of them (groups of samples of different shapes).
+    """
+    xs = as_groups(x)
     gen = torch.Generator().manual_seed(seed)
-    per = max(1, max_rows // x.shape[0])
+    per = max(1, max_rows // sum(g.shape[0] for g in xs))
     parts = []
-    for i in range(x.shape[0]):
-        f = features(layer, x[i:i + 1])
-        if f.shape[1] > per:
-            f = f[:, torch.randperm(f.shape[1], generator=gen)[:per]]
-        parts.append(f)
+    for xg in xs:
+        for i in range(xg.shape[0]):
+            f = features(layer, xg[i:i + 1])
+            if f.shape[1] > per:
+                f = f[:, torch.randperm(f.shape[1], generator=gen)[:per]]
+            parts.append(f)
     return torch.cat(parts, dim=1)

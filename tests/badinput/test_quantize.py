@@ -12,15 +12,16 @@ from tests.badinput.harness import Case, check_api, check_cli
 CALIB_SHAPE = (1, 3, 8, 8)
 
 
-def float_model(path, op="Relu", weight=None, inputs=None):
-    """conv -> `op`: the smallest model quantize accepts."""
+def float_model(path, op="Relu", weight=None, inputs=None, domain=""):
+    """conv -> `op`: the smallest model quantize accepts (with `domain`, a custom op it refuses)."""
     w = weight if weight is not None else np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node(op, ["h"], ["y"], name="act")]
+             helper.make_node(op, ["h"], ["y"], name="act", domain=domain)]
     ins = inputs or [helper.make_tensor_value_info("x", 1, list(CALIB_SHAPE))]
     g = helper.make_graph(nodes, "g", ins, [helper.make_tensor_value_info("y", 1, None)],
                           [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(g, opset_imports=opsets), str(path))
     return path
 
 
@@ -40,7 +41,7 @@ def work(tmp_path_factory):
     d = tmp_path_factory.mktemp("quantize_inputs")
     rng = np.random.default_rng(0)
     float_model(d / "m.onnx")
-    float_model(d / "hardmax.onnx", op="Hardmax")
+    float_model(d / "customop.onnx", op="FancyAct", domain="com.example")  # an op the op table lacks
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     w[0, 0, 0, 0] = np.nan
     float_model(d / "nanw.onnx", weight=w)
@@ -157,7 +158,7 @@ MODEL_CASES = [
     ("missing", "nothere.onnx", ["nothere.onnx"]), ("empty", "empty.onnx", ["empty.onnx"]),
     ("random_bytes", "random.onnx", ["random.onnx"]), ("truncated", "truncated.onnx", ["truncated.onnx"]),
     ("text", "text.onnx", ["text.onnx"]), ("npy_named_onnx", "array.onnx", ["array.onnx"]),
-    ("folder", "folder.onnx", ["folder.onnx"]), ("unsupported_op", "hardmax.onnx", ["Hardmax", "act"]),
+    ("folder", "folder.onnx", ["folder.onnx"]), ("unsupported_op", "customop.onnx", ["com.example.FancyAct", "act"]),
     ("nan_weights", "nanw.onnx", ["NaN"]), ("no_layers", "nolayer.onnx", ["layer"]),
     ("dangling_input", "dangling.onnx", ["dangling.onnx"]),
 ]

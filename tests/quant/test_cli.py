@@ -10,14 +10,15 @@ from onnx import helper, numpy_helper
 from edgekit.cli import main
 
 
-def tiny_model(path, op="Relu"):
+def tiny_model(path, op="Relu", domain=""):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w"], ["h"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node(op, ["h"], ["y"], name="act")]
+             helper.make_node(op, ["h"], ["y"], name="act", domain=domain)]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
                           [helper.make_tensor_value_info("y", 1, None)], [numpy_helper.from_array(w, "w")])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    onnx.save(helper.make_model(g, opset_imports=opsets), str(path))
     return str(path)
 
 
@@ -97,11 +98,28 @@ def test_unwritable_output(tmp_path, capsys):
 
 
 def test_unsupported_op_lists_type_and_node(tmp_path, capsys):
-    model = tiny_model(tmp_path / "m.onnx", op="Hardmax")
+    model = tiny_model(tmp_path / "m.onnx", op="FancyAct", domain="com.example")  # not in the op table
     calib = npy_calib(tmp_path / "calib")
     out = str(tmp_path / "m.q.onnx")
     err = _fails(["quantize", model, "-o", out, "--calib", calib], capsys, out)
-    assert "Hardmax" in err and "act" in err
+    assert "com.example.FancyAct" in err and "act" in err
+
+
+def test_table_op_outside_the_grid_quantizes_and_stays_float(tmp_path):
+    """Hardmax was refused before; any op of the torch op table now stays float in the QDQ graph."""
+    model = tiny_model(tmp_path / "m.onnx", op="Hardmax")
+    calib = npy_calib(tmp_path / "calib")
+    out, rep = tmp_path / "m.q.onnx", tmp_path / "r.json"
+    assert main(["quantize", model, "-o", str(out), "--calib", calib, "--method", "rtn", "--report", str(rep)]) == 0
+    report = json.loads(rep.read_text())
+    assert report["float_ops"] == {"Hardmax": 1} and report["float_nodes"] == ["act"]
+    q = onnx.load(str(out))
+    assert [n.op_type for n in q.graph.node if n.name == "act"] == ["Hardmax"]
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert y.shape == (1, 4, 8, 8) and set(np.unique(y)) <= {0.0, 1.0}
 
 
 def test_help_has_examples(capsys):
