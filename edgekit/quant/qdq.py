@@ -65,54 +65,113 @@ def _act_redundant(clip, qp: QParams) -> bool:
 
 
 def to_qdq(plan: QuantPlan) -> onnx.ModelProto:
+    """The plan as a standard QDQ ONNX model. Phases: dequantized constants (int4/int8 weights,
+    int32 biases, quantized operands) -> fused Relu/Clip the output grid already enforces dropped ->
+    a Quantize/Dequantize pair at every quantization point -> initializers and opset tidied."""
     model = onnx.ModelProto()
     model.CopyFrom(plan.model)
     graph = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    new_inits: list[onnx.TensorProto] = []
-    head_nodes: list[onnx.NodeProto] = []
-    drop = set()
+    out = _QDQWriter()
+    out.dequantized_constants(plan, {i.name: numpy_helper.to_array(i) for i in graph.initializer})
+    _drop_redundant_activations(graph, plan)
+    input_nodes, body = out.activation_pairs(graph, plan)
+    used = {name for node in out.head_nodes + input_nodes + body for name in node.input}
+    kept = [i for i in graph.initializer if i.name not in out.drop and i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + out.new_inits)
+    del graph.node[:]
+    graph.node.extend(out.head_nodes + input_nodes + body)
+    del graph.value_info[:]
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            imp.version = max(imp.version, QDQ_OPSET)
+    model.ir_version = max(model.ir_version, 10)
+    onnx.checker.check_model(model)
+    return model
 
-    for layer in plan.layers.values():
-        codes, scales = plan.weights_q[layer.name], plan.weight_scales[layer.name]
-        wq = layer.weight + "__q"
-        new_inits += [int_tensor(wq, codes, W.weight_qtype(layer.weight_bits)),
-                      numpy_helper.from_array(scales.astype(np.float32), layer.weight + "__scale")]
-        head_nodes.append(helper.make_node("DequantizeLinear", [wq, layer.weight + "__scale"],
-                                           [layer.weight], name=layer.weight + "__dq", axis=layer.out_axis))
-        drop.add(layer.weight)
-        b = layer_bias(plan, layer, inits)
-        if b is not None:
-            s_x = plan.qparams(layer.input).scale
-            bq = layer.bias + "__q"
-            new_inits += [numpy_helper.from_array(quantize_bias(b, s_x, scales).astype(np.int32), bq),
-                          numpy_helper.from_array(bias_scale(s_x, scales), layer.bias + "__scale")]
-            head_nodes.append(helper.make_node("DequantizeLinear", [bq, layer.bias + "__scale"],
-                                               [layer.bias], name=layer.bias + "__dq", axis=0))
-            drop.add(layer.bias)
 
-    for name in plan.constants:
-        qp = plan.const_params[name]
-        value = F.quantize(inits[name], qp.scale, qp.zero_point, qp.qtype)
-        new_inits += [int_tensor(name + "__q", value, qp.qtype),
-                      numpy_helper.from_array(np.array(qp.scale, np.float32), name + "__scale"),
-                      zp_tensor(name + "__zp", qp)]
-        head_nodes.append(helper.make_node("DequantizeLinear", [name + "__q", name + "__scale", name + "__zp"],
-                                           [name], name=name + "__dq"))
-        drop.add(name)
+class _QDQWriter:
+    """What `to_qdq` adds: new initializers, the DequantizeLinear nodes of constants (head of the
+    graph), and the float initializers they replace."""
 
-    def qdq_nodes(src: str, dst: str, base: str, qp: QParams):
-        new_inits.extend([numpy_helper.from_array(np.array(qp.scale, np.float32), base + "__scale"),
-                          zp_tensor(base + "__zp", qp)])
+    def __init__(self):
+        self.new_inits: list[onnx.TensorProto] = []
+        self.head_nodes: list[onnx.NodeProto] = []
+        self.drop: set[str] = set()
+
+    def dequantized_constants(self, plan: QuantPlan, inits: dict) -> None:
+        for layer in plan.layers.values():
+            codes, scales = plan.weights_q[layer.name], plan.weight_scales[layer.name]
+            wq = layer.weight + "__q"
+            self.new_inits += [int_tensor(wq, codes, W.weight_qtype(layer.weight_bits)),
+                               numpy_helper.from_array(scales.astype(np.float32), layer.weight + "__scale")]
+            self.head_nodes.append(helper.make_node("DequantizeLinear", [wq, layer.weight + "__scale"],
+                                                    [layer.weight], name=layer.weight + "__dq", axis=layer.out_axis))
+            self.drop.add(layer.weight)
+            b = layer_bias(plan, layer, inits)
+            if b is not None:
+                s_x = plan.qparams(layer.input).scale
+                bq = layer.bias + "__q"
+                self.new_inits += [numpy_helper.from_array(quantize_bias(b, s_x, scales).astype(np.int32), bq),
+                                   numpy_helper.from_array(bias_scale(s_x, scales), layer.bias + "__scale")]
+                self.head_nodes.append(helper.make_node("DequantizeLinear", [bq, layer.bias + "__scale"],
+                                                        [layer.bias], name=layer.bias + "__dq", axis=0))
+                self.drop.add(layer.bias)
+        for name in plan.constants:
+            qp = plan.const_params[name]
+            value = F.quantize(inits[name], qp.scale, qp.zero_point, qp.qtype)
+            self.new_inits += [int_tensor(name + "__q", value, qp.qtype),
+                               numpy_helper.from_array(np.array(qp.scale, np.float32), name + "__scale"),
+                               zp_tensor(name + "__zp", qp)]
+            self.head_nodes.append(helper.make_node(
+                "DequantizeLinear", [name + "__q", name + "__scale", name + "__zp"], [name], name=name + "__dq"))
+            self.drop.add(name)
+
+    def qdq_nodes(self, src: str, dst: str, base: str, qp: QParams) -> list[onnx.NodeProto]:
+        self.new_inits.extend([numpy_helper.from_array(np.array(qp.scale, np.float32), base + "__scale"),
+                               zp_tensor(base + "__zp", qp)])
         return [helper.make_node("QuantizeLinear", [src, base + "__scale", base + "__zp"], [base + "__q"],
                                  name=base + "__quantize"),
                 helper.make_node("DequantizeLinear", [base + "__q", base + "__scale", base + "__zp"], [dst],
                                  name=base + "__dequantize")]
 
-    # A fused Relu/Clip whose bounds the output quantizer's own clamp already
-    # enforces is dropped (what onnxruntime's ClipQuantFusion does; that pass
-    # also crashes on uint4 zero points, so the Relu/Clip -> Q(uint4) pattern
-    # must not reach it). The block output is then produced by the layer itself.
+    def activation_pairs(self, graph, plan: QuantPlan) -> tuple[list, list]:
+        """A Q/DQ pair after every quantization point: (nodes for graph inputs, the graph body).
+
+        Value-moving ops (reshape, transpose, max-pool...) get no Q/DQ of their own: they run
+        in float on the DequantizeLinear output, whose grid they keep. (onnxruntime would
+        otherwise drop the pair and run them on uint4, which its kernels reject.) The integer
+        view treats them as code moves."""
+        points = {p for p in plan.points if p not in plan.inherit}
+        graph_inputs = {i.name for i in graph.input}
+        input_nodes = []
+        for name in plan.points:
+            if name in graph_inputs:
+                input_nodes += self.qdq_nodes(name, name + "__dq", name, plan.qparams(name))
+        rewired_inputs = {name: name + "__dq" for name in plan.points if name in graph_inputs}
+        body = []
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rewired_inputs:
+                    node.input[i] = rewired_inputs[name]
+            after = []
+            for i, name in enumerate(node.output):
+                if name in points:
+                    node.output[i] = name + "__f"
+                    after += self.qdq_nodes(name + "__f", name, name, plan.qparams(name))
+            body.append(node)
+            body += after
+        for o in graph.output:
+            if o.name in rewired_inputs:  # an input passed straight through
+                o.name = rewired_inputs[o.name]
+        return input_nodes, body
+
+
+def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
+    """A fused Relu/Clip whose bounds the output quantizer's own clamp already enforces is
+    dropped (what onnxruntime's ClipQuantFusion does; that pass also crashes on uint4 zero
+    points, so the Relu/Clip -> Q(uint4) pattern must not reach it). The block output is then
+    produced by the layer itself."""
     from edgekit.quant.plan import _const_bounds
 
     renamed = {}
@@ -142,45 +201,3 @@ def to_qdq(plan: QuantPlan) -> onnx.ModelProto:
                     node.output[i] = out
     del graph.node[:]
     graph.node.extend(keep_nodes)
-
-    # Value-moving ops (reshape, transpose, max-pool...) get no Q/DQ of their
-    # own: they run in float on the DequantizeLinear output, whose grid they keep.
-    # (onnxruntime would otherwise drop the pair and run them on uint4, which
-    # its kernels reject.) The integer view treats them as code moves.
-    points = {p for p in plan.points if p not in plan.inherit}
-    graph_inputs = {i.name for i in graph.input}
-    input_nodes = []
-    for name in plan.points:
-        if name in graph_inputs:
-            input_nodes += qdq_nodes(name, name + "__dq", name, plan.qparams(name))
-    rewired_inputs = {name: name + "__dq" for name in plan.points if name in graph_inputs}
-
-    body = []
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in rewired_inputs:
-                node.input[i] = rewired_inputs[name]
-        after = []
-        for i, name in enumerate(node.output):
-            if name in points:
-                node.output[i] = name + "__f"
-                after += qdq_nodes(name + "__f", name, name, plan.qparams(name))
-        body.append(node)
-        body += after
-    for o in graph.output:
-        if o.name in rewired_inputs:  # an input passed straight through
-            o.name = rewired_inputs[o.name]
-
-    used = {name for node in head_nodes + input_nodes + body for name in node.input}
-    kept = [i for i in graph.initializer if i.name not in drop and i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    del graph.node[:]
-    graph.node.extend(head_nodes + input_nodes + body)
-    del graph.value_info[:]
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            imp.version = max(imp.version, QDQ_OPSET)
-    model.ir_version = max(model.ir_version, 10)
-    onnx.checker.check_model(model)
-    return model
