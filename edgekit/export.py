@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import EdgekitError, require
+from edgekit.onnx_graph.model import consumers, producers
 
 DEFAULT_OPSET = 21          # the quantizer needs >= 21 (int4 QDQ)
 MIN_OPSET = 18              # the dynamo exporter's lowest
@@ -94,16 +95,6 @@ def _initializers(graph):
     return {init.name: init for init in graph.initializer}
 
 
-def _consumers(graph):
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    for out in graph.output:
-        users.setdefault(out.name, []).append(None)
-    return users
-
-
 def _attr(node, name, default):
     for a in node.attribute:
         if a.name == name:
@@ -126,8 +117,8 @@ def fold_batchnorms(model) -> int:
     while changed:
         changed = False
         inits = _initializers(graph)
-        producers = {o: n for n in graph.node for o in n.output}
-        users = _consumers(graph)
+        producer = producers(graph)
+        users = consumers(graph, outputs_as_none=True)
         for bn in list(graph.node):
             if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
                 continue
@@ -137,16 +128,16 @@ def fold_batchnorms(model) -> int:
             eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
             gain = scale / np.sqrt(var + eps)
             shift = bias - mean * gain
-            src = producers.get(bn.input[0])
+            src = producer.get(bn.input[0])
             if src is None or len(users.get(bn.input[0], [])) != 1:
                 continue
             if src.op_type in ("Conv", "ConvTranspose"):
                 convs = [src]
                 tail = src
             elif src.op_type == "Add" and all(
-                    i in producers and producers[i].op_type in ("Conv", "ConvTranspose")
+                    i in producer and producer[i].op_type in ("Conv", "ConvTranspose")
                     and len(users.get(i, [])) == 1 for i in src.input) and len(src.input) == 2:
-                convs = [producers[i] for i in src.input]
+                convs = [producer[i] for i in src.input]
                 tail = src
             else:
                 continue

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
+from edgekit.onnx_graph.model import consumers
 from edgekit.quant import formats as F
 
 LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "concat", "global_avgpool")
@@ -37,14 +38,6 @@ LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "c
 # --------------------------------------------------------------------------- the ONNX rewrite
 def _key(node) -> str:
     return node.output[0]
-
-
-def _consumers(graph) -> dict[str, list]:
-    users: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    return users
 
 
 def _tensor_attr(value, name):
@@ -130,7 +123,7 @@ def lower(model) -> dict:
 
     qgraph = parse(model)
     graph = model.graph
-    users = _consumers(graph)
+    users = consumers(graph)
     outputs = {o.name for o in graph.output}
     shapes = _known_shapes(model)
     quantizers = {n.output[0]: n for n in graph.node if n.op_type == "QuantizeLinear"}

@@ -212,17 +212,28 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+def _graph_of(model_or_graph) -> onnx.GraphProto:
+    return model_or_graph.graph if isinstance(model_or_graph, onnx.ModelProto) else model_or_graph
+
+
+def consumers(model_or_graph, outputs_as_none: bool = False) -> dict[str, list[onnx.NodeProto]]:
+    """tensor -> the nodes reading it; `outputs_as_none`: a graph output also counts as a reader
+    (None), so that a rewrite never removes a tensor the graph returns."""
+    graph = _graph_of(model_or_graph)
     out: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
+    for node in graph.node:
         for name in node.input:
             if name:
                 out[name].append(node)
+    if outputs_as_none:
+        for o in graph.output:
+            out[o.name].append(None)
     return out
 
 
-def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {o: n for n in model.graph.node for o in n.output if o}
+def producers(model_or_graph) -> dict[str, onnx.NodeProto]:
+    """tensor -> the node writing it."""
+    return {o: n for n in _graph_of(model_or_graph).node for o in n.output if o}
 
 
 def attrs(node: onnx.NodeProto) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.onnx_graph.model import QDQ_OPSET
+from edgekit.onnx_graph.model import QDQ_OPSET, producers
 from edgekit.quant import formats as F
 from edgekit.quant import weights as W
 from edgekit.quant.plan import QParams, QuantPlan
@@ -176,7 +176,7 @@ def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
 
     renamed = {}
     inits_now = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = producers(graph)
     point_set = set(plan.points)
     n_readers: dict[str, int] = {}
     for n in graph.node:
