@@ -39,7 +39,7 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
 
     from edgekit.errors import require
     from edgekit.fileio import OutputSet, save_json
-    from edgekit.onnx_graph.model import load_model
+    from edgekit.onnx_graph.model import load_model, static_dims
     from edgekit.quant import calib as K
     from edgekit.quant import pipeline as P
 
@@ -56,8 +56,7 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
         inits = {i.name for i in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in inits]
         names = [i.name for i in inputs]
-        shapes = [[d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-                  for i in inputs]
+        shapes = [static_dims(i) for i in inputs]
         source = calib or Path(model_path).name.split(".")[0]
         require(bool(source), "give a calibration source (calib=...)")
         out.check_inputs(K.calibration_files(str(source), calib_count) or [], "calibration input")

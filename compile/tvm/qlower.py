@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
-from edgekit.onnx_graph.model import consumers
+from edgekit.onnx_graph.model import consumers, static_dims
 from edgekit.quant import formats as F
 
 LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "concat", "global_avgpool")
@@ -107,8 +107,7 @@ def _known_shapes(model) -> dict:
         inferred = model
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
+        shapes[vi.name] = static_dims(vi)
     return shapes
 
 

@@ -231,6 +231,11 @@ def consumers(model_or_graph, outputs_as_none: bool = False) -> dict[str, list[o
     return out
 
 
+def static_dims(value_info) -> list[int | None]:
+    """A value's shape as ints, None where the dimension is symbolic or unknown."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
+
+
 def producers(model_or_graph) -> dict[str, onnx.NodeProto]:
     """tensor -> the node writing it."""
     return {o: n for n in _graph_of(model_or_graph).node for o in n.output if o}

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from edgekit.errors import require
-from edgekit.onnx_graph.model import initializers, prepare_model
+from edgekit.onnx_graph.model import initializers, prepare_model, static_dims
 from edgekit.onnx_graph.torch_ops import OPS, TorchGraph, to_torch
 from edgekit.progress import progress
 from edgekit.quant import compensate as C
@@ -219,7 +219,7 @@ def check_calibration(model: onnx.ModelProto, calib: list[dict]) -> None:
     for inp in model.graph.input:
         if inp.name in inits:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        dims = static_dims(inp)
         for i, feeds in enumerate(calib):
             require(inp.name in feeds, f"calibration sample {i}: missing input {inp.name}")
             arr = np.asarray(feeds[inp.name])
