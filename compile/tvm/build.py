@@ -116,9 +116,11 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     if quantized:
         from edgekit.quant.qgraph import check_qdq_parameters
 
-        check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         if integer:
-            lowered = qlower.lower(model)  # reads the int4 initializers: before widening
+            # reads the int4 initializers (before widening); its qgraph.parse checks every Q/DQ parameter first
+            lowered = qlower.lower(model)
+        else:
+            check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         clamps = importer.widen_int4(model)
         importer.clamp_four_bit_quantizers(model, clamps)
     log(f"importing {onnx_path.name} ({len(model.graph.node)} nodes"

@@ -1,7 +1,6 @@
 """`edgekit simulate`: run an accelerator program on the golden model or the RTL and print counters."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgekit.commands import add_command, add_json_flags, non_negative_int, positive_int, print_json
@@ -104,11 +103,11 @@ def input_files(args) -> list:
 def program_files(meta_file: Path) -> list[str]:
     """The files of a program folder that program.json names (its DRAM image, a compiled model's
     source); a broken program.json names only itself (Program.load then says what is wrong)."""
+    from edgekit.jsondoc import read_object
+
     try:
-        doc = json.loads(meta_file.read_bytes().decode("utf-8"))
-    except (ValueError, OSError, RecursionError):
-        return ["program.json"]
-    if not isinstance(doc, dict):
+        doc = read_object(meta_file)
+    except (EdgekitError, OSError):
         return ["program.json"]
     meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
     names = ["program.json", "program.s", doc.get("dram_image"), meta.get("source")]

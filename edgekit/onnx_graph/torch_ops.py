@@ -58,20 +58,19 @@ def torch_dtype_of(elem_type) -> torch.dtype | None:
     return _TORCH_DTYPES.get(int(elem_type)) if elem_type is not None else None
 
 
-def op(*names):
-    def deco(fn):
-        for n in names:
-            OPS[n] = fn
-        return fn
-    return deco
+def _registrar(table: dict):
+    """A decorator factory: `@reg("A", "B")` files the function under both op names in `table`."""
+    def register(*names):
+        def deco(fn):
+            for n in names:
+                table[n] = fn
+            return fn
+        return deco
+    return register
 
 
-def graph_op(*names):
-    def deco(fn):
-        for n in names:
-            GRAPH_OPS[n] = fn
-        return fn
-    return deco
+op = _registrar(OPS)              # ops on tensors
+graph_op = _registrar(GRAPH_OPS)  # ops that run subgraphs (If, Loop, Scan): they get the TorchGraph
 
 
 def _s(v, default=None):
