@@ -1,5 +1,3 @@
-import sys
+from edgekit.cli import entry
 
-from edgekit.cli import main
-
-sys.exit(main())
+entry()

@@ -111,5 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
+def entry() -> None:
+    """The `edgekit` console script and `python -m edgekit`."""
+    code = main()
+    if code == 130:
+        # A Ctrl-C that crossed an embedded PyRun_* call (pybind11's py::exec inside torch) leaves
+        # CPython 3.11's "unhandled KeyboardInterrupt" flag set even though main() handled it, and
+        # the interpreter then re-kills itself with SIGINT at exit (status -2, not 130). Outputs are
+        # already cleaned up here, so leave without that last step.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
