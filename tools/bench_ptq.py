@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ort_baseline import best_quantize_static
 
 PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
 
@@ -47,45 +48,6 @@ def output_sqnr_db(reference: list, outputs: list) -> float:
     noise = sum(float(((np.asarray(o[k], np.float64) - r[k]) ** 2).sum())
                 for r, o in zip(reference, outputs) for k in r)
     return float(10 * np.log10(signal / max(noise, 1e-30)))
-
-
-def ort_static(name, prepared_path, calib, out_dir, count, metric_key, sign):
-    """onnxruntime quantize_static at W4A4 (best calibration method by the test metric)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    best = None
-    tried = {}
-    for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
-        path = out_dir / f"{name}.ort_{method.name.lower()}.onnx"
-        t0 = time.time()
-        try:
-            quantize_static(str(prepared_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt4, weight_type=QuantType.QInt4, per_channel=True,
-                            calibrate_method=method)
-            seconds = time.time() - t0
-            res = evaluate_file(name, path, count, strict=True)
-        except Exception as exc:  # report, keep going
-            tried[method.name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            continue
-        tried[method.name] = res[metric_key]
-        row = {"metric": res[metric_key], "size": path.stat().st_size, "seconds": round(seconds, 1),
-               "calibration": method.name}
-        if best is None or sign * row["metric"] > sign * best["metric"]:
-            best = row
-    return best, tried
 
 
 def tuned(cfg, args):
@@ -189,7 +151,9 @@ def bench_model(name, args, out_dir: Path) -> dict:
         metric, sqnr = score(path)
         add(label, metric, path.stat().st_size, round(time.time() - t0, 1), **sqnr)
 
-    best, tried = ort_static(name, prepared, calib, out_dir, args.test_count, key, sign)
+    best, tried = best_quantize_static(prepared, calib, out_dir / name, "W4A4",
+                                       lambda path: evaluate_file(name, path, args.test_count, strict=True)[key],
+                                       sign)
     if best:
         add(f"onnxruntime quantize_static W4A4 ({best['calibration']})", best["metric"], best["size"],
             best["seconds"], tried=tried)

@@ -22,7 +22,7 @@ def register(subparsers):
     p.add_argument("--weights", type=int, choices=(4, 8), default=4)
     p.add_argument("--activations", type=int, choices=(4, 8), default=8)
     p.add_argument("--method", default="full", choices=("rtn", "polish", "compensate", "reconstruct", "full"))
-    p.add_argument("--slow", action="store_true", help="learned rounding instead of the fast Hessian-based mode")
+    p.add_argument("--slow", action="store_true", help="the full learned-rounding schedule instead of --fast")
     p.add_argument("--samples", type=positive_int, default=20,
                    help="held-out test samples for the metrics (default 20)")
     p.add_argument("-o", "--output", default="demo", help="folder for every stage's file (default ./demo)")

@@ -23,14 +23,16 @@ def register(subparsers):
     p.add_argument("--activations", type=int, choices=(4, 8), default=4, help="activation bits (default 4)")
     p.add_argument("--method", choices=("rtn", "polish", "compensate", "reconstruct", "full"), default="full",
                    help="steps to run; each adds to the previous (default full)")
-    p.add_argument("--fast", action="store_true", help="Hessian-based (GPTQ-style) rounding instead of learned")
+    p.add_argument("--fast", action="store_true",
+                   help="a short learned-rounding schedule (50 steps per layer, no Fisher weights)")
     p.add_argument("--calib", help="zoo dataset name, image folder, or .npy/.npz files (glob); default: "
                                    "the zoo dataset named like the model file")
     p.add_argument("--calib-count", type=positive_int, default=32, help="calibration samples (default 32)")
     p.add_argument("--preprocess", help="for image folders: size=HxW,mean=m[:m:m],std=s[:s:s],scale=255")
     p.add_argument("--keep-8bit", nargs="+", default=[], metavar="PATTERN",
                    help="node-name patterns (fnmatch) of layers kept at 8 bits; @first and @last "
-                        "name the network's first and last layers (the usual mixed-precision choice)")
+                        "name the network's first and last layers (the usual mixed-precision choice), "
+                        "@depthwise its depthwise convolutions")
     p.add_argument("--iters", type=positive_int, default=None, help="learned-rounding iterations per layer")
     p.add_argument("--report", metavar="REPORT.json",
                    help="also write a JSON report (per-step, per-layer SQNR) and a PNG chart of it beside "

@@ -12,7 +12,14 @@ import torch
 
 from edgekit.onnx_graph.model import initializers
 from edgekit.quant.plan import Layer, QuantPlan
-from edgekit.quant.sequential import group_weight, sampled_features, supports_features, ungroup_weight
+from edgekit.quant.sequential import (
+    feature_rows,
+    group_weight,
+    moments,
+    sampled_features,
+    supports_features,
+    ungroup_weight,
+)
 
 
 def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Tensor, xf: torch.Tensor,
@@ -20,16 +27,20 @@ def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Te
     """New (weight, bias) for one layer; bias None stays None."""
     wt = torch.from_numpy(np.array(w, np.float32)).double()
     wg = group_weight(layer, wt)                                   # [G, Co, K]
-    phi_q = sampled_features(layer, xq, max_rows).double()         # [G, R, K]
-    phi_f = sampled_features(layer, xf, max_rows).double()
+    rows = feature_rows(wg.shape[2], max_rows)
+    phi_q = sampled_features(layer, xq, rows)                      # [G, R, K]
+    phi_f = sampled_features(layer, xf, rows)
+    h = moments(phi_q)                                             # second moment of Q(x)
+    cross = moments(phi_q, phi_f)                                  # E[Q(x) x_f^T]
     if b is not None:
-        ones = torch.ones(phi_q.shape[0], phi_q.shape[1], 1, dtype=torch.float64)
-        phi_q, phi_f = torch.cat([phi_q, ones], 2), torch.cat([phi_f, ones], 2)
+        # a constant 1 feature carries the bias: [phi, 1]^T [phi, 1] / R from the means
+        mq, mf = phi_q.mean(1).double(), phi_f.mean(1).double()   # [G, K]
+        one = torch.ones(h.shape[0], 1, 1, dtype=torch.float64)
+        h = torch.cat([torch.cat([h, mq[:, :, None]], 2), torch.cat([mq[:, None, :], one], 2)], 1)
+        cross = torch.cat([torch.cat([cross, mq[:, :, None]], 2), torch.cat([mf[:, None, :], one], 2)], 1)
         bg = torch.from_numpy(np.asarray(b, np.float64)).reshape(wg.shape[0], wg.shape[1], 1)
         wg = torch.cat([wg, bg], 2)
-    rows = phi_q.shape[1]
-    h = phi_q.transpose(1, 2) @ phi_q / rows                       # damped second moment of Q(x)
-    target = (phi_q.transpose(1, 2) @ phi_f / rows) @ wg.transpose(1, 2)   # E[Q(x) (W x_f + b)^T]
+    target = cross @ wg.transpose(1, 2)                            # E[Q(x) (W x_f + b)^T]
     diag = torch.diagonal(h, dim1=1, dim2=2)
     lam = damp * diag.mean(dim=1).clamp_min(1e-12)                 # per group
     eye = torch.eye(h.shape[1], dtype=torch.float64)

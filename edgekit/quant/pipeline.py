@@ -55,11 +55,13 @@ class RTN:
 
 @dataclass
 class Polish:
-    """Equalization migrated into weights + consumer-aware clipping search."""
+    """Equalization migrated into weights + consumer-aware clipping search; weights on
+    per-channel MSE-clipped ranges (`mse_weights`; RTN keeps absmax as the baseline)."""
 
     equalize: bool = True
     clip: bool = True
     samples: int = 8
+    mse_weights: bool = True
     name: str = "polish"
 
     def apply(self, plan, calib, ctx) -> dict:
@@ -71,7 +73,7 @@ class Polish:
             rtn.set_params_from_ranges(plan, ctx["ranges"])
         if self.clip:
             out["clip_ratios"] = P.clip_search(plan, calib, ctx["ranges"], self.samples)
-        rtn.rtn_weights(plan)
+        rtn.rtn_weights(plan, mse=self.mse_weights)
         return out
 
 
@@ -80,6 +82,7 @@ class Compensate:
     """Closed-form ridge regression of W', b' on Q(x) from the quantized upstream."""
 
     damp: float = 0.01
+    mse_weights: bool = True
     name: str = "compensate"
 
     def apply(self, plan, calib, ctx) -> dict:
@@ -88,14 +91,14 @@ class Compensate:
         def on_layer(layer, xq, xf, groups):
             if C.compensate_layer(plan, layer, xq, xf, self.damp):
                 done.append(layer.name)
-            rtn.rtn_weights(plan, layers={layer.name})
+            rtn.rtn_weights(plan, layers={layer.name}, mse=self.mse_weights)
         sequential_pass(plan, ctx["float_model"], calib[:ctx["layer_samples"]], on_layer, "compensating")
         return {"layers": done}
 
 
 @dataclass
 class Reconstruct:
-    """Learned rounding (AdaRound, Fisher-weighted block loss) or GPTQ-style when fast."""
+    """Learned rounding (AdaRound, Fisher-weighted); a short schedule without Fisher weights when fast."""
 
     fast: bool = False
     iters: int = 200

@@ -186,8 +186,16 @@ def _is_float(name: str, env: dict) -> bool:
     return v is not None and hasattr(v, "is_floating_point") and v.is_floating_point()
 
 
-# keep_8bit tokens besides fnmatch patterns: the network's first and last layers
-FIRST, LAST = "@first", "@last"
+# keep_8bit tokens besides fnmatch patterns: the network's first and last layers, and its
+# depthwise convolutions (one input channel per output channel: a handful of weights each, and
+# at 4 bits these are the layers MobileNet-style networks lose most on)
+FIRST, LAST, DEPTHWISE = "@first", "@last", "@depthwise"
+TOKENS = (FIRST, LAST, DEPTHWISE)
+
+
+def is_depthwise(layer: "Layer", weight_shape) -> bool:
+    return (layer.op_type == "Conv" and len(weight_shape) >= 3 and weight_shape[1] == 1
+            and int(layer.attrs.get("group", 1)) == weight_shape[0] > 1)
 
 
 def edge_layers(model: onnx.ModelProto, layer_names: set) -> tuple[set, set]:
@@ -257,7 +265,7 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
             layer.weight_bits = 8 if any(fnmatch.fnmatch(layer.name, p) for p in keep_8bit) else weight_bits
             layers[layer.name] = layer
         integer_nodes.append((node, layer, act))
-    unmatched = [p for p in keep_8bit if p not in (FIRST, LAST)
+    unmatched = [p for p in keep_8bit if p not in TOKENS
                  and not any(fnmatch.fnmatch(name, p) for name in layers)]
     if unmatched:
         from edgekit.errors import warn
@@ -268,6 +276,10 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
         first, last = edge_layers(model, set(layers))
         for name in (first if FIRST in keep_8bit else set()) | (last if LAST in keep_8bit else set()):
             layers[name].weight_bits = 8
+    if DEPTHWISE in keep_8bit:
+        for layer in layers.values():
+            if is_depthwise(layer, inits[layer.weight].shape):
+                layer.weight_bits = 8
 
     points: list[str] = []
     inherit: dict[str, str] = {}

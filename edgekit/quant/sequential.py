@@ -170,3 +170,21 @@ def sampled_features(layer: Layer, x, max_rows: int = 16384, seed: int = 0) -> t
                 f = f[:, torch.randperm(f.shape[1], generator=gen)[:per]]
             parts.append(f)
     return torch.cat(parts, dim=1)
+
+
+def moments(a: torch.Tensor, b: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+    """a^T b / R in float64 for feature rows a, b [G, R, K]: accumulated over row chunks, so the
+    float64 copy never holds more than `chunk` rows (a depthwise layer has thousands of groups)."""
+    b = a if b is None else b
+    out = torch.zeros(a.shape[0], a.shape[2], b.shape[2], dtype=torch.float64)
+    for i in range(0, a.shape[1], chunk):
+        ac = a[:, i:i + chunk].double()
+        bc = ac if b is a else b[:, i:i + chunk].double()
+        out += ac.transpose(1, 2) @ bc
+    return out / max(a.shape[1], 1)
+
+
+def feature_rows(k: int, max_rows: int = 16384) -> int:
+    """Rows to sample for a layer with k inputs per output: a few hundred per unknown is plenty
+    for its second moment, and a 3x3 depthwise layer (k = 9) need not pay for 16384."""
+    return min(max_rows, 256 * k)

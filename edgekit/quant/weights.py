@@ -26,19 +26,28 @@ def absmax_scales(w2: np.ndarray, bits: int) -> np.ndarray:
     return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
 
 
-MSE_GRID = np.linspace(1.0, 0.45, 12)   # clipping ratios mse_scales tries
+MSE_GRID = np.linspace(1.0, 0.3, 36)   # clipping ratios mse_scales tries (steps of 0.02)
 
 
-def mse_scales(w2: np.ndarray, bits: int, grid=MSE_GRID) -> np.ndarray:
-    """Per-channel clipping ratio minimising the weight's own squared error."""
+def mse_scales(w2: np.ndarray, bits: int, grid=MSE_GRID, chunk_elements: int = 1 << 23) -> np.ndarray:
+    """Per-channel clipping ratio minimising the weight's own squared error.
+
+    At 4 bits the absmax range wastes most of the 15 levels on a few outliers; the best clipped
+    range per channel is worth several dB of weight SQNR. The search is vectorized over the
+    ratios (in chunks bounded by `chunk_elements`) and over the channels.
+    """
+    w2 = np.asarray(w2, np.float32)
+    qt = weight_qtype(bits)
     base = absmax_scales(w2, bits)
-    best, best_err = base.copy(), np.full(base.shape, np.inf)
-    for r in grid:
-        s = (base * r).astype(np.float32)
-        err = ((dequantize_codes(quantize_codes(w2, s, bits), s) - w2) ** 2).sum(axis=1)
-        better = err < best_err
-        best[better], best_err[better] = s[better], err[better]
-    return best
+    grid = np.asarray(grid, np.float32)
+    errors = np.empty((len(grid), w2.shape[0]), np.float64)
+    step = max(1, chunk_elements // max(w2.size, 1))
+    for i in range(0, len(grid), step):
+        s = (base[None, :] * grid[i:i + step, None]).astype(np.float32)[:, :, None]   # [R, C, 1]
+        q = np.clip(np.rint(w2[None] / s), qt.qmin, qt.qmax)
+        errors[i:i + step] = ((q * s - w2[None]) ** 2).sum(axis=2)
+    best = errors.argmin(axis=0)          # the first (widest) ratio on ties, absmax when it is best
+    return (base * grid[best]).astype(np.float32)
 
 
 def quantize_codes(w2: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:

@@ -119,3 +119,16 @@ def test_keep_first_and_last_layers_at_8_bits(cnn, block):
     # every layer that reads the residual stream or writes to it
     eight, layers, _ = _eight_bit_layers(block, (1, 8, 16))
     assert len(eight) == 2 and len(layers) == 4
+
+
+def test_keep_depthwise_layers_at_8_bits(cnn, block):
+    q, report = P.quantize(cnn, feeds((1, 3, 32, 32), 2), P.QuantConfig.for_method("rtn", keep_8bit=("@depthwise",)))
+    inits = {i.name: i for i in q.graph.initializer}
+    eight = [n for n, layer in report["layers"].items() if layer["weight_bits"] == 8]
+    assert len(eight) == 1   # TinyCNN's one depthwise conv (16 groups of 1 channel), no other layer
+    node = next(n for n in q.graph.node if n.name == eight[0])
+    weight = next(n for n in q.graph.node if n.output[0] == node.input[1])   # its weight DequantizeLinear
+    assert inits[weight.input[0]].data_type == onnx.TensorProto.INT8 and list(inits[weight.input[0]].dims)[1] == 1
+    # a model without depthwise convolutions: the token matches nothing and changes nothing
+    _, report = P.quantize(block, feeds((1, 8, 16), 2), P.QuantConfig.for_method("rtn", keep_8bit=("@depthwise",)))
+    assert all(layer["weight_bits"] == 4 for layer in report["layers"].values())

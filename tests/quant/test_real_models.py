@@ -90,7 +90,7 @@ def test_dynamic_lengths_statistics_cover_every_sample(tmp_path):
     # the polish / compensate / reconstruct steps see every sample too (one group per length)
     _, report = P.quantize(model, feeds, P.QuantConfig.for_method("full", fast=True))
     assert [s["step"] for s in report["steps"]] == ["rtn", "polish", "compensate", "reconstruct"]
-    assert set(report["steps"][-1]["details"]["rounding"].values()) == {"gptq"}
+    assert set(report["steps"][-1]["details"]["rounding"].values()) == {"adaround-fast"}
 
 
 def test_dynamic_lengths_cli(tmp_path, capsys):

@@ -66,6 +66,48 @@ def test_learned_rounding_beats_nearest(conv_case):
         0.8 * layer_error(layer, xf, _dq(nearest, scales), b, target)
 
 
+def _preact_error(layer, x_q, x_f, w, b, w0, b0, fisher=None):
+    """Mean (Fisher-weighted) squared error of the pre-activation output, computed directly."""
+    layer = Layer(**{**layer.__dict__, "act": None})
+    with torch.no_grad():
+        y = layer_forward(layer, x_q, torch.from_numpy(w), torch.from_numpy(b))
+        t = layer_forward(layer, x_f, torch.from_numpy(w0), torch.from_numpy(b0))
+    err = (y - t).double() ** 2
+    return float((err if fisher is None else err * fisher.double()).mean())
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8], ids=["dense", "grouped", "depthwise"])
+def test_quadratic_moments_give_the_exact_layer_error(conv_case, groups):
+    """tr(W' H W'^T) - 2 tr(W' C) + c equals the directly computed error, Fisher-weighted or not
+    (per-row weights: exact for depthwise, where each group has one output channel)."""
+    layer, w, b, xf, xq, _ = conv_case
+    layer.attrs = {**layer.attrs, "group": groups, "_wshape": [8, 8 // groups, 3, 3]}
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32) * 0.3
+    w1 = w0 + 0.05 * rng.standard_normal(w0.shape).astype(np.float32)
+    b1 = b + 0.01
+    fisher = torch.ones(16, 8, 12, 12)
+    if groups == 8:
+        fisher = torch.from_numpy(rng.uniform(0.5, 2.0, (16, 8, 12, 12)).astype(np.float32))
+    for f in (None, fisher):
+        moments = R.quadratic_moments(layer, [xq[:10], xq[10:]], [xf[:10], xf[10:]], w0, b,
+                                      None if f is None else [f[:10], f[10:]])
+        # codes w1 with unit scales: the float weight itself
+        quad = R.quadratic_error(layer, w1, np.ones(8, np.float32), b1, moments) * moments[3]
+        assert quad == pytest.approx(_preact_error(layer, xq, xf, w1, b1, w0, b, f), rel=1e-6)
+
+
+def test_quadratic_learned_rounding_beats_nearest(conv_case):
+    layer, w, b, xf, xq, target = conv_case
+    layer.weight_bits = 4
+    scales = W.mse_scales(W.channel_view(w, 0), 4)
+    nearest = W.quantize_codes(W.channel_view(w, 0), scales, 4).reshape(w.shape)
+    moments = R.quadratic_moments(layer, xf, xf, w, b)   # float inputs: the rounding error alone
+    learned = R.adaround_quadratic(layer, w, b, scales, moments, iters=200)
+    assert _preact_error(layer, xf, xf, _dq(learned, scales), b, w, b) < \
+        0.8 * _preact_error(layer, xf, xf, _dq(nearest, scales), b, w, b)
+
+
 def test_gptq_rounding_beats_nearest(conv_case):
     layer, w, b, xf, xq, target = conv_case
     layer.weight_bits = 4
