@@ -28,6 +28,12 @@ def inputs(tmp_path_factory):
     return d
 
 
+def _default_sigint():
+    """A run started in the background by a shell inherits SIGINT ignored (and Python then leaves it
+    ignored): give the command the disposition an interactive user's Ctrl-C meets."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_temporary(folder: Path, proc, timeout=120.0) -> bool:
     """Poll until the command has created a hidden temporary output in `folder`."""
     end = time.time() + timeout
@@ -45,7 +51,7 @@ def test_signal_during_quantize_leaves_nothing(inputs, tmp_path, sig, code):
     proc = subprocess.Popen(EDGEKIT + ["quantize", str(inputs / "m.onnx"), "-o", str(out / "q.onnx"),
                                        "--calib", str(inputs / "calib"), "--method", "reconstruct",
                                        "--iters", "100000", "--report", str(out / "r.json")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     try:
         assert _wait_for_temporary(out, proc), "quantize never created its temporary output"
         time.sleep(0.5)
