@@ -34,7 +34,6 @@ import real_models as R
 from ort_baseline import best_quantize_static
 
 MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3}
-EDGEKIT_STEPS = ("rtn", "polish", "compensate", "reconstruct")
 PRIMARY = {"classify": "top1_agreement", "embed": "cosine"}
 
 
@@ -91,7 +90,6 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
         rows[label] = {**scores, "size_bytes": Path(path).stat().st_size, "quant_seconds": seconds, **extra}
         print(f"[{name}] {label}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
               + f" size={rows[label]['size_bytes']} time={seconds}", flush=True)
-        return scores[key]
 
     def one_run(label, tag, cfg):
         t0 = time.time()
@@ -145,11 +143,13 @@ def has_depthwise(path) -> bool:
     import onnx
 
     from edgekit.onnx_graph.model import attrs, initializers
+    from edgekit.quant.plan import is_depthwise_conv
 
     model = onnx.load(str(path))
     inits = initializers(model)
-    return any(n.op_type == "Conv" and n.input[1] in inits and inits[n.input[1]].shape[1] == 1
-               and attrs(n).get("group", 1) == inits[n.input[1]].shape[0] > 1 for n in model.graph.node)
+    return any(len(n.input) > 1 and n.input[1] in inits
+               and is_depthwise_conv(n.op_type, attrs(n).get("group", 1), inits[n.input[1]].shape)
+               for n in model.graph.node)
 
 
 def markdown(results: list[dict]) -> str:

