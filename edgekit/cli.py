@@ -64,6 +64,14 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _quiet_finalizers(own_process: bool) -> None:
+    """After an interrupt, objects caught half-built (TVM's TempDirectory, interrupted inside its
+    __init__) fail in __del__ when the traceback that holds them is dropped; that is noise, not news.
+    Only where edgekit owns the process: an API caller keeps its own hook."""
+    if own_process:
+        sys.unraisablehook = lambda unraisable: None
+
+
 def _os_error_line(exc: OSError) -> str:
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -100,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgekit: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except Terminated:
+        _quiet_finalizers(own_handler)
         print("edgekit: terminated (outputs not written)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        _quiet_finalizers(own_handler)
         print("edgekit: interrupted (outputs not written)", file=sys.stderr)
         return 130
     finally:
@@ -114,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 def entry() -> None:
     """The `edgekit` console script and `python -m edgekit`."""
     code = main()
-    if code == 130:
+    if code in (130, 143):
         # A Ctrl-C that crossed an embedded PyRun_* call (pybind11's py::exec inside torch) leaves
         # CPython 3.11's "unhandled KeyboardInterrupt" flag set even though main() handled it, and
         # the interpreter then re-kills itself with SIGINT at exit (status -2, not 130). Outputs are
-        # already cleaned up here, so leave without that last step.
+        # already cleaned up here, so leave without that last step (and without the finalizers of
+        # objects the interrupt caught half-built).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
