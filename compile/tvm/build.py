@@ -4,7 +4,8 @@ Steps: load and check the ONNX file; for QDQ graphs widen int4, keep 4-bit
 clamps and lower quantized linear ops to integer compute (`qlower`); import
 with the Relax frontend; rewrite transposed convolutions as sub-pixel
 convolutions (`rewrite`); legalize and fuse; optionally tune; apply tuning
-databases (`--tuning-db` and the committed ones); build; export the library;
+databases (`--tuning-db` and the committed ones); give every kernel left without
+a record a rule-based default schedule (`default_schedule`); build; export the library;
 write the metadata. The artifact folder appears atomically.
 """
 from __future__ import annotations
@@ -52,16 +53,33 @@ def apply_databases(mod, target, folders: list[Path]):
 
 
 def count_scheduled(mod) -> tuple[int, int]:
+    """(scheduled, total) TIR kernels of `mod`."""
     import tvm
 
-    total = scheduled = 0
-    for _, func in mod.functions.items():
-        if isinstance(func, tvm.tirx.PrimFunc):
-            total += 1
-            attrs = func.attrs or {}
-            if attrs.get("tirx.is_scheduled", False) or attrs.get("tir.is_scheduled", False):
-                scheduled += 1
-    return scheduled, total
+    from edgekit.compile.tvm.default_schedule import is_scheduled
+
+    kernels = [func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
+    return sum(is_scheduled(func) for func in kernels), len(kernels)
+
+
+def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int) -> None:
+    """Say where each kernel's schedule came from; warn when any kernel runs untuned, since
+    tuned code is typically several times faster and the user can get it with --tune."""
+    from edgekit.errors import warn
+
+    log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): {tuned}/{total} kernels tuned"
+        + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else ""))
+    untuned = total - tuned
+    if not untuned:
+        return
+    plain = untuned - defaulted
+    warn(f"{untuned} of {total} kernels have no tuning record for this model"
+         + (" in the given databases" if db_folders else "")
+         + (f"; {defaulted} use default schedules (parallel, vectorized, tiled), often several times "
+            "slower than tuned ones" if defaulted else "")
+         + (f"; {plain} run as TVM's unscheduled single-threaded loops" if plain else "")
+         + "; to tune them for this CPU: edgekit compile MODEL --tune 2000 --tuning-db DIR "
+           "(the records in DIR apply to every later compile that names it)")
 
 
 def zoo_info(model, onnx_path: Path, inputs) -> dict:
@@ -93,7 +111,7 @@ def zoo_info(model, onnx_path: Path, inputs) -> dict:
 
 
 def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
-                committed_db: bool = True, max_trials_per_task: int | None = None,
+                committed_db: bool = True, default_schedules: bool = True, max_trials_per_task: int | None = None,
                 tune_workers: int | None = None, tune_top_tasks: int | None = None,
                 tune_tracker: str | None = None, tune_key: str | None = None,
                 tune_min_per_task: int | None = None, progress_log=None) -> dict:
@@ -101,7 +119,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     import tvm
 
     import edgekit
-    from edgekit.compile.tvm import importer, qlower, tuning
+    from edgekit.compile.tvm import default_schedule, importer, qlower, tuning
     from edgekit.compile.tvm.converters import CONVERTERS
     from edgekit.fileio import atomic_dir, save_json
 
@@ -165,12 +183,11 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     if committed_db and spec.name == "x86-64" and committed is not None:
         db_folders.append(committed)
     mod = apply_databases(mod, target, db_folders)
-    scheduled, total = count_scheduled(mod)
-    log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): "
-        f"{scheduled}/{total} kernels tuned"
-        + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else "")
-        + (f" (the other {total - scheduled} run as TVM's unscheduled single-threaded loops: "
-           "tune them with --tune N --tuning-db DIR)" if scheduled < total else ""))
+    tuned, total = count_scheduled(mod)
+    defaulted = 0
+    if default_schedules:  # kernels without a record: rule-based schedules instead of naive loops
+        mod, defaulted = default_schedule.apply(mod, target)
+    _report_schedules(log, spec, target, db_folders, tuned, defaulted, total)
     executable = tvm.compile(mod, target=target)
 
     out_dir = Path(out_dir)
@@ -195,8 +212,9 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "source": {"onnx": onnx_path.name, "sha256": sha256_file(onnx_path)},
             "quantized": quantized,
             "integer_ops": lowered,
-            "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": scheduled,
-                       "kernels_total": total, "report": tune_report.as_dict() if tune_report else None},
+            "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": tuned,
+                       "kernels_default_schedule": defaulted, "kernels_total": total,
+                       "report": tune_report.as_dict() if tune_report else None},
             "zoo": zoo,
             "compile_seconds": round(time.time() - started, 2),
         }
