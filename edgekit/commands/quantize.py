@@ -50,9 +50,13 @@ def run(args) -> int:
                           report=args.report)
     last = report["steps"][-1]["sqnr_db"]["outputs"]
     print(f"wrote {out} (W{args.weights}A{args.activations}, method {args.method}{' fast' if args.fast else ''}, "
-          f"{report['seconds']:.1f} s); output SQNR vs float on calibration data: "
+          f"{report['seconds']:.1f} s); output SQNR vs float on {report['sqnr_samples']} calibration samples: "
           + ", ".join(f"{k} {v:.1f} dB" for k, v in last.items()))
     for step in report["steps"]:
+        undone = ""
+        if not step.get("kept", True):
+            undone = "  undone: it lowered the output SQNR to " + ", ".join(
+                f"{v:.1f} dB" for v in step["rejected_sqnr_db"]["outputs"].values())
         print(f"  {step['step']:<12} " + ", ".join(f"{k} {v:.1f} dB" for k, v in step["sqnr_db"]["outputs"].items())
-              + f"  ({step['seconds']:.1f} s)")
+              + f"  ({step['seconds']:.1f} s){undone}")
     return 0

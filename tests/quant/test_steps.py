@@ -1,4 +1,6 @@
 """Each quantization step reduces the error it targets on a case where it should."""
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import pytest
@@ -234,3 +236,38 @@ def test_fisher_weights_and_full_method_on_integer_input_model(tmp_path):
         env = graph.run(calib[0], keep={o for n in fm.graph.node for o in n.output} | set(graph.input_names))
     plan = build_plan(fm, env, 4, 4, 8, ())
     assert set(P.fisher_weights(fm, plan, calib)) == {layer.block_output for layer in plan.layers.values()}
+
+
+@dataclass
+class _SpoilWeights:
+    """A step that makes the model worse: it adds noise to every quantized weight."""
+
+    name: str = "spoil"
+
+    def apply(self, plan, calib, ctx):
+        rng = np.random.default_rng(0)
+        for name, codes in list(plan.weights_q.items()):
+            plan.weights_q[name] = np.clip(codes + rng.integers(-3, 4, codes.shape), -8, 7)
+        return {}
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_guard_undoes_a_step_that_lowers_held_out_sqnr(tmp_path, guard):
+    """A step that lowers the output SQNR on held-out calibration samples is undone (and reported
+    so); the same step stays when the guard is off."""
+    path = _two_conv_model(tmp_path)
+    calib = _calib(12)
+    steps = lambda: [P.RTN(), _SpoilWeights()]  # noqa: E731
+    kept_rtn, _ = P.quantize(path, calib, P.QuantConfig(steps=[P.RTN()], layer_samples=8))
+    q, rep = P.quantize(path, calib, P.QuantConfig(steps=steps(), layer_samples=8, guard=guard))
+    assert rep["sqnr_samples"] == "held-out"
+    spoil = rep["steps"][1]
+    same = [numpy_helper.to_array(a).tobytes() == numpy_helper.to_array(b).tobytes()
+            for a, b in zip(q.graph.initializer, kept_rtn.graph.initializer)]
+    if guard:
+        assert spoil["kept"] is False and all(same)
+        db = lambda s: np.mean(list(s["outputs"].values()))  # noqa: E731
+        assert db(spoil["rejected_sqnr_db"]) < db(rep["steps"][0]["sqnr_db"])
+        assert spoil["sqnr_db"] == rep["steps"][0]["sqnr_db"]
+    else:
+        assert spoil["kept"] is True and not all(same)
