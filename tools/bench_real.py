@@ -16,7 +16,9 @@ the FP32 model's own outputs: top-1 / top-5 agreement for classifiers
 (top-5: FP32's class among the quantized model's five best), mean cosine and
 Spearman rank correlation of pairwise similarities for sentence embeddings,
 PSNR to the FP32 output (and to the true high-resolution photograph, the task's
-own metric) for super-resolution.
+own metric) for super-resolution, and for pose the distance in input pixels between
+the keypoints decoded from the quantized and the FP32 outputs, over the keypoints
+that FP32 scores above 0.5 (share within 2 px, median).
 Quantization wall time is per row (cumulative over the steps of one run).
 
     python tools/bench_real.py                                   # every model, every row
@@ -37,8 +39,9 @@ from ort_baseline import best_quantize_static
 
 from edgekit.commands import add_json_flags, check_json_file, emit_json
 
-MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3, "esrgan-slim-x2": R.esrgan_slim_x2}
-PRIMARY = {"classify": "top1_agreement", "embed": "cosine", "restore": "psnr_to_fp32"}
+MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3, "esrgan-slim-x2": R.esrgan_slim_x2,
+          "posenet-mobilenet": R.posenet_mobilenet}
+PRIMARY = {"classify": "top1_agreement", "embed": "cosine", "restore": "psnr_to_fp32", "pose": "keypoints_within_2px"}
 
 
 def say(msg: str) -> None:
@@ -73,6 +76,18 @@ def fidelity(task: str, reference: list[dict], outputs: list[dict], targets: lis
         if targets is not None:
             scores["psnr_to_hr"] = float(np.mean([psnr(o, t) for (o, _), t in zip(pairs, targets)]))
         return scores
+    if task == "pose":
+        # single-pose keypoints decoded from each output set, compared in input pixels where FP32 sees
+        # a keypoint (score > 0.5): on a picture without that joint the strongest cell of a flat
+        # heatmap is arbitrary, and moves with any change of the outputs
+        dists = []
+        for r, o in zip(reference, outputs):
+            ref_points, ref_scores = R.posenet_keypoints(r["heatmap"], r["offset"])
+            points, _ = R.posenet_keypoints(o["heatmap"], o["offset"])
+            dists.append(np.linalg.norm(points - ref_points, axis=1)[ref_scores > 0.5])
+        d = np.concatenate(dists)
+        return {"keypoints_within_2px": float((d <= 2.0).mean()) if d.size else None,
+                "keypoint_median_px": float(np.median(d)) if d.size else None, "keypoints_compared": int(d.size)}
     ref = np.concatenate([np.concatenate([r[k].reshape(1, -1) for k in r], 1) for r in reference])
     got = np.concatenate([np.concatenate([o[k].reshape(1, -1) for k in o], 1) for o in outputs])
     if task == "classify":
@@ -109,7 +124,7 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
     def add(label, path, seconds, strict=False, **extra):
         scores = fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=strict), m.targets)
         rows[label] = {**scores, "size_bytes": Path(path).stat().st_size, "quant_seconds": seconds, **extra}
-        say(f"[{name}] {label}: " + " ".join(f"{k}={v:.4f}" for k, v in scores.items())
+        say(f"[{name}] {label}: " + " ".join(f"{k}={v:.4f}" if v is not None else f"{k}=n/a" for k, v in scores.items())
             + f" size={rows[label]['size_bytes']} time={seconds}")
 
     def one_run(label, tag, cfg):
@@ -177,7 +192,7 @@ def markdown(results: list[dict]) -> str:
     lines = []
     for res in results:
         metrics = [k for k in next(iter(res["rows"].values()))
-                   if k.endswith(("agreement", "cosine", "corr")) or k.startswith("psnr")]
+                   if k.endswith(("agreement", "cosine", "corr", "px")) or k.startswith(("psnr", "keypoint"))]
         lines += [f"**{res['model']}** ({res['source']}; {res['calib_samples']} calibration / "
                   f"{res['test_samples']} test inputs; fidelity to FP32)", "",
                   "| row | " + " | ".join(metrics) + " | size (MB) | quantize (s) |",

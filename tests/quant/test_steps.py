@@ -243,6 +243,7 @@ class _SpoilWeights:
     """A step that makes the model worse: it adds noise to every quantized weight."""
 
     name: str = "spoil"
+    guarded: bool = True
 
     def apply(self, plan, calib, ctx):
         rng = np.random.default_rng(0)
@@ -271,3 +272,12 @@ def test_guard_undoes_a_step_that_lowers_held_out_sqnr(tmp_path, guard):
         assert spoil["sqnr_db"] == rep["steps"][0]["sqnr_db"]
     else:
         assert spoil["kept"] is True and not all(same)
+
+
+def test_guard_judges_only_fitting_steps(tmp_path):
+    """The same spoiling step, declared a preparation step (not guarded), stays."""
+    path = _two_conv_model(tmp_path)
+    q, rep = P.quantize(path, _calib(12), P.QuantConfig(steps=[P.RTN(), _SpoilWeights(guarded=False)],
+                                                        layer_samples=8))
+    assert rep["steps"][1]["kept"] is True
+    assert P.Compensate().guarded and P.Reconstruct().guarded and not getattr(P.Polish(), "guarded", False)
