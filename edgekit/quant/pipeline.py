@@ -143,6 +143,7 @@ class QuantConfig:
     # against 39.5 dB from RTN's state.
     guard: bool = True
     guard_tolerance_db: float = 0.1
+    measure_samples: int = 16  # held-out samples the guard and the report's SQNR are measured on
     snapshots: bool = False   # keep a QDQ model after every step (report["_models"]), for benchmarks
 
     @classmethod
@@ -267,7 +268,7 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
                          "steps": [asdict(s) for s in config.steps], "calibration_samples": len(calib)},
               "steps": []}
     # the samples the report and the guard measure on: held out from the layer-wise fits when there are any
-    measured = calib[config.layer_samples:][:config.report_samples] or calib[:config.report_samples]
+    measured = calib[config.layer_samples:][:config.measure_samples] or calib[:config.report_samples]
     report["sqnr_samples"] = "held-out" if len(calib) > config.layer_samples else "calibration"
     sq = None
     for step in config.steps:
@@ -277,7 +278,7 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
         judged = config.guard and sq is not None and getattr(step, "guarded", False)
         before = _State.of(plan, ctx) if judged else None
         details = step.apply(plan, calib, ctx)
-        new_sq = sqnr_report(plan, ctx["float_model"], measured, config.report_samples)
+        new_sq = sqnr_report(plan, ctx["float_model"], measured, len(measured))
         entry = {"step": step.name, "seconds": 0.0, "sqnr_db": new_sq, "details": details, "kept": True}
         if before is not None and _output_db(new_sq) < _output_db(sq) - config.guard_tolerance_db:
             before.restore(plan, ctx)  # the step made the model worse where it counts: undo it
