@@ -27,13 +27,14 @@ def export(model: str, output, *, config: str = "tiny", input_shapes=None, opset
 
 def quantize(model_path, output, *, weights: int = 4, activations: int = 4, method: str = "full",
              fast: bool = False, calib: str | None = None, calib_count: int = 32, preprocess: str | None = None,
-             keep_8bit=(), iters: int | None = None, report=None) -> dict:
+             keep_8bit=(), iters: int | None = None, report=None, guard: bool = True) -> dict:
     """Float ONNX -> QDQ ONNX with int4/int8 weights; returns the quantization report.
 
     `calib` is a zoo dataset name, an image folder (with `preprocess`) or .npy/.npz files;
     by default the zoo dataset named by the file's stem (litepose.onnx -> litepose).
     `report` (a .json path) also writes the report and a PNG chart of it beside it
     (report.png). The model, report and chart are written together or not at all.
+    `guard=False` keeps every step even where it lowers the held-out output SQNR.
     """
     import onnx
 
@@ -64,7 +65,7 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
                   if i.type.tensor_type.elem_type else None for i in inputs]
         feeds = K.load_calibration(source, names, shapes, calib_count, preprocess, dtypes=dtypes)
         config = P.QuantConfig.for_method(method, fast=fast, weight_bits=weights, act_bits=activations,
-                                          keep_8bit=tuple(keep_8bit))
+                                          keep_8bit=tuple(keep_8bit), guard=guard)
         if iters is not None:
             for step in config.steps:
                 if isinstance(step, P.Reconstruct):

@@ -34,6 +34,9 @@ def register(subparsers):
                         "name the network's first and last layers (the usual mixed-precision choice), "
                         "@depthwise its depthwise convolutions")
     p.add_argument("--iters", type=positive_int, default=None, help="learned-rounding iterations per layer")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="keep compensate and reconstruct even where they lower the output SQNR on held-out "
+                        "calibration samples (by default such a step is undone, and the output says so)")
     p.add_argument("--report", metavar="REPORT.json",
                    help="also write a JSON report (per-step, per-layer SQNR) and a PNG chart of it beside "
                         "it (REPORT.png); model, report and chart are written together or not at all")
@@ -47,7 +50,7 @@ def run(args) -> int:
     report = api.quantize(args.model, out, weights=args.weights, activations=args.activations, method=args.method,
                           fast=args.fast, calib=args.calib, calib_count=args.calib_count,
                           preprocess=args.preprocess, keep_8bit=args.keep_8bit, iters=args.iters,
-                          report=args.report)
+                          report=args.report, guard=args.guard)
     last = report["steps"][-1]["sqnr_db"]["outputs"]
     print(f"wrote {out} (W{args.weights}A{args.activations}, method {args.method}{' fast' if args.fast else ''}, "
           f"{report['seconds']:.1f} s); output SQNR vs float on {report['sqnr_samples']} calibration samples: "

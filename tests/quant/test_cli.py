@@ -126,3 +126,17 @@ def test_help_has_examples(capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--help"])
     assert "examples:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-guard"]], ids=["guard", "no_guard"])
+def test_guard_flag_reaches_the_pipeline(tmp_path, capsys, monkeypatch, flag):
+    """--no-guard turns the guard off; by default it is on (checked on the config the pipeline gets)."""
+    from edgekit.quant import pipeline as P
+
+    seen = []
+    real = P.quantize
+    monkeypatch.setattr(P, "quantize", lambda model, calib, config: seen.append(config) or real(model, calib, config))
+    model = tiny_model(tmp_path / "m.onnx")
+    calib = npy_calib(tmp_path / "calib")
+    assert main(["quantize", model, "-o", str(tmp_path / "m.q.onnx"), "--calib", calib, "--method", "rtn"] + flag) == 0
+    assert seen[0].guard is (not flag)
