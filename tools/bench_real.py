@@ -142,7 +142,7 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
     for bits in sorted(set(args.bits) | set(args.ort_bits), key=["W8A8", "W4A8", "W4A4"].index):
         wb, ab = int(bits[1]), int(bits[3])
         if "edgekit" in args.quantizers and bits in args.bits and not args.skip_full:
-            cfg = P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab)
+            cfg = P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab, guard=args.guard)
             cfg.snapshots = True
             t0 = time.time()
             _, report = P.quantize(str(m.onnx_path), m.calib, cfg)
@@ -157,10 +157,11 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
         if "edgekit" in args.quantizers and bits in args.bits:
             if not args.skip_fast:
                 one_run(f"edgekit {bits} full --fast", f"{bits}.full_fast",
-                        P.QuantConfig.for_method("full", fast=True, weight_bits=wb, act_bits=ab))
+                        P.QuantConfig.for_method("full", fast=True, weight_bits=wb, act_bits=ab, guard=args.guard))
             if has_depthwise(prepared) and not args.skip_depthwise:
                 one_run(f"edgekit {bits} full, `--keep-8bit @depthwise`", f"{bits}.full_dw8",
-                        P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab, keep_8bit=("@depthwise",)))
+                        P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab, keep_8bit=("@depthwise",),
+                                                 guard=args.guard))
         if "onnxruntime" in args.quantizers and bits in args.ort_bits:
             def score(path):
                 return fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=True), m.targets)[key]
@@ -221,6 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-fast", action="store_true", help="skip the `full --fast` rows")
     parser.add_argument("--skip-depthwise", action="store_true",
                         help="skip the `--keep-8bit @depthwise` rows (run only on models with depthwise convs)")
+    parser.add_argument("--no-guard", dest="guard", action="store_false",
+                        help="edgekit rows without the guard (every step kept), as `edgekit quantize --no-guard`")
     parser.add_argument("--cache", default=str(R.DEFAULT_CACHE), help="package cache (default %(default)s)")
     parser.add_argument("--out", default="bench/real", help="work folder for the model files")
     add_json_flags(parser)
