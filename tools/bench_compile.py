@@ -81,13 +81,15 @@ def ort_int8(name: str, fp32: Path, folder: Path) -> dict[str, Path]:
     from edgekit.onnx_graph.model import prepare_model
 
     prepared = folder / f"{name}.prep.onnx"
-    onnx.save(prepare_model(fp32), str(prepared))
+    if not prepared.exists():
+        onnx.save(prepare_model(fp32), str(prepared))
+    calib = calibration_feeds(fp32)
     paths = {}
     for key, operator_format in (("ort_w8a8_qdq", False), ("ort_w8a8_qop", True)):
         paths[key] = folder / f"{name}.{key}.onnx"
         if not paths[key].exists():
             try:
-                ort_quantize(prepared, calibration_feeds(fp32), paths[key], "W8A8", operator_format=operator_format)
+                ort_quantize(prepared, calib, paths[key], "W8A8", operator_format=operator_format)
             except Exception as exc:  # onnxruntime's quantizer refuses some graphs: say so, keep measuring
                 log(f"{name}: onnxruntime {key} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
                 paths[key] = None

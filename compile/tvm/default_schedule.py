@@ -145,8 +145,7 @@ def tiled_reduction(sch, block, lanes: int) -> None:
     if None in extents or not spatial:
         raise ValueError("dynamic or missing spatial extent")
     outer, tile = list(spatial), []
-    vec_axis = max(i for i, e in enumerate(extents + [2]) if e > 1) if max(extents) > 1 else len(extents) - 1
-    vec_axis = min(vec_axis, len(extents) - 1)
+    vec_axis = n_spatial - 1  # the innermost spatial loop: contiguous in the output
     rows_axis = _reuse_axis(sch, block, [i for i in range(n_spatial) if i != vec_axis and extents[i] > 1], vec_axis)
     if rows_axis is not None:
         rows = _largest_divisor(extents[rows_axis], REGISTER_TILE)
