@@ -27,7 +27,8 @@ def export(model: str, output, *, config: str = "tiny", input_shapes=None, opset
 
 def quantize(model_path, output, *, weights: int = 4, activations: int = 4, method: str = "full",
              fast: bool = False, calib: str | None = None, calib_count: int = 32, preprocess: str | None = None,
-             keep_8bit=(), iters: int | None = None, report=None, guard: bool = True) -> dict:
+             keep_8bit=(), iters: int | None = None, report=None, guard: bool = True,
+             max_drop: float | None = None, metric: str = "error") -> dict:
     """Float ONNX -> QDQ ONNX with int4/int8 weights; returns the quantization report.
 
     `calib` is a zoo dataset name, an image folder (with `preprocess`) or .npy/.npz files;
@@ -35,10 +36,14 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
     `report` (a .json path) also writes the report and a PNG chart of it beside it
     (report.png). The model, report and chart are written together or not at all.
     `guard=False` keeps every step even where it lowers the held-out output SQNR.
+    `max_drop` (a fraction: 0.01 = 1 %) adds mixed precision: the fewest layers at 8 bits that keep
+    `metric` ('error': relative output error, 'top1': argmax agreement, 'cosine', or 'task': a zoo
+    task's headline metric on its labelled data) within it of FP32 on held-out calibration samples;
+    the report's 'mixed-precision' step lists them.
     """
     import onnx
 
-    from edgekit.errors import require
+    from edgekit.errors import EdgekitError, require
     from edgekit.fileio import OutputSet, save_json
     from edgekit.onnx_graph.model import load_model, static_dims
     from edgekit.quant import calib as K
@@ -46,6 +51,28 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
 
     require(iters is None or iters >= 1, f"iters must be at least 1, got {iters}")
     require(calib_count >= 1, f"calib_count must be at least 1, got {calib_count}")
+    mixed = None
+    if max_drop is not None:  # checked before any work
+        from edgekit.quant.mixed import MixedPrecision, with_gate
+
+        source = calib or Path(model_path).name.split(".")[0]
+        if metric == "task":
+            from edgekit.data import task_of
+            from edgekit.quant.calib import calibration_files
+
+            try:
+                task_of(source)
+                zoo = calibration_files(str(source), calib_count) is None
+            except EdgekitError:
+                zoo = False
+            require(zoo, f"metric 'task' scores a zoo task on its labelled data: calibrate on a zoo dataset "
+                         f"(calib=MODEL), not {source!r}")
+        task_metric = None
+        if metric == "task":
+            from edgekit.eval.gate import TaskDrop
+
+            task_metric = TaskDrop(str(source))
+        mixed = MixedPrecision(max_drop=max_drop, metric=metric, task_metric=task_metric)
     with OutputSet(inputs=[model_path]) as out:
         model_tmp = out.file(output, "output model", suffix=".onnx")
         if report:
@@ -66,6 +93,8 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
         feeds = K.load_calibration(source, names, shapes, calib_count, preprocess, dtypes=dtypes)
         config = P.QuantConfig.for_method(method, fast=fast, weight_bits=weights, act_bits=activations,
                                           keep_8bit=tuple(keep_8bit), guard=guard)
+        if mixed is not None:
+            config.steps = with_gate(config.steps, mixed)
         if iters is not None:
             for step in config.steps:
                 if isinstance(step, P.Reconstruct):

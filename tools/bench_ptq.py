@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from ort_baseline import best_quantize_static
 
-PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
+from edgekit.eval import PRIMARY
 
 
 def evaluate_file(name, path_or_model, count, strict=False, outputs=None):
@@ -92,6 +92,13 @@ def bench_model(name, args, out_dir: Path) -> dict:
 
     res = evaluate_file(name, fp32, args.test_count, outputs=reference)
     add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
+
+    if args.max_drop:
+        max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows)
+        if args.max_drop_only:
+            return {"model": name, "task": task, "metric": key, "higher_is_better": sign > 0,
+                    "test_samples": args.test_count, "calib_samples": args.calib_count, "rows": rows,
+                    "targets": {}}
 
     # CPU seconds (all threads of this process) next to wall time: on a shared machine the
     # wall time says little, while CPU time bounds what an idle machine would take
@@ -181,6 +188,35 @@ def bench_model(name, args, out_dir: Path) -> dict:
             "test_samples": args.test_count, "calib_samples": args.calib_count, "rows": rows, "targets": targets}
 
 
+def max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows) -> None:
+    """`full --fast --max-drop X --metric task` at W4A8 and W4A4: the gate is checked on held-out
+    calibration samples; the row gives the test-split metric, its gap to FP32 and the size."""
+    import onnx
+
+    from edgekit.eval.gate import TaskDrop
+    from edgekit.quant import pipeline as P
+    from edgekit.quant.mixed import MixedPrecision, with_gate
+
+    fp = rows["FP32"]["metric"]
+    for wb, ab in ((4, 8), (4, 4)):
+        cfg = tuned(P.QuantConfig.for_method("full", fast=True, weight_bits=wb, act_bits=ab), args)
+        cfg.steps = with_gate(cfg.steps, MixedPrecision(max_drop=args.max_drop, metric="task",
+                                                        task_metric=TaskDrop(name)))
+        t0 = time.time()
+        q, report = P.quantize(str(fp32), calib, cfg)
+        seconds = round(time.time() - t0, 1)
+        path = out_dir / f"{name}.W{wb}A{ab}.max_drop.onnx"
+        onnx.save(q, str(path))
+        d = next(s["details"] for s in report["steps"] if s["step"] == "mixed-precision")
+        metric, sqnr = score(path)
+        add(f"edgekit W{wb}A{ab} full --fast --max-drop {100 * args.max_drop:g}% --metric task", metric,
+            path.stat().st_size, seconds, **sqnr, gate_met=d["met"], gate_drop_held_out=round(d["drop_final"], 4),
+            test_gap=round(abs(fp - metric) / max(abs(fp), 1e-12), 4), layers_8bit=sum(
+                "layer" in p for p in d["promoted"]), activations_8bit=sum("activation" in p for p in d["promoted"]),
+            layers=len(report["layers"]), weight_bytes=d["weight_bytes"],
+            weight_bytes_all_8bit=d["weight_bytes_all_8bit"])
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["| model | variant | metric | output SQNR (dB) | size (KiB) | quant time (s) |",
              "|---|---|---|---|---|---|"]
@@ -198,8 +234,11 @@ def markdown(results: list[dict]) -> str:
     def time_cell(wall, cpu):
         return "-" if wall is None else f"{wall:.0f} / " + ("n/a" if cpu is None else f"{cpu:.0f}")
 
+    gated = [(r, label, row) for r in results for label, row in r["rows"].items() if "gate_met" in row]
     for r in results:
         t = r["targets"]
+        if not t:  # a --max-drop-only run
+            continue
         rec = "n/a" if t["recovery_of_rtn_loss"] is None else f"{t['recovery_of_rtn_loss']:.2f}"
         edges = t.get("w4a8_edges8_relative_gap")
         edges = "n/a" if edges is None else f"{100 * edges:.2f}%"
@@ -207,6 +246,15 @@ def markdown(results: list[dict]) -> str:
                      f"{edges} | "
                      f"{time_cell(t['full_seconds'], t.get('full_cpu_seconds'))} | "
                      f"{time_cell(t['fast_seconds'], t.get('fast_cpu_seconds'))} |")
+    if gated:
+        lines += ["", "| model | row | gate met (held-out) | test gap to FP32 | layers at 8 bits | other "
+                  "activations at 8 bits | weights vs all-8-bit | quant time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r, label, row in gated:
+            lines.append(f"| {r['model']} | {label} | {row['gate_met']} ({100 * row['gate_drop_held_out']:.2f}%) | "
+                         f"{100 * row['test_gap']:.2f}% | {row['layers_8bit']} / {row['layers']} | "
+                         f"{row['activations_8bit']} | {row['weight_bytes'] / row['weight_bytes_all_8bit']:.0%} | "
+                         f"{row['quant_seconds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -220,6 +268,9 @@ def main(argv=None) -> int:
     parser.add_argument("--w4a8-fast", action="store_true", help="W4A8 with --fast rounding (cheaper)")
     parser.add_argument("--iters", type=int, default=None, help="learned-rounding iterations per layer")
     parser.add_argument("--layer-samples", type=int, default=None, help="samples used layer by layer")
+    parser.add_argument("--max-drop", type=float, default=None, metavar="X",
+                        help="also `full --fast --max-drop X --metric task` rows at W4A8 and W4A4 (X a fraction)")
+    parser.add_argument("--max-drop-only", action="store_true", help="only the FP32 and --max-drop rows")
     parser.add_argument("--collect", nargs="+", metavar="JSON",
                         help="merge bench_ptq.json files of separate runs into one table in --out")
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ from ort_baseline import best_quantize_static
 
 from edgekit.commands import add_json_flags, check_json_file, emit_json
 
+GATE_METRIC = {"classify": "top1", "embed": "cosine"}  # --max-drop's metric per task (else output error)
 MODELS = {"efficientnet-lite2": R.efficientnet_lite2, "minilm-l3": R.minilm_l3, "esrgan-slim-x2": R.esrgan_slim_x2,
           "posenet-mobilenet": R.posenet_mobilenet}
 PRIMARY = {"classify": "top1_agreement", "embed": "cosine", "restore": "psnr_to_fp32", "pose": "keypoints_within_2px"}
@@ -162,6 +163,21 @@ def bench_model(name: str, args, out_dir: Path) -> dict:
                 one_run(f"edgekit {bits} full, `--keep-8bit @depthwise`", f"{bits}.full_dw8",
                         P.QuantConfig.for_method("full", weight_bits=wb, act_bits=ab, keep_8bit=("@depthwise",),
                                                  guard=args.guard))
+        if "edgekit" in args.quantizers and bits in args.bits and args.max_drop:
+            from edgekit.quant.mixed import MixedPrecision, with_gate
+
+            metric = GATE_METRIC.get(m.task, "error")
+            cfg = P.QuantConfig.for_method("full", fast=True, weight_bits=wb, act_bits=ab, guard=args.guard)
+            cfg.steps = with_gate(cfg.steps, MixedPrecision(max_drop=args.max_drop, metric=metric))
+            t0 = time.time()
+            q, report = P.quantize(str(m.onnx_path), m.calib, cfg)
+            seconds = round(time.time() - t0, 1)
+            path = out_dir / f"{name}.{bits}.max_drop.onnx"
+            onnx.save(q, str(path))
+            d = next(s["details"] for s in report["steps"] if s["step"] == "mixed-precision")
+            add(f"edgekit {bits} full --fast --max-drop {100 * args.max_drop:g}% ({metric})", path, seconds,
+                gate_met=d["met"], gate_drop=d["drop_final"], promoted=len(d["promoted"]),
+                weight_bytes=d["weight_bytes"], weight_bytes_all_8bit=d["weight_bytes_all_8bit"])
         if "onnxruntime" in args.quantizers and bits in args.ort_bits:
             def score(path):
                 return fidelity(m.task, reference, run_all(path, m.test, m.outputs, strict=True), m.targets)[key]
@@ -222,6 +238,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-fast", action="store_true", help="skip the `full --fast` rows")
     parser.add_argument("--skip-depthwise", action="store_true",
                         help="skip the `--keep-8bit @depthwise` rows (run only on models with depthwise convs)")
+    parser.add_argument("--max-drop", type=float, default=None, metavar="X",
+                        help="also a `full --fast` row with mixed precision gated at X (a fraction, 0.01 = 1%%) "
+                             "on the task's fidelity metric (top1 / cosine / output error)")
     parser.add_argument("--no-guard", dest="guard", action="store_false",
                         help="edgekit rows without the guard (every step kept), as `edgekit quantize --no-guard`")
     parser.add_argument("--cache", default=str(R.DEFAULT_CACHE), help="package cache (default %(default)s)")

@@ -84,6 +84,7 @@ def bench_lm(args) -> dict | None:
     """Tiny LM retrieval accuracy dense vs SALE at the training length and at 4x (None without checkpoint)."""
     from edgekit import models
     from edgekit.models.sale import lm
+    from edgekit.train import sale as sale_recipe
 
     try:
         model = models.load_reference("lm")
@@ -96,11 +97,11 @@ def bench_lm(args) -> dict | None:
         if not lm.plan_matches_checkpoint(plan):
             raise EdgekitError("the saved plan was calibrated on other weights")
     except EdgekitError:
-        plan = lm.calibrate_reference_lm(output=None if args.save_plan else _scratch_plan())
+        plan = sale_recipe.calibrate_reference_lm(output=None if args.save_plan else _scratch_plan())
         source = "calibrated now (calib split)"
     rows = []
     for length in (lm.TRAIN_LENGTH, 4 * lm.TRAIN_LENGTH):
-        samples = lm.lm_samples("test", args.lm_samples, length)
+        samples = sale_recipe.lm_samples("test", args.lm_samples, length)
         acc_dense, _ = lm.retrieval_accuracy(model, samples, None, threads=args.threads)
         acc_sparse, density = lm.retrieval_accuracy(model, samples, plan, threads=args.threads)
         rows.append({"length": length, "accuracy_dense": acc_dense, "accuracy_sparse": acc_sparse,

@@ -84,8 +84,6 @@ class ConvLowering:
     """Conv (dense or depthwise), ConvTranspose and Gemm/MatMul-with-weights (as 1x1 convs over
     token rows) with fused bias/requant/activation(/residual add)."""
 
-    kinds = ("conv", "conv_transpose", "gemm", "linear")
-
     def geometry(self, op, x_shape, y_shape) -> ConvGeometry:
         a = op.attrs if op.kind in ("conv", "conv_transpose") else {}
         x_shape, y_shape = conv_shape(x_shape), conv_shape(y_shape)
@@ -151,7 +149,8 @@ class ConvLowering:
 
 
 class AddLowering:
-    kinds = ("add",)
+    """Element-wise residual add of two equal-shape tensors (fused into the producing conv's
+    output stage where it can be)."""
 
     def unsupported(self, op, shapes, hw) -> str | None:
         sa, sb, sy = (shapes.get(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
@@ -162,10 +161,10 @@ class AddLowering:
         return None
 
 
-LOWERINGS = {}
-for _cls in (ConvLowering, AddLowering):
-    for _k in _cls.kinds:
-        LOWERINGS[_k] = _cls()
+# one lowering per integer-op kind (edgekit.quant.kinds) the accelerator runs; the other kinds
+# run on the host (HOST_KINDS) or are refused by name
+LOWERINGS = {"conv": ConvLowering(), "conv_transpose": ConvLowering(), "gemm": ConvLowering(),
+             "linear": ConvLowering(), "add": AddLowering()}
 
 
 # --------------------------------------------------------------------------- the compiler
@@ -286,7 +285,7 @@ def place(qg, shapes: dict, hw: dict, fallback: str | None, src: Path) -> tuple[
             placement[op.name] = "host"
             continue
         low = LOWERINGS.get(op.kind)
-        reason = "no accelerator lowering for this op kind" if low is None else low.unsupported(op, shapes, hw)
+        reason = f"no accelerator lowering for op kind {op.kind!r}" if low is None else low.unsupported(op, shapes, hw)
         if reason is None:
             placement[op.name] = "accel"
         else:

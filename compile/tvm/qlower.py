@@ -20,8 +20,9 @@ output grid. Everything else (layout moves, max pools, float regions such as
 softmax or layernorm) stays QDQ-in-float, computed by the frontend's ops, as
 the reference computes it in float32.
 
-Two frontend converters carry it into Relax: `QLinearIntegerConverter` (every
-integer linear kind, dispatched on its `kind` attribute) and
+Each lowered kind has one handler in HANDLERS (`supports` / `attributes` build the node,
+`emit` the Relax); two frontend converters carry the nodes into Relax:
+`QLinearIntegerConverter` (dispatching on the node's `kind` to its handler) and
 `QuantizeLinearClampedConverter`; both are listed in `converters.CONVERTERS`.
 """
 from __future__ import annotations
@@ -31,8 +32,7 @@ import numpy as np
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
 from edgekit.onnx_graph.model import consumers, static_dims
 from edgekit.quant import formats as F
-
-LOWERED_KINDS = ("conv", "conv_transpose", "gemm", "linear", "matmul", "add", "concat", "global_avgpool")
+from edgekit.quant.kinds import avgpool_multiplier
 
 
 # --------------------------------------------------------------------------- the ONNX rewrite
@@ -46,54 +46,25 @@ def _tensor_attr(value, name):
     return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
 
-def _global_avgpool_requant(op, shape_hw: int):
-    # As edgekit.quant.intref.AvgPool: M, s of s_x / (s_y * count).
-    ratio = np.float64(op.in_q[0].scale) / np.float64(op.out_q.scale)
-    return F.quantize_multiplier(ratio / np.float64(shape_hw))
-
-
 def _node_for(op, index: int, input_names: list[str], shapes: dict) -> object | None:
-    """The QLinearInteger node computing QOp `op`, or None when edgekit does not lower it."""
+    """The QLinearInteger node computing QOp `op`, or None when its kind's handler declines it."""
     from onnx import helper
 
+    handler = HANDLERS[op.kind]
+    if not handler.supports(op, input_names, shapes):
+        return None
     attrs = dict(kind=op.kind, in_zero_points=[int(q.zero_point) for q in op.in_q],
                  y_zero_point=int(op.out_q.zero_point),
                  qmin=int(op.out_q.qtype.qmin if op.lo is None else op.lo),
                  qmax=int(op.out_q.qtype.qmax if op.hi is None else op.hi),
                  out_signed=int(op.out_q.qtype.signed))
-    if op.kind in ("conv", "conv_transpose", "gemm", "linear"):
+    if handler.weighted:
         attrs["weight"] = _tensor_attr(op.weight.astype(np.int16), "weight")
         attrs["bias"] = _tensor_attr(F.wrap_int32(op.bias).astype(np.int32), "bias")
-    if op.kind in ("conv", "conv_transpose", "gemm", "linear", "matmul", "add"):
+    if handler.op_multiplier:
         attrs["mult"] = _tensor_attr(np.asarray(op.mult, np.int64).reshape(-1), "mult")
         attrs["shift"] = _tensor_attr(np.asarray(op.shift, np.int64).reshape(-1), "shift")
-    if op.kind in ("conv", "conv_transpose"):
-        a = op.attrs
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
-            return None
-        kernel = op.weight.shape[2:]
-        if len(kernel) != 2:
-            return None
-        attrs.update(strides=list(a.get("strides", [1, 1])), pads=list(a.get("pads", [0, 0, 0, 0])),
-                     dilations=list(a.get("dilations", [1, 1])), group=int(a.get("group", 1)))
-        if op.kind == "conv_transpose":
-            if a.get("output_shape") is not None:
-                return None
-            attrs["output_padding"] = list(a.get("output_padding", [0, 0]))
-    elif op.kind == "gemm":
-        attrs["trans_b"] = int(op.attrs.get("transB", 0))
-    elif op.kind == "add":
-        attrs["k"] = [int(k) for k in op.extra["k"]]
-    elif op.kind == "concat":
-        attrs.update(axis=int(op.attrs["axis"]), mults=[int(m) for m in op.extra["mult"]],
-                     shifts=[int(s) for s in op.extra["shift"]])
-    elif op.kind == "global_avgpool":
-        shape = shapes.get(input_names[0])
-        if not shape or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
-            return None
-        mult, shift = _global_avgpool_requant(op, shape[2] * shape[3])
-        attrs["mult"] = _tensor_attr(np.asarray(mult, np.int64).reshape(-1), "mult")
-        attrs["shift"] = _tensor_attr(np.asarray(shift, np.int64).reshape(-1), "shift")
+    attrs.update(handler.attributes(op, input_names, shapes))
     return helper.make_node("QLinearInteger", input_names, [op.outputs[0]],
                             name=f"{op.name or 'q'}_int{index}", domain=EDGEKIT_DOMAIN, **attrs)
 
@@ -133,7 +104,7 @@ def lower(model) -> dict:
     added_quantizers: dict[str, str] = {}
     counts: dict[str, int] = {}
     for index, op in enumerate(qgraph.ops):
-        if op.kind not in LOWERED_KINDS or op.out_q is None or op.outputs[0] not in quantizers:
+        if op.kind not in HANDLERS or op.out_q is None or op.outputs[0] not in quantizers:
             continue
         q_node = quantizers[op.outputs[0]]
         region = list(op.nodes) + [q_node]
@@ -332,8 +303,148 @@ def matmul_acc(bb, a, b, zps):
     return _to_int32(acc, "float32" if dtype == "float32" else "int32")
 
 
-KIND_ACCUMULATORS = {"conv": conv_acc, "conv_transpose": conv_transpose_acc, "gemm": linear_acc,
-                     "linear": linear_acc}
+# --------------------------------------------------------------------------- one handler per kind
+class KindHandler:
+    """How one integer-op kind (edgekit.quant.kinds) is lowered: `supports` and `attributes` build
+    its edgekit.QLinearInteger node from the QOp, `emit` turns that node into Relax."""
+
+    weighted = False        # carries int weights and an int32 bias
+    op_multiplier = True    # the QOp's (M, shift) requantize the accumulator
+
+    def supports(self, op, input_names: list[str], shapes: dict) -> bool:
+        return True
+
+    def attributes(self, op, input_names: list[str], shapes: dict) -> dict:
+        return {}
+
+    def emit(self, bb, inputs, attr, out):
+        raise NotImplementedError
+
+
+class _Requant:
+    """The output side every kind shares: zero points in, clamp and grid out."""
+
+    def __init__(self, attr):
+        self.zps = _ints(attr, "in_zero_points")
+        self.lo, self.hi, self.zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
+        self.dtype = "int8" if int(attr["out_signed"]) else "uint8"
+
+    def __call__(self, acc, bias, mult, shift):
+        return requantize_relax(acc, bias, mult, shift, self.zp_y, self.lo, self.hi, self.dtype)
+
+
+class _Weighted(KindHandler):
+    """acc = op(x_q - zp_x, w_q), requantized per output channel."""
+
+    weighted = True
+
+    def accumulate(self, bb, x, attr):
+        raise NotImplementedError
+
+    def emit(self, bb, inputs, attr, out):
+        mult, shift = _arr(attr, "mult"), _arr(attr, "shift")
+        acc, ndim, axis = self.accumulate(bb, inputs[0], attr)
+        ndim = ndim or bb.normalize(acc).ty.ndim
+        axis = axis % ndim
+        bias = _channel(_arr(attr, "bias"), ndim, axis).astype(np.int32)
+        return out(acc, bias, _channel(mult, ndim, axis), _channel(shift, ndim, axis))
+
+
+class ConvHandler(_Weighted):
+    def supports(self, op, input_names, shapes):
+        return op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and len(op.weight.shape[2:]) == 2
+
+    def attributes(self, op, input_names, shapes):
+        a = op.attrs
+        return dict(strides=list(a.get("strides", [1, 1])), pads=list(a.get("pads", [0, 0, 0, 0])),
+                    dilations=list(a.get("dilations", [1, 1])), group=int(a.get("group", 1)))
+
+    def accumulate(self, bb, x, attr):
+        return conv_acc(bb, x, attr)
+
+
+class ConvTransposeHandler(ConvHandler):
+    def supports(self, op, input_names, shapes):
+        return super().supports(op, input_names, shapes) and op.attrs.get("output_shape") is None
+
+    def attributes(self, op, input_names, shapes):
+        return super().attributes(op, input_names, shapes) | {
+            "output_padding": list(op.attrs.get("output_padding", [0, 0]))}
+
+    def accumulate(self, bb, x, attr):
+        return conv_transpose_acc(bb, x, attr)
+
+
+class LinearHandler(_Weighted):
+    """gemm (transB aware) and linear (MatMul with a constant weight)."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"trans_b": int(op.attrs.get("transB", 0))} if op.kind == "gemm" else {}
+
+    def accumulate(self, bb, x, attr):
+        return linear_acc(bb, x, attr)
+
+
+class MatMulHandler(KindHandler):
+    def emit(self, bb, inputs, attr, out):
+        acc = matmul_acc(bb, inputs[0], inputs[1], out.zps)
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
+class AddHandler(KindHandler):
+    """acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"k": [int(k) for k in op.extra["k"]]}
+
+    def emit(self, bb, inputs, attr, out):
+        op = _relax().op
+        ka, kb = _ints(attr, "k")
+        acc = op.add(op.multiply(_centered(inputs[0], out.zps[0], "int32"), _param(ka, "int32")),
+                     op.multiply(_centered(inputs[1], out.zps[1], "int32"), _param(kb, "int32")))
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
+class ConcatHandler(KindHandler):
+    """Each input requantized onto the output grid, then concatenated."""
+
+    op_multiplier = False
+
+    def attributes(self, op, input_names, shapes):
+        return dict(axis=int(op.attrs["axis"]), mults=[int(m) for m in op.extra["mult"]],
+                    shifts=[int(s) for s in op.extra["shift"]])
+
+    def emit(self, bb, inputs, attr, out):
+        parts = [out(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64))
+                 for x, zp, m, s in zip(inputs, out.zps, _ints(attr, "mults"), _ints(attr, "shifts"))]
+        return _relax().op.concat(parts, axis=int(attr["axis"]))
+
+
+class GlobalAvgPoolHandler(KindHandler):
+    """acc = sum over H, W of (x_q - zp_x); (M, shift) of s_x / (s_y * H * W) from the static shape."""
+
+    op_multiplier = False
+
+    def supports(self, op, input_names, shapes):
+        shape = shapes.get(input_names[0])
+        return bool(shape) and len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape)
+
+    def attributes(self, op, input_names, shapes):
+        shape = shapes[input_names[0]]
+        mult, shift = avgpool_multiplier(op.in_q[0].scale, op.out_q.scale, shape[2] * shape[3])
+        return {"mult": _tensor_attr(np.asarray(mult, np.int64).reshape(-1), "mult"),
+                "shift": _tensor_attr(np.asarray(shift, np.int64).reshape(-1), "shift")}
+
+    def emit(self, bb, inputs, attr, out):
+        acc = _relax().op.sum(_centered(inputs[0], out.zps[0], "int32"), axis=[2, 3], keepdims=True)
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
+# the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
+# regions) stays QDQ-in-float, computed by the frontend's ops as the reference computes it
+HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "gemm": LinearHandler(),
+            "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "concat": ConcatHandler(),
+            "global_avgpool": GlobalAvgPoolHandler()}
 
 
 class _EdgekitConverter:
@@ -347,38 +458,11 @@ class _EdgekitConverter:
 class QLinearIntegerConverter(_EdgekitConverter):
     @staticmethod
     def convert(bb, inputs, attr, params):
-        relax = _relax()
-        op = relax.op
         kind = attr["kind"].decode() if isinstance(attr["kind"], bytes) else attr["kind"]
-        out_dtype = "int8" if int(attr["out_signed"]) else "uint8"
-        zps = _ints(attr, "in_zero_points")
-        lo, hi, zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
-        if kind == "concat":
-            parts = [requantize_relax(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64),
-                                      zp_y, lo, hi, out_dtype)
-                     for x, zp, m, s in zip(inputs, zps, _ints(attr, "mults"), _ints(attr, "shifts"))]
-            return op.concat(parts, axis=int(attr["axis"]))
-        mult, shift, bias = _arr(attr, "mult"), _arr(attr, "shift"), None
-        if kind in KIND_ACCUMULATORS:
-            acc, ndim, axis = KIND_ACCUMULATORS[kind](bb, inputs[0], attr)
-            ndim = ndim or bb.normalize(acc).ty.ndim
-            axis = axis % ndim
-            bias = _channel(_arr(attr, "bias"), ndim, axis).astype(np.int32)
-            mult, shift = _channel(mult, ndim, axis), _channel(shift, ndim, axis)
-        elif kind == "matmul":
-            acc = matmul_acc(bb, inputs[0], inputs[1], zps)
-            mult, shift = mult.reshape((1,)), shift.reshape((1,))
-        elif kind == "add":
-            ka, kb = _ints(attr, "k")
-            acc = op.add(op.multiply(_centered(inputs[0], zps[0], "int32"), _param(ka, "int32")),
-                         op.multiply(_centered(inputs[1], zps[1], "int32"), _param(kb, "int32")))
-            mult, shift = mult.reshape((1,)), shift.reshape((1,))
-        elif kind == "global_avgpool":
-            acc = op.sum(_centered(inputs[0], zps[0], "int32"), axis=[2, 3], keepdims=True)
-            mult, shift = mult.reshape((1,)), shift.reshape((1,))
-        else:
-            raise ValueError(f"edgekit.QLinearInteger: unknown kind {kind}")
-        return requantize_relax(acc, bias, mult, shift, zp_y, lo, hi, out_dtype)
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            raise ValueError(f"TVM integer lowering: no handler for op kind {kind!r}")
+        return handler.emit(bb, inputs, attr, _Requant(attr))
 
 
 class QuantizeLinearClampedConverter(_EdgekitConverter):

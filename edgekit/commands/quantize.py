@@ -11,6 +11,8 @@ EXAMPLES = """  edgekit quantize litepose.onnx -o litepose.q.onnx               
   edgekit quantize m.onnx -o m.q.onnx --fast --calib images/ --preprocess size=128x128,mean=0.5,std=0.5
   edgekit quantize m.onnx -o m.q.onnx --keep-8bit '/stem/*' '/head/*' --report report.json
   edgekit quantize m.onnx -o m.q.onnx --activations 8 --keep-8bit @first @last
+  edgekit quantize m.onnx -o m.q.onnx --activations 8 --max-drop 1% --metric top1 --calib-count 64
+  edgekit quantize litepose.onnx -o litepose.q.onnx --activations 8 --max-drop 1% --metric task
 """
 
 
@@ -33,6 +35,16 @@ def register(subparsers):
                    help="node-name patterns (fnmatch) of layers kept at 8 bits; @first and @last "
                         "name the network's first and last layers (the usual mixed-precision choice), "
                         "@depthwise its depthwise convolutions")
+    p.add_argument("--max-drop", type=fraction, metavar="X",
+                   help="mixed precision with an accuracy gate: keep the fewest layers at 8 bits so that "
+                        "--metric stays within X of FP32 on held-out calibration samples (those after the "
+                        "first 16; 1%% or 0.01)")
+    p.add_argument("--metric", choices=("error", "top1", "cosine", "task"), default=None,
+                   help="what --max-drop measures: error = relative output error ||q-f||/||f|| (default; "
+                        "1%% ~ 40 dB output SQNR), top1 = argmax agreement over the last axis (classifiers, "
+                        "token logits), cosine = cosine similarity of the outputs (embeddings), task = a zoo "
+                        "model's own metric (pose AP, depth AbsRel, deblur PSNR, LM accuracy) on its "
+                        "labelled calibration data, relative to FP32")
     p.add_argument("--iters", type=positive_int, default=None, help="learned-rounding iterations per layer")
     p.add_argument("--no-guard", dest="guard", action="store_false",
                    help="keep compensate and reconstruct even where they lower the output SQNR on held-out "
@@ -43,14 +55,31 @@ def register(subparsers):
     return p
 
 
+def fraction(text: str) -> float:
+    """'1%' or '0.01' -> 0.01, strictly between 0 and 1."""
+    import argparse
+
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r} (e.g. 1% or 0.01)") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (or 0% and 100%), got {text!r}")
+    return value
+
+
 def run(args) -> int:
     from edgekit import api
+    from edgekit.errors import require
+
+    require(args.metric is None or args.max_drop is not None, "--metric only applies with --max-drop")
 
     out = Path(args.output)
     report = api.quantize(args.model, out, weights=args.weights, activations=args.activations, method=args.method,
                           fast=args.fast, calib=args.calib, calib_count=args.calib_count,
                           preprocess=args.preprocess, keep_8bit=args.keep_8bit, iters=args.iters,
-                          report=args.report, guard=args.guard)
+                          report=args.report, guard=args.guard, max_drop=args.max_drop,
+                          metric=args.metric or "error")
     last = report["steps"][-1]["sqnr_db"]["outputs"]
     print(f"wrote {out} (W{args.weights}A{args.activations}, method {args.method}{' fast' if args.fast else ''}, "
           f"{report['seconds']:.1f} s); output SQNR vs float on {report['sqnr_samples']} calibration samples: "
@@ -62,4 +91,35 @@ def run(args) -> int:
                 f"{v:.1f} dB" for v in step["rejected_sqnr_db"]["outputs"].values())
         print(f"  {step['step']:<12} " + ", ".join(f"{k} {v:.1f} dB" for k, v in step["sqnr_db"]["outputs"].items())
               + f"  ({step['seconds']:.1f} s){undone}")
+    for step in report["steps"]:
+        if step["step"] == "mixed-precision":  # its decision, and its gate on the finished model
+            print_mixed(step["details"])
     return 0
+
+
+def print_mixed(d: dict) -> None:
+    """The mixed-precision decision: which layers went to 8 bits, the gate, the size."""
+    from edgekit.errors import warn
+
+    kinds = {}
+    for p in d["promoted"]:
+        for k in p["kinds"]:
+            kinds[k] = kinds.get(k, 0) + 1
+    kind_text = (" (" + ", ".join(f"{n} {k[1:]}" for k, n in kinds.items()) + ")") if kinds else ""
+    layers = [p["layer"] for p in d["promoted"] if "layer" in p]
+    acts = [p["activation"] for p in d["promoted"] if "activation" in p]
+    names = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
+    if d["candidates"]:
+        print(f"  mixed precision: {len(layers)} layers{kind_text} and {len(acts)} other activations to 8 bits "
+              f"(of {d['candidates']} candidates){': ' + names if names else ''}")
+    else:
+        print("  mixed precision: no layer to 8 bits (the gate is met at the chosen bits)")
+    print(f"    {d['metric']} drop {100 * d['drop_before']:.2f}% -> {100 * d['drop_after']:.2f}% when chosen, "
+          f"{100 * d['drop_final']:.2f}% finished (gate {100 * d['max_drop']:.2f}%, {d['samples']} "
+          f"{d['samples_kind']} samples); weights {d['weight_bytes'] / 1024:.1f} KiB vs "
+          f"{d['weight_bytes_all_8bit'] / 1024:.1f} KiB all-8-bit")
+    if not d["met"]:
+        every = d["promoted"] and len(d["promoted"]) == d["candidates"]
+        warn(f"--max-drop not met: the {d['metric']} drop of the finished model is {100 * d['drop_final']:.2f}%"
+             + (" with every layer at 8 bits" if every else "")
+             + " (more calibration samples, or a larger --max-drop)")

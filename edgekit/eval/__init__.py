@@ -18,6 +18,8 @@ from edgekit.eval.predictors import Predictor, predictor, register_predictor
 # default held-out sample counts: enough for stable metrics, seconds to run
 DEFAULT_COUNTS = {"pose": 200, "depth": 100, "deblur": 200, "lm": 90}
 VIS_LIMIT = 16
+# each task's headline metric and its direction (+1: higher is better)
+PRIMARY = {"pose": ("ap", +1), "depth": ("absrel", -1), "deblur": ("psnr", +1), "lm": ("accuracy", +1)}
 
 
 def metric_for(task: str):

@@ -51,6 +51,18 @@ UINT8 = QType("uint8", 8, False)
 QTYPES = {q.name: q for q in (INT4, UINT4, INT8, UINT8)}
 
 
+def qtype_of_onnx(tensor_type: int) -> QType:
+    """The grid of an ONNX integer tensor type (INT4, UINT4, INT8, UINT8)."""
+    for q in QTYPES.values():
+        if q.onnx_type == tensor_type:
+            return q
+    import onnx
+
+    from edgekit.errors import EdgekitError
+
+    raise EdgekitError(f"unsupported quantized type {onnx.TensorProto.DataType.Name(tensor_type)}")
+
+
 def qtype(bits: int, signed: bool) -> QType:
     for q in QTYPES.values():
         if q.bits == bits and q.signed == signed:

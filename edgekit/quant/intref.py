@@ -1,6 +1,6 @@
 """The bit-exact integer reference: runs a QGraph the way integer hardware does.
 
-One small class per op kind behind a registry. Integer ops see int codes
+One small class per op kind, listed in KERNELS (kinds: edgekit.quant.kinds). Integer ops see int codes
 (int64 numpy arrays holding int4/uint4/int8/uint8 values), accumulate exactly
 (products of small integers summed in float64 are exact below 2^53; the result
 is wrapped to int32 like a 32-bit accumulator) and requantize with
@@ -17,17 +17,8 @@ from edgekit.errors import EdgekitError, require
 from edgekit.onnx_graph import torch_ops as T
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.quant import formats as F
+from edgekit.quant.kinds import avgpool_multiplier
 from edgekit.quant.qgraph import QGraph, QOp, parse
-
-KERNELS: dict = {}
-
-
-def kernel(*kinds):
-    def deco(cls):
-        for k in kinds:
-            KERNELS[k] = cls()
-        return cls
-    return deco
 
 
 def _f64(codes, zp) -> torch.Tensor:
@@ -44,14 +35,12 @@ def _channel_view(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return np.asarray(v).reshape(shape)
 
 
-@kernel("quantize")
 class Quantize:
     def run(self, op: QOp, args, consts):
         q = op.out_q
         return F.quantize(args[0], q.scale, q.zero_point, q.qtype)
 
 
-@kernel("dequantize")
 class Dequantize:
     def run(self, op: QOp, args, consts):
         q = op.in_q[0]
@@ -73,20 +62,17 @@ class _WeightOp:
                             op.out_q.qtype, op.lo, op.hi)
 
 
-@kernel("conv")
 class Conv(_WeightOp):
     def accumulate(self, op, x, w):
         # Zero padding in the real domain is padding with zp_x: (x - zp_x) padded with 0.
         return T.conv(op.attrs, x, w, None)[0]
 
 
-@kernel("conv_transpose")
 class ConvTranspose(_WeightOp):
     def accumulate(self, op, x, w):
         return T.conv_transpose(op.attrs, x, w, None)[0]
 
 
-@kernel("gemm")
 class Gemm(_WeightOp):
     channel_axis = -1
 
@@ -94,7 +80,6 @@ class Gemm(_WeightOp):
         return T.gemm(op.attrs, x, w, None)[0]
 
 
-@kernel("linear")
 class Linear(_WeightOp):
     channel_axis = -1
 
@@ -102,7 +87,6 @@ class Linear(_WeightOp):
         return torch.matmul(x, w)
 
 
-@kernel("matmul")
 class MatMul:
     def run(self, op, args, consts):
         a = _f64(args[0], op.in_q[0].zero_point)
@@ -111,7 +95,6 @@ class MatMul:
         return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
 
 
-@kernel("add")
 class Add:
     def run(self, op, args, consts):
         ka, kb = op.extra["k"]
@@ -121,7 +104,6 @@ class Add:
         return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
 
 
-@kernel("concat")
 class Concat:
     def run(self, op, args, consts):
         parts = [F.requantize(np.asarray(x, np.int64) - q.zero_point, 0, m, s, op.out_q.zero_point, op.out_q.qtype)
@@ -129,7 +111,6 @@ class Concat:
         return np.concatenate(parts, axis=int(op.attrs["axis"]))
 
 
-@kernel("avgpool", "global_avgpool")
 class AvgPool:
     """Window sum of (x - zp_x), then requantize by s_x / (s_y * count) at each position."""
 
@@ -142,8 +123,7 @@ class AvgPool:
         else:
             total = T.avg_pool(op.attrs, x)[0] * self._count(op, ones)
             count = self._count(op, ones).numpy()
-        ratio = np.float64(op.in_q[0].scale) / np.float64(op.out_q.scale)
-        mult, shift = F.quantize_multiplier(ratio / count)
+        mult, shift = avgpool_multiplier(op.in_q[0].scale, op.out_q.scale, count)
         return F.requantize(_acc(total), 0, mult, shift, op.out_q.zero_point, op.out_q.qtype)
 
     @staticmethod
@@ -178,7 +158,6 @@ class _RegionOp:
         return env[op.region_output]
 
 
-@kernel("maxpool", "layout")
 class MoveCodes(_RegionOp):
     """Max-pool and layout ops move codes unchanged (float64 holds them exactly)."""
 
@@ -194,7 +173,6 @@ class MoveCodes(_RegionOp):
         return F.quantize(F.dequantize(codes, q_in.scale, q_in.zero_point), q.scale, q.zero_point, q.qtype)
 
 
-@kernel("float")
 class FloatRegion(_RegionOp):
     def run(self, op, args, consts):
         values = {}
@@ -206,6 +184,13 @@ class FloatRegion(_RegionOp):
         if op.out_q is None:
             return y
         return F.quantize(y, op.out_q.scale, op.out_q.zero_point, op.out_q.qtype)
+
+
+# one kernel per integer-op kind (edgekit.quant.kinds.KINDS): every kind runs here
+KERNELS = {"quantize": Quantize(), "dequantize": Dequantize(), "conv": Conv(), "conv_transpose": ConvTranspose(),
+           "gemm": Gemm(), "linear": Linear(), "matmul": MatMul(), "add": Add(), "concat": Concat(),
+           "avgpool": AvgPool(), "global_avgpool": AvgPool(), "maxpool": MoveCodes(), "layout": MoveCodes(),
+           "float": FloatRegion()}
 
 
 def constants(qg: QGraph) -> dict:

@@ -270,6 +270,8 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
     # the samples the report and the guard measure on: held out from the layer-wise fits when there are any
     measured = calib[config.layer_samples:][:config.measure_samples] or calib[:config.report_samples]
     report["sqnr_samples"] = "held-out" if len(calib) > config.layer_samples else "calibration"
+    # a gated step (mixed precision) measures on every held-out sample
+    ctx.update(held_out=calib[config.layer_samples:] or measured, held_out_kind=report["sqnr_samples"])
     sq = None
     for step in config.steps:
         ts = time.time()
@@ -288,6 +290,9 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
         report["steps"].append(entry)
         if config.snapshots:
             report.setdefault("_models", {})[step.name] = to_qdq(plan)
+    for step, entry in zip(config.steps, report["steps"]):
+        if hasattr(step, "final_check"):  # a step that sets a goal checks it on the finished model
+            entry["details"].update(step.final_check(plan, calib, ctx))
     qdq = to_qdq(plan)
     report["seconds"] = round(time.time() - t0, 2)
     report["layers"] = {layer.name: {"op": layer.op_type, "weight_bits": layer.weight_bits,

@@ -1,7 +1,8 @@
 """Which tensors get quantized, how, and the per-layer integer weights.
 
 A QuantPlan is built from the prepared float model and one calibration run.
-Rules (documented in docs/quantization.md):
+Rules (documented in docs/quantization.md; the op sets and the Gemm and Relu/Clip rules are the
+integer-op kinds' own, from edgekit.quant.kinds, which the parser reads too):
 - layers: Conv, ConvTranspose, Gemm (transA=0, alpha=beta=1) and MatMul with a
   constant 2-D weight (MatMul + Add(constant 1-D bias) counts as one layer);
   weights are quantized per output channel, symmetric.
@@ -29,11 +30,8 @@ from onnx import numpy_helper
 
 from edgekit.onnx_graph.model import attrs, consumers, initializers
 from edgekit.quant import formats as F
-
-INHERIT = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice",
-                     "Split", "MaxPool", "GlobalMaxPool", "Identity", "DepthToSpace", "SpaceToDepth"})
-REQUANT_OPS = frozenset({"Concat", "AveragePool", "GlobalAveragePool"})
-FUSABLE_ACTS = frozenset({"Relu", "Clip"})
+from edgekit.quant.kinds import FUSABLE_ACTS, REQUANT_OPS, fused_activation, gemm_on_grid
+from edgekit.quant.kinds import MOVE_OPS as INHERIT  # value moves: their outputs inherit the input's grid
 
 
 @dataclass
@@ -115,26 +113,6 @@ def initializers_by_name(model) -> dict[str, np.ndarray]:
     return initializers(model)
 
 
-def _const_bounds(node, inits) -> tuple | None:
-    """Constant (lo, hi) of a Relu/Clip, or None when the bounds are not constants."""
-    if node.op_type == "Relu":
-        return (0.0, float("inf"))
-    lo, hi = -float("inf"), float("inf")
-    a = attrs(node)
-    if "min" in a:
-        lo = float(a["min"])
-    if "max" in a:
-        hi = float(a["max"])
-    for i, name in enumerate(node.input[1:3], start=1):
-        if not name:
-            continue
-        if name not in inits:
-            return None
-        v = float(np.asarray(inits[name]).reshape(-1)[0])
-        lo, hi = (v, hi) if i == 1 else (lo, v)
-    return (lo, hi)
-
-
 def _layer_of(node, inits, cons, graph_outputs) -> Layer | None:
     a = attrs(node)
     op = node.op_type
@@ -153,7 +131,7 @@ def _layer_of(node, inits, cons, graph_outputs) -> Layer | None:
         return Layer(node.name, op, node.input[0], node.input[1], bias, out_axis, in_axis,
                      node.output[0], node.output[0], attrs=a)
     if op == "Gemm":
-        if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+        if not gemm_on_grid(a):
             return None
         if node.input[1] not in inits or node.input[0] in inits or inits[node.input[1]].ndim != 2:
             return None
@@ -254,9 +232,9 @@ def build_plan(model: onnx.ModelProto, env: dict, act_bits: int = 4, weight_bits
         if node.op_type not in INHERIT and node.op_type not in REQUANT_OPS:
             users = cons.get(out, [])
             if len(users) == 1 and users[0].op_type in FUSABLE_ACTS and out not in graph_outputs:
-                bounds = _const_bounds(users[0], inits)
-                if bounds is not None:
-                    act = (users[0], bounds)
+                fused = fused_activation(users[0], inits)
+                if fused is not None:
+                    act = (users[0], fused[1])
                     absorbed.add(users[0].name)
         if layer:
             if act:

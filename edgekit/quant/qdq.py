@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from edgekit.onnx_graph.model import QDQ_OPSET, producers
 from edgekit.quant import formats as F
 from edgekit.quant import weights as W
+from edgekit.quant.kinds import bias_scale, fused_activation
 from edgekit.quant.plan import QParams, QuantPlan
 
 
@@ -34,11 +35,6 @@ def int_tensor(name: str, values: np.ndarray, qtype: F.QType) -> onnx.TensorProt
 
 def zp_tensor(name: str, qp: QParams) -> onnx.TensorProto:
     return int_tensor(name, np.array(qp.zero_point), qp.qtype)
-
-
-def bias_scale(s_x: float, s_w: np.ndarray) -> np.ndarray:
-    """Float32 product: the exact scale DequantizeLinear applies to the int32 bias."""
-    return (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
 
 
 def quantize_bias(b: np.ndarray, s_x: float, s_w: np.ndarray) -> np.ndarray:
@@ -172,8 +168,6 @@ def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
     dropped (what onnxruntime's ClipQuantFusion does; that pass also crashes on uint4 zero
     points, so the Relu/Clip -> Q(uint4) pattern must not reach it). The block output is then
     produced by the layer itself."""
-    from edgekit.quant.plan import _const_bounds
-
     renamed = {}
     inits_now = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = producers(graph)
@@ -187,7 +181,8 @@ def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
         node = producer.get(name)
         if node is None or node.op_type not in ("Relu", "Clip") or name in plan.inherit:
             continue
-        bounds = _const_bounds(node, inits_now)
+        fused = fused_activation(node, inits_now)
+        bounds = fused[1] if fused is not None else None
         if bounds is not None and _act_redundant(bounds, plan.qparams(name)) and node.input[0] not in point_set \
                 and n_readers.get(node.input[0]) == 1 and node.input[0] not in graph_outs \
                 and node.input[0] in producer:

@@ -26,11 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.onnx_graph.model import load_model
 from edgekit.quant import formats as F
-
-LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice",
-                        "Split", "Identity", "DepthToSpace", "SpaceToDepth"})
-MOVE_OPS = LAYOUT_OPS | {"MaxPool", "GlobalMaxPool"}
-ADD_ACCUM_BITS = 12  # add: common accumulator scale s_u = max(s_a, s_b) * 2^-12
+from edgekit.quant.kinds import MOVE_OPS, PARSE_ORDER, fused_activation
 
 
 @dataclass
@@ -47,7 +43,7 @@ class QTensor:
 
 @dataclass
 class QOp:
-    kind: str                       # see KINDS
+    kind: str                       # a name in edgekit.quant.kinds.KINDS
     name: str                       # the main ONNX node's name
     inputs: list[str]               # names in the integer environment
     outputs: list[str]
@@ -71,10 +67,6 @@ class QOp:
     extra: dict = field(default_factory=dict)   # add: K multipliers; concat: per-input (M, shift)
 
 
-KINDS = ("quantize", "dequantize", "conv", "conv_transpose", "gemm", "linear", "matmul", "add",
-         "concat", "avgpool", "global_avgpool", "maxpool", "layout", "float")
-
-
 @dataclass
 class QGraph:
     ops: list[QOp]
@@ -91,11 +83,7 @@ class QGraph:
         return counts
 
 
-def _qtype_of(tensor_type: int) -> F.QType:
-    for q in F.QTYPES.values():
-        if q.onnx_type == tensor_type:
-            return q
-    raise EdgekitError(f"unsupported quantized type {onnx.TensorProto.DataType.Name(tensor_type)}")
+_qtype_of = F.qtype_of_onnx
 
 
 def _initializer(node, index: int, floats: dict, what: str) -> np.ndarray:
@@ -341,22 +329,6 @@ def _float_op(region, inputs, region_out, out_name, out_q, dq_act, kind="float")
                attrs=node_attrs(main) if main is not None else {})
 
 
-def _clip_bounds(node, floats):
-    if node.op_type == "Relu":
-        return "relu", None
-    a = node_attrs(node)
-    lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
-    if len(node.input) > 1 and node.input[1]:
-        if node.input[1] not in floats:
-            return None
-        lo = float(floats[node.input[1]].reshape(-1)[0])
-    if len(node.input) > 2 and node.input[2]:
-        if node.input[2] not in floats:
-            return None
-        hi = float(floats[node.input[2]].reshape(-1)[0])
-    return "clip", (float(lo), float(hi))
-
-
 def fused_bounds(act, clip, out_q: QTensor) -> tuple[int, int]:
     if act is None:
         return out_q.qtype.qmin, out_q.qtype.qmax
@@ -371,103 +343,63 @@ def fused_bounds(act, clip, out_q: QTensor) -> tuple[int, int]:
     return lo_q, hi_q
 
 
-def requant_scale(s_x: float, s_w: np.ndarray, s_y: float) -> np.ndarray:
-    with np.errstate(over="ignore"):  # an overflow to inf is refused, by name, by quantize_multiplier
-        prod = (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
-    return prod.astype(np.float64) / np.float64(s_y)
+@dataclass
+class Region:
+    """A QuantizeLinear's region as the kinds' `match` sees it (see edgekit.quant.kinds)."""
+
+    nodes: list                 # the float nodes, graph order
+    inputs: list[str]           # DQ outputs, graph inputs and initializers they read
+    output: str                 # the tensor the Q quantizes
+    out_name: str               # the Q's output
+    out_q: QTensor
+    dq_act: dict
+    dq_const: dict
+    act: str | None = None      # a fused Relu/Clip at the end of the region
+    clip: tuple | None = None
+    core: list = field(default_factory=list)  # the nodes before that activation
+
+    @property
+    def main(self):
+        return self.core[0]
+
+    @property
+    def attrs(self) -> dict:
+        return node_attrs(self.main)
+
+    @property
+    def single(self) -> bool:
+        return len(self.core) == 1
+
+    @property
+    def act_inputs(self) -> list[str]:
+        return [t for t in self.main.input if t in self.dq_act]
+
+    def int_op(self, kind: str, acts: list[str], **kw) -> QOp:
+        """The QOp of an integer kind reading the quantized activations `acts`."""
+        main = self.main
+        op = QOp(kind, main.name, [self.dq_act[t][0] for t in acts], [self.out_name],
+                 [self.dq_act[t][1] for t in acts], self.out_q, act=self.act, attrs=self.attrs,
+                 op_type=main.op_type, nodes=self.nodes, region_inputs=list(self.inputs),
+                 region_output=self.output, **kw)
+        op.lo, op.hi = fused_bounds(self.act, self.clip, self.out_q)
+        return op
+
+    def fallback(self, kind: str = "float") -> QOp:
+        return _float_op(self.nodes, self.inputs, self.output, self.out_name, self.out_q, self.dq_act, kind)
 
 
 def _classify(region, inputs, region_out, out_name, out_q, dq_act, dq_const, floats) -> QOp:
-    fallback = lambda kind="float": _float_op(region, inputs, region_out, out_name, out_q, dq_act, kind)  # noqa: E731
+    """The QOp of the first kind (kinds.PARSE_ORDER) matching the region; a float op otherwise."""
+    r = Region(region, inputs, region_out, out_name, out_q, dq_act, dq_const, core=region)
     if not region:
-        return fallback()
-    act, clip, core = None, None, region
-    if len(region) >= 2 and region[-1].op_type in ("Relu", "Clip"):
-        b = _clip_bounds(region[-1], floats)
-        if b is not None and region[-1].input[0] == region[-2].output[0]:
-            act, clip = b
-            core = region[:-1]
-    main = core[0]
-    a = node_attrs(main)
-    op_type = main.op_type
-    act_in = [t for t in main.input if t in dq_act]
-
-    def int_op(kind, **kw):
-        op = QOp(kind, main.name, [dq_act[t][0] for t in kw.pop("acts")], [out_name],
-                 [dq_act[t][1] for t in kw.pop("acts_q")], out_q, act=act, attrs=a, op_type=op_type,
-                 nodes=region, region_inputs=list(inputs), region_output=region_out, **kw)
-        op.lo, op.hi = fused_bounds(act, clip, out_q)
-        return op
-
-    # conv / conv_transpose / gemm / linear: activation x constant symmetric int weight (+ int32 bias)
-    weight_ops = {"Conv": "conv", "ConvTranspose": "conv_transpose", "Gemm": "gemm", "MatMul": "linear"}
-    if op_type in weight_ops and len(main.input) >= 2 and main.input[0] in dq_act and main.input[1] in dq_const:
-        w = dq_const[main.input[1]]
-        if w["zp"] is not None and np.any(w["zp"] != 0) or w["type"] not in (onnx.TensorProto.INT4,
-                                                                           onnx.TensorProto.INT8):
-            return fallback()
-        if op_type == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
-            return fallback()
-        bias_name = main.input[2] if len(main.input) > 2 and main.input[2] else None
-        if op_type == "MatMul" and len(core) == 2 and core[1].op_type == "Add":
-            other = [t for t in core[1].input if t != main.output[0]]
-            bias_name = other[0] if other else None
-        elif len(core) != 1:
-            return fallback()
-        ndim = w["codes"].ndim
-        axis = w["axis"] % ndim
-        expect = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1,
-                  "Gemm": 0 if a.get("transB", 0) else 1}[op_type]
-        n_out = w["codes"].shape[expect]
-        if w["scale"].size not in (1, n_out) or (w["scale"].size > 1 and axis != expect):
-            return fallback()
-        s_w = np.broadcast_to(w["scale"].reshape(-1), (n_out,)).astype(np.float32)
-        x_q = dq_act[main.input[0]][1]
-        bias = np.zeros(n_out, np.int64)
-        if bias_name is not None:
-            if bias_name not in dq_const or dq_const[bias_name]["type"] != onnx.TensorProto.INT32:
-                return fallback()
-            bq = dq_const[bias_name]
-            b = np.broadcast_to(bq["codes"].reshape(-1), (n_out,)).astype(np.int64)
-            b_scale = np.broadcast_to(bq["scale"].reshape(-1), (n_out,)).astype(np.float32)
-            expect_scale = (np.float32(x_q.scale) * s_w).astype(np.float32)
-            if not np.array_equal(b_scale, expect_scale):  # a file from elsewhere: rescale exactly once
-                b = np.rint(b * (b_scale.astype(np.float64) / expect_scale.astype(np.float64))).astype(np.int64)
-            bias = b
-        mult, shift = F.quantize_multiplier(requant_scale(x_q.scale, s_w, out_q.scale))
-        return int_op(weight_ops[op_type], acts=[main.input[0]], acts_q=[main.input[0]], weight=w["codes"],
-                      weight_scale=s_w, weight_qtype=_qtype_of(w["type"]), weight_axis=expect, bias=bias,
-                      mult=mult, shift=shift)
-    if len(core) != 1:
-        return fallback()
-    if op_type == "MatMul" and len(act_in) == 2 and main.input[0] != main.input[1]:
-        qa, qb = dq_act[main.input[0]][1], dq_act[main.input[1]][1]
-        mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), out_q.scale))
-        return int_op("matmul", acts=list(main.input), acts_q=list(main.input), mult=mult, shift=shift)
-    if op_type == "Add" and len(act_in) == 2:
-        qa, qb = dq_act[main.input[0]][1], dq_act[main.input[1]][1]
-        s_u = max(qa.scale, qb.scale) * 2.0 ** -ADD_ACCUM_BITS
-        ka, kb = int(np.rint(qa.scale / s_u)), int(np.rint(qb.scale / s_u))
-        mult, shift = F.quantize_multiplier(s_u / out_q.scale)
-        return int_op("add", acts=list(main.input), acts_q=list(main.input), mult=mult, shift=shift,
-                      extra={"k": [ka, kb], "accum_scale": s_u})
-    if act is not None:
-        return fallback()
-    if op_type == "Concat" and all(t in dq_act or t in dq_const for t in main.input):
-        ins = [dq_act[t] if t in dq_act else None for t in main.input]
-        if any(i is None for i in ins):
-            return fallback()
-        rq = [F.quantize_multiplier(q.scale / out_q.scale) for _, q in ins]
-        return int_op("concat", acts=list(main.input), acts_q=list(main.input),
-                      extra={"mult": [int(m) for m, _ in rq], "shift": [int(s) for _, s in rq]})
-    if op_type in ("AveragePool", "GlobalAveragePool") and main.input[0] in dq_act:
-        q = dq_act[main.input[0]][1]
-        mult, shift = F.quantize_multiplier(q.scale / out_q.scale)  # divisor applied per position
-        kind = "global_avgpool" if op_type == "GlobalAveragePool" else "avgpool"
-        return int_op(kind, acts=[main.input[0]], acts_q=[main.input[0]], mult=mult, shift=shift)
-    if op_type in ("MaxPool", "GlobalMaxPool") and main.input[0] in dq_act:
-        return int_op("maxpool", acts=[main.input[0]], acts_q=[main.input[0]])
-    if op_type in LAYOUT_OPS and main.input[0] in dq_act:
-        op = fallback("layout")
-        return op
-    return fallback()
+        return r.fallback()
+    if len(region) >= 2:
+        fused = fused_activation(region[-1], floats)
+        if fused is not None and region[-1].input[0] == region[-2].output[0]:
+            r.act, r.clip, r.core = fused[0], (fused[1] if fused[0] == "clip" else None), region[:-1]
+    for kind in PARSE_ORDER:
+        if r.main.op_type in kind.onnx_ops and (r.act is None or kind.takes_fused_activation):
+            op = kind.match(r)
+            if op is not None:
+                return op
+    return r.fallback()

@@ -6,8 +6,9 @@ import torch
 
 from edgekit.onnx_graph.torch_ops import to_torch
 from edgekit.quant import formats as F
+from edgekit.quant.kinds import bias_scale
 from edgekit.quant.plan import Layer, QParams, QuantPlan
-from edgekit.quant.qdq import bias_scale, layer_bias, quantize_bias
+from edgekit.quant.qdq import layer_bias, quantize_bias
 
 
 def fake_quant(x: torch.Tensor, qp: QParams) -> torch.Tensor:

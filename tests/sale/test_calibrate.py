@@ -50,9 +50,10 @@ def test_plan_round_trip(tmp_path):
 
 def test_calibrate_lm_cli_help_and_missing_checkpoint(tmp_path, monkeypatch, capsys):
     from edgekit.models.sale import lm
+    from edgekit.train import sale
 
     with pytest.raises(SystemExit) as exc:
-        lm.main(["--help"])
+        sale.main(["--help"])
     assert exc.value.code == 0 and "calibrate-lm" in capsys.readouterr().out
     with pytest.raises(EdgekitError, match="SALE plan .* is missing"):
         lm.load_plan(tmp_path / "none.json")

@@ -1,0 +1,279 @@
+"""The integer-op kinds: the one place that says which ONNX patterns run on the integer grid.
+
+Both sides of the QDQ file read these definitions. The writer (`plan.py`) decides from them
+which nodes become integer ops and where the quantization points go; the parser (`qgraph.py`)
+closes each QuantizeLinear's region into a QOp of the first kind whose `match` accepts it.
+Each back-end lists one handler per kind it runs, in an explicit table:
+`edgekit.quant.intref.KERNELS`, `edgekit.compile.tvm.qlower.HANDLERS` and
+`edgekit.compile.accel.compiler.LOWERINGS`; a kind without a handler is refused, naming the
+kind and the back-end.
+
+Adding a kind: one class here (its ONNX ops, its role for the writer, its `match` for the
+parser), listed in KINDS and PARSE_ORDER, plus one handler in each back-end that runs it.
+
+Roles, as the writer uses them:
+- ``layer``: a node with a constant weight (per-channel symmetric int weights, int32 bias);
+- ``binary``: two quantized activations in, requantized out (Add, activation x activation MatMul);
+- ``requant``: inputs requantized onto the output's grid (Concat, average pools);
+- ``move``: codes move unchanged (layout ops, max pools): the output reuses the input's grid;
+- ``io`` / ``float``: graph-edge (de)quantizers, and float regions between DQ and Q.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgekit.onnx_graph.model import attrs as node_attrs
+from edgekit.quant import formats as F
+
+ADD_ACCUM_BITS = 12  # add: common accumulator scale s_u = max(s_a, s_b) * 2^-12
+FUSABLE_ACTS = frozenset({"Relu", "Clip"})
+
+
+# -- the rules both sides apply ------------------------------------------------------------------
+
+def fused_activation(node, constants: dict) -> tuple[str, tuple[float, float]] | None:
+    """('relu' | 'clip', (lo, hi)) of a Relu/Clip whose bounds are constants, else None."""
+    if node.op_type == "Relu":
+        return "relu", (0.0, float("inf"))
+    if node.op_type != "Clip":
+        return None
+    a = node_attrs(node)
+    lo, hi = float(a.get("min", -np.inf)), float(a.get("max", np.inf))
+    for i, name in enumerate(node.input[1:3], start=1):
+        if not name:
+            continue
+        if name not in constants:
+            return None
+        v = float(np.asarray(constants[name]).reshape(-1)[0])
+        lo, hi = (v, hi) if i == 1 else (lo, v)
+    return "clip", (lo, hi)
+
+
+def gemm_on_grid(attrs: dict) -> bool:
+    """A Gemm runs on the grid as y = x W (+ b): no transposed input, unit alpha and beta."""
+    return not attrs.get("transA", 0) and float(attrs.get("alpha", 1.0)) == 1.0 \
+        and float(attrs.get("beta", 1.0)) == 1.0
+
+
+def bias_scale(s_x: float, s_w) -> np.ndarray:
+    """Float32 product s_x * s_w: the exact scale DequantizeLinear applies to the int32 bias."""
+    with np.errstate(over="ignore"):  # an overflow to inf is refused, by name, by quantize_multiplier
+        return (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
+
+
+def requant_scale(s_x: float, s_w, s_y: float) -> np.ndarray:
+    """Requantization scale of a weighted op's channel: float64(bias scale) / float64(s_y)."""
+    return bias_scale(s_x, s_w).astype(np.float64) / np.float64(s_y)
+
+
+def avgpool_multiplier(s_x: float, s_y: float, count) -> tuple[np.ndarray, np.ndarray]:
+    """(M, shift) of an average pool at a position averaging `count` elements: s_x / (s_y * count)."""
+    ratio = np.float64(s_x) / np.float64(s_y)
+    return F.quantize_multiplier(ratio / np.asarray(count, np.float64))
+
+
+# -- the kinds -----------------------------------------------------------------------------------
+
+class Kind:
+    """One integer-op kind. `match(region)` (the parser's side) returns a QOp or None; region is
+    qgraph's `Region` (the float nodes a QuantizeLinear closes, with `int_op` to build the QOp)."""
+
+    name = ""
+    role = "float"
+    onnx_ops: frozenset = frozenset()
+    takes_fused_activation = False   # may a Relu/Clip between the op and its Q be folded in
+
+    def match(self, r):
+        return None
+
+
+class _WeightLayer(Kind):
+    """Activation x constant symmetric int weight (+ int32 bias), per-channel requantization."""
+
+    role = "layer"
+    takes_fused_activation = True
+
+    def weight_out_axis(self, attrs: dict) -> int:
+        raise NotImplementedError
+
+    def match(self, r):
+        main, a = r.main, r.attrs
+        if len(main.input) < 2 or main.input[0] not in r.dq_act or main.input[1] not in r.dq_const:
+            return None
+        w = r.dq_const[main.input[1]]
+        if w["zp"] is not None and np.any(w["zp"] != 0) or w["type"] not in (F.INT4.onnx_type, F.INT8.onnx_type):
+            return None
+        if main.op_type == "Gemm" and not gemm_on_grid(a):
+            return None
+        bias_name = main.input[2] if len(main.input) > 2 and main.input[2] else None
+        if main.op_type == "MatMul" and len(r.core) == 2 and r.core[1].op_type == "Add":
+            other = [t for t in r.core[1].input if t != main.output[0]]
+            bias_name = other[0] if other else None
+        elif len(r.core) != 1:
+            return None
+        axis = w["axis"] % w["codes"].ndim
+        expect = self.weight_out_axis(a)
+        n_out = w["codes"].shape[expect]
+        if w["scale"].size not in (1, n_out) or (w["scale"].size > 1 and axis != expect):
+            return None
+        s_w = np.broadcast_to(w["scale"].reshape(-1), (n_out,)).astype(np.float32)
+        x_q = r.dq_act[main.input[0]][1]
+        bias = np.zeros(n_out, np.int64)
+        if bias_name is not None:
+            if bias_name not in r.dq_const or r.dq_const[bias_name]["type"] != onnx.TensorProto.INT32:
+                return None
+            bq = r.dq_const[bias_name]
+            b = np.broadcast_to(bq["codes"].reshape(-1), (n_out,)).astype(np.int64)
+            b_scale = np.broadcast_to(bq["scale"].reshape(-1), (n_out,)).astype(np.float32)
+            expect_scale = bias_scale(x_q.scale, s_w)
+            if not np.array_equal(b_scale, expect_scale):  # a file from elsewhere: rescale exactly once
+                b = np.rint(b * (b_scale.astype(np.float64) / expect_scale.astype(np.float64))).astype(np.int64)
+            bias = b
+        mult, shift = F.quantize_multiplier(requant_scale(x_q.scale, s_w, r.out_q.scale))
+        return r.int_op(self.name, acts=[main.input[0]], weight=w["codes"], weight_scale=s_w,
+                        weight_qtype=F.qtype_of_onnx(w["type"]), weight_axis=expect, bias=bias, mult=mult,
+                        shift=shift)
+
+
+class Conv(_WeightLayer):
+    name, onnx_ops = "conv", frozenset({"Conv"})
+
+    def weight_out_axis(self, attrs):
+        return 0
+
+
+class ConvTranspose(_WeightLayer):
+    name, onnx_ops = "conv_transpose", frozenset({"ConvTranspose"})
+
+    def weight_out_axis(self, attrs):
+        return 1
+
+
+class Gemm(_WeightLayer):
+    name, onnx_ops = "gemm", frozenset({"Gemm"})
+
+    def weight_out_axis(self, attrs):
+        return 0 if attrs.get("transB", 0) else 1
+
+
+class Linear(_WeightLayer):
+    """MatMul with a constant 2-D weight, and its bias Add."""
+
+    name, onnx_ops = "linear", frozenset({"MatMul"})
+
+    def weight_out_axis(self, attrs):
+        return 1
+
+
+class MatMul(Kind):
+    """Activation x activation (attention): one per-tensor requantization."""
+
+    name, role, onnx_ops = "matmul", "binary", frozenset({"MatMul"})
+    takes_fused_activation = True
+
+    def match(self, r):
+        main = r.main
+        if not r.single or len(r.act_inputs) != 2 or main.input[0] == main.input[1]:
+            return None
+        qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
+        mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), r.out_q.scale))
+        return r.int_op(self.name, acts=list(main.input), mult=mult, shift=shift)
+
+
+class Add(Kind):
+    """Two activations brought onto a common accumulator scale by integer multipliers k_a, k_b."""
+
+    name, role, onnx_ops = "add", "binary", frozenset({"Add"})
+    takes_fused_activation = True
+
+    def match(self, r):
+        main = r.main
+        if not r.single or len(r.act_inputs) != 2:
+            return None
+        qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
+        s_u = max(qa.scale, qb.scale) * 2.0 ** -ADD_ACCUM_BITS
+        ka, kb = int(np.rint(qa.scale / s_u)), int(np.rint(qb.scale / s_u))
+        mult, shift = F.quantize_multiplier(s_u / r.out_q.scale)
+        return r.int_op(self.name, acts=list(main.input), mult=mult, shift=shift,
+                        extra={"k": [ka, kb], "accum_scale": s_u})
+
+
+class Concat(Kind):
+    """Each input requantized onto the output grid: per-input (M, shift)."""
+
+    name, role, onnx_ops = "concat", "requant", frozenset({"Concat"})
+
+    def match(self, r):
+        main = r.main
+        if not r.single or not all(t in r.dq_act for t in main.input):
+            return None
+        rq = [F.quantize_multiplier(r.dq_act[t][1].scale / r.out_q.scale) for t in main.input]
+        return r.int_op(self.name, acts=list(main.input),
+                        extra={"mult": [int(m) for m, _ in rq], "shift": [int(s) for _, s in rq]})
+
+
+class AvgPool(Kind):
+    """Window sum of (x - zp_x), requantized by `avgpool_multiplier` with each position's count."""
+
+    name, role, onnx_ops = "avgpool", "requant", frozenset({"AveragePool"})
+
+    def match(self, r):
+        if not r.single or r.main.input[0] not in r.dq_act:
+            return None
+        q = r.dq_act[r.main.input[0]][1]
+        mult, shift = F.quantize_multiplier(q.scale / r.out_q.scale)  # divisor applied per position
+        return r.int_op(self.name, acts=[r.main.input[0]], mult=mult, shift=shift)
+
+
+class GlobalAvgPool(AvgPool):
+    name, onnx_ops = "global_avgpool", frozenset({"GlobalAveragePool"})
+
+
+class MaxPool(Kind):
+    name, role, onnx_ops = "maxpool", "move", frozenset({"MaxPool", "GlobalMaxPool"})
+
+    def match(self, r):
+        if not r.single or r.main.input[0] not in r.dq_act:
+            return None
+        return r.int_op(self.name, acts=[r.main.input[0]])
+
+
+class Layout(Kind):
+    """Value-moving ops (reshape, transpose, slice...): the codes move unchanged."""
+
+    name, role = "layout", "move"
+    onnx_ops = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice",
+                          "Split", "Identity", "DepthToSpace", "SpaceToDepth"})
+
+    def match(self, r):
+        if not r.single or r.main.input[0] not in r.dq_act:
+            return None
+        return r.fallback(self.name)
+
+
+class Quantize(Kind):
+    name, role = "quantize", "io"
+
+
+class Dequantize(Kind):
+    name, role = "dequantize", "io"
+
+
+class Float(Kind):
+    name = "float"
+
+
+# the order the parser tries them in (the first match wins)
+PARSE_ORDER = (Conv(), ConvTranspose(), Gemm(), Linear(), MatMul(), Add(), Concat(), AvgPool(), GlobalAvgPool(),
+               MaxPool(), Layout())
+KINDS = {k.name: k for k in PARSE_ORDER + (Quantize(), Dequantize(), Float())}
+
+
+def ops_with_role(role: str) -> frozenset:
+    return frozenset(op for k in KINDS.values() if k.role == role for op in k.onnx_ops)
+
+
+LAYOUT_OPS = KINDS["layout"].onnx_ops
+MOVE_OPS = ops_with_role("move")          # the writer's inherited points, the parser's value moves
+REQUANT_OPS = ops_with_role("requant")

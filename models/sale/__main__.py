@@ -1,5 +1,0 @@
-import sys
-
-from .lm import main
-
-sys.exit(main())
