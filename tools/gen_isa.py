@@ -32,7 +32,11 @@ def verilog_header() -> str:
         lines.append(f"`define OP_{up} 4'd{op.code}")
         lines.append(f"`define {up}_USED {op.used_bits}")
         for f, lsb in op.layout():
-            lines.append(f"`define {up}_{f.name.upper()}(i) i[{lsb + f.width - 1}:{lsb}]")
+            name = f"{up}_{f.name.upper()}"
+            lines.append(f"`define {name}(i) i[{lsb + f.width - 1}:{lsb}]")
+            lines.append(f"`define {name}_W {f.width}")
+            if f.width < 32:  # zero-extended to 32 bits: the RTL's address and loop arithmetic width
+                lines.append(f"`define {name}_U32(i) {{{32 - f.width}'d0, i[{lsb + f.width - 1}:{lsb}]}}")
         lines.append("")
     for prefix, table in (("BUF", isa.BUFFERS), ("VOP", isa.VEC_OPS), ("OUT", isa.OUT_TYPES)):
         for name, code in table.items():
@@ -43,10 +47,27 @@ def verilog_header() -> str:
     lines.append("")
     for name, (addr, doc) in isa.CSRS.items():
         lines.append(f"`define CSR_{name.upper()} 8'h{addr:02x}  // {doc}")
+    for prefix, bits in (("CTRL", isa.CTRL_BITS), ("STATUS", isa.STATUS_BITS)):
+        for name, bit in bits.items():
+            lines.append(f"`define {prefix}_{name.upper()} {bit}")
     lines.append(f"`define CSR_COUNTER_BASE 8'h{isa.COUNTER_BASE:02x}")
     lines.append(f"`define NUM_COUNTERS {len(isa.COUNTERS)}")
     for i, (name, doc) in enumerate(isa.COUNTERS):
         lines.append(f"`define CNT_{name.upper()} {i}  // {doc}")
+    lines.append("")
+    lines.append("// a field zero-extended to n bits: `ZX(n, `GEMM_ACC_W, `GEMM_ACC(i)) (n above the field's width)")
+    lines.append("`define ZX(n, w, v) {{((n) - (w)){1'b0}}, v}")
+    lines.append("// buffer row-address widths (the fields that address each buffer's rows)")
+    for buf in ("act", "wgt", "acc", "param"):
+        lines.append(f"`define {buf.upper()}_AW {isa.buffer_addr_bits(buf)}")
+    lines.append(f"// parameter-row entry: {isa.PARAM_ENTRY_BYTES} bytes per channel, little-endian")
+    lines.append(f"`define PARAM_ENTRY_BITS {8 * isa.PARAM_ENTRY_BYTES}")
+    for name, (at, size, bits) in isa.PARAM_FIELDS.items():
+        lines.append(f"`define PARAM_{name.upper()}(p) p[{8 * at + bits - 1}:{8 * at}]")
+    boundary = isa.BURST_BOUNDARY_BYTES
+    lines.append(f"// bursts never cross {boundary} bytes: log2 of the boundary in bus words / instructions")
+    lines.append(f"`define BOUNDARY_WORD_BITS {(boundary // isa.WORD_BYTES).bit_length() - 1}")
+    lines.append(f"`define BOUNDARY_INSN_BITS {(boundary // isa.INSN_BYTES).bit_length() - 1}")
     lines += ["", "`endif", ""]
     return "\n".join(lines)
 

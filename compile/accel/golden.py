@@ -85,11 +85,13 @@ class Golden:
         return (raw.view(np.int8) if signed else raw).astype(np.int64)
 
     def params(self, row: int):
-        p = self.buf["param"][row].reshape(self.n, 8)
-        bias = p[:, 0:4].copy().view("<i4").reshape(-1).astype(np.int64)
-        mult = p[:, 4:6].copy().view("<i2").reshape(-1).astype(np.int64)
-        shift = (p[:, 6] & 0x3F).astype(np.int64)
-        return bias, mult, shift
+        p = self.buf["param"][row].reshape(self.n, isa.PARAM_ENTRY_BYTES)
+
+        def entry(name):  # little-endian, signed, then the bits the post unit reads
+            at, size, bits = isa.PARAM_FIELDS[name]
+            value = p[:, at:at + size].copy().view(f"<i{size}").reshape(-1).astype(np.int64)
+            return value if bits == 8 * size else value & ((1 << bits) - 1)
+        return entry("bias"), entry("mult"), entry("shift")
 
     @staticmethod
     def loop_index(base, outer, inner, so, si) -> np.ndarray:

@@ -26,7 +26,7 @@ HW_DEFAULTS = {
     "ACT_DEPTH": 2048,   # activation rows of N bytes
     "WGT_DEPTH": 64,     # weight tiles of N*N bytes
     "ACC_DEPTH": 1024,   # accumulator rows of N int32
-    "PARAM_DEPTH": 64,   # parameter rows: N x {bias int32, mult int16, shift uint8, pad}
+    "PARAM_DEPTH": 64,   # parameter rows: N entries of PARAM_ENTRY_BYTES (PARAM_FIELDS)
     "IQ_DEPTH": 16,      # instruction queue entries
     "MAX_BURST": 16,     # AXI burst length cap (beats)
     "POST_ROWS": 2,      # rows `post` requantizes per cycle (P x N post lanes)
@@ -169,10 +169,15 @@ ERRORS = {
 ERROR_CODES = {name: code for name, (code, _) in ERRORS.items()}
 ERROR_NAMES = {code: name for name, (code, _) in ERRORS.items()}
 
+# Bit positions inside the ctrl (written) and status (read) registers.
+CTRL_BITS = {"start": 0, "soft_reset": 1}
+STATUS_BITS = {"busy": 0, "done": 1, "error": 2}
+
 # Control/status block: 32-bit registers at byte offsets.
 CSRS = {
-    "ctrl": (0x00, "W: bit0 start, bit1 soft reset (self-clearing)"),
-    "status": (0x04, "R: bit0 busy, bit1 done, bit2 error"),
+    "ctrl": (0x00, "W: " + ", ".join(f"bit{b} {n.replace('_', ' ')}" for n, b in CTRL_BITS.items())
+             + " (self-clearing)"),
+    "status": (0x04, "R: " + ", ".join(f"bit{b} {n}" for n, b in STATUS_BITS.items())),
     "error_code": (0x08, "R: error code (table below)"),
     "error_pc": (0x0C, "R: index of the faulting instruction"),
     "insn_addr": (0x10, "RW: byte address of the first instruction (16-byte aligned)"),
@@ -195,6 +200,26 @@ COUNTERS = (
     ("fetch_stalls", "cycles the dispatcher waits on an empty instruction queue"),
 )
 COUNTER_ADDR = {name: COUNTER_BASE + 8 * i for i, (name, _) in enumerate(COUNTERS)}
+
+# One parameter-row entry per output channel, little-endian: field -> (byte offset, bytes,
+# bits the post unit reads). Read by the compiler's layout, the golden model and (through the
+# generated header) the RTL's post lanes.
+PARAM_ENTRY_BYTES = 8
+PARAM_FIELDS = {"bias": (0, 4, 32), "mult": (4, 2, 16), "shift": (6, 1, 6)}
+
+# AXI bursts (and instruction fetch bursts) never cross a boundary of this many bytes.
+BURST_BOUNDARY_BYTES = 4096
+
+# The row-address width of each buffer: the width of the field that addresses its rows in a gemm
+# (a post's `param` for the parameter buffer). The RTL sizes its buffer ports from these.
+BUFFER_ADDR_FIELDS = {"act": ("gemm", "act"), "wgt": ("gemm", "wgt"), "acc": ("gemm", "acc"),
+                      "param": ("post", "param")}
+
+
+def buffer_addr_bits(buf: str) -> int:
+    op, field = BUFFER_ADDR_FIELDS[buf]
+    return next(o for o in OPCODES if o.name == op).field(field).width
+
 
 # Bytes per buffer row, as a function of N.
 def row_bytes(buf: str, n: int) -> int:

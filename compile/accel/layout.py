@@ -46,11 +46,11 @@ def param_rows(bias, mult, shift, n: int) -> np.ndarray:
     bias, mult, shift = (np.asarray(v, np.int64).reshape(-1) for v in (bias, mult, shift))
     c = bias.size
     cb = blocks(c, n)
-    rows = np.zeros((cb * n, 8), np.uint8)
-    rows[:c, 0:4] = bias.astype("<i4").view(np.uint8).reshape(-1, 4)
-    rows[:c, 4:6] = mult.astype("<i2").view(np.uint8).reshape(-1, 2)
-    rows[:c, 6] = shift.astype(np.uint8)
-    return rows.reshape(cb, n * 8)
+    rows = np.zeros((cb * n, isa.PARAM_ENTRY_BYTES), np.uint8)
+    for name, values in (("bias", bias), ("mult", mult), ("shift", shift)):
+        at, size, _ = isa.PARAM_FIELDS[name]
+        rows[:c, at:at + size] = values.astype(f"<i{size}").view(np.uint8).reshape(-1, size)
+    return rows.reshape(cb, n * isa.PARAM_ENTRY_BYTES)
 
 
 def dense_tiles(weight, n: int) -> np.ndarray:

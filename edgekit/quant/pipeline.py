@@ -279,10 +279,19 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
             RTN().apply(plan, calib, ctx)
         judged = config.guard and sq is not None and getattr(step, "guarded", False)
         before = _State.of(plan, ctx) if judged else None
+        # with an accuracy gate (ctx["gate_drop"], set by MixedPrecision) the guard measures the
+        # user's metric instead of the output SQNR: the two can disagree (LitePose W4A4)
+        gate_before = ctx["gate_drop"](plan) if judged and "gate_drop" in ctx else None
         details = step.apply(plan, calib, ctx)
         new_sq = sqnr_report(plan, ctx["float_model"], measured, len(measured))
         entry = {"step": step.name, "seconds": 0.0, "sqnr_db": new_sq, "details": details, "kept": True}
-        if before is not None and _output_db(new_sq) < _output_db(sq) - config.guard_tolerance_db:
+        if gate_before is not None:
+            gate_after = ctx["gate_drop"](plan)
+            entry["gate_drop"] = [gate_before, gate_after]
+            worse = gate_after > gate_before
+        else:
+            worse = before is not None and _output_db(new_sq) < _output_db(sq) - config.guard_tolerance_db
+        if worse:
             before.restore(plan, ctx)  # the step made the model worse where it counts: undo it
             entry.update(kept=False, sqnr_db=sq, rejected_sqnr_db=new_sq)
         sq = entry["sqnr_db"]

@@ -61,7 +61,7 @@ module accel_compute #(
     wire row_end = i_next >= {20'd0, inner};
     // post walks the outer loop POST_ROWS rows per cycle unless a row's residual is the output of
     // an earlier row of the same group (0 < out - res < POST_ROWS): then one row per cycle.
-    wire [15:0] res_ahead = {4'd0, `POST_OUT(ins)} - {4'd0, `POST_RES(ins)};
+    wire [15:0] res_ahead = `ZX(16, `POST_OUT_W, `POST_OUT(ins)) - `ZX(16, `POST_RES_W, `POST_RES(ins));
     wire post_chained = `POST_RES_EN(ins) && `POST_OUT(ins) > `POST_RES(ins) && {16'd0, res_ahead} < POST_ROWS;
     wire [31:0] o_step = (is_post && !post_chained) ? POST_ROWS : 32'd1;
     wire [31:0] o_next = {20'd0, o} + o_step;
@@ -69,12 +69,12 @@ module accel_compute #(
     assign mac_step = step && is_gemm;
 
     // Strides of the running instruction (post rows are one apart; o_step of them per cycle).
-    wire [15:0] acc_so = is_gemm ? {5'd0, `GEMM_ACC_SO(ins)} : is_vec ? {5'd0, `VEC_ACC_SO(ins)} : 16'd1;
-    wire [15:0] acc_si = is_gemm ? {8'd0, `GEMM_ACC_SI(ins)} : is_vec ? {8'd0, `VEC_ACC_SI(ins)} : 16'd0;
-    wire [15:0] act_so = is_gemm ? {4'd0, `GEMM_ACT_SO(ins)} : is_vec ? {4'd0, `VEC_ACT_SO(ins)} : 16'd1;
-    wire [15:0] act_si = is_gemm ? {8'd0, `GEMM_ACT_SI(ins)} : is_vec ? {8'd0, `VEC_ACT_SI(ins)} : 16'd0;
-    wire [15:0] wgt_so = is_gemm ? {8'd0, `GEMM_WGT_SO(ins)} : 16'd0;
-    wire [15:0] wgt_si = is_gemm ? {8'd0, `GEMM_WGT_SI(ins)} : 16'd0;
+    wire [15:0] acc_so = is_gemm ? `ZX(16, `GEMM_ACC_SO_W, `GEMM_ACC_SO(ins)) : is_vec ? `ZX(16, `VEC_ACC_SO_W, `VEC_ACC_SO(ins)) : 16'd1;
+    wire [15:0] acc_si = is_gemm ? `ZX(16, `GEMM_ACC_SI_W, `GEMM_ACC_SI(ins)) : is_vec ? `ZX(16, `VEC_ACC_SI_W, `VEC_ACC_SI(ins)) : 16'd0;
+    wire [15:0] act_so = is_gemm ? `ZX(16, `GEMM_ACT_SO_W, `GEMM_ACT_SO(ins)) : is_vec ? `ZX(16, `VEC_ACT_SO_W, `VEC_ACT_SO(ins)) : 16'd1;
+    wire [15:0] act_si = is_gemm ? `ZX(16, `GEMM_ACT_SI_W, `GEMM_ACT_SI(ins)) : is_vec ? `ZX(16, `VEC_ACT_SI_W, `VEC_ACT_SI(ins)) : 16'd0;
+    wire [15:0] wgt_so = is_gemm ? `ZX(16, `GEMM_WGT_SO_W, `GEMM_WGT_SO(ins)) : 16'd0;
+    wire [15:0] wgt_si = is_gemm ? `ZX(16, `GEMM_WGT_SI_W, `GEMM_WGT_SI(ins)) : 16'd0;
 
     // Decode of the incoming instruction (loop bounds and base addresses).
     wire [3:0] in_op = `OPCODE(insn);
@@ -85,16 +85,16 @@ module accel_compute #(
         in_acc = 16'd0; in_act = 16'd0; in_wgt = 16'd0; in_out = 16'd0;
         case (in_op)
             `OP_GEMM: begin
-                in_outer = {2'd0, `GEMM_OUTER(insn)}; in_inner = {2'd0, `GEMM_INNER(insn)};
-                in_acc = {5'd0, `GEMM_ACC(insn)}; in_act = {4'd0, `GEMM_ACT(insn)}; in_wgt = {8'd0, `GEMM_WGT(insn)};
+                in_outer = `ZX(12, `GEMM_OUTER_W, `GEMM_OUTER(insn)); in_inner = `ZX(12, `GEMM_INNER_W, `GEMM_INNER(insn));
+                in_acc = `ZX(16, `GEMM_ACC_W, `GEMM_ACC(insn)); in_act = `ZX(16, `GEMM_ACT_W, `GEMM_ACT(insn)); in_wgt = `ZX(16, `GEMM_WGT_W, `GEMM_WGT(insn));
             end
             `OP_VEC: begin
-                in_outer = {2'd0, `VEC_OUTER(insn)}; in_inner = {2'd0, `VEC_INNER(insn)};
-                in_acc = {5'd0, `VEC_ACC(insn)}; in_act = {4'd0, `VEC_ACT(insn)};
+                in_outer = `ZX(12, `VEC_OUTER_W, `VEC_OUTER(insn)); in_inner = `ZX(12, `VEC_INNER_W, `VEC_INNER(insn));
+                in_acc = `ZX(16, `VEC_ACC_W, `VEC_ACC(insn)); in_act = `ZX(16, `VEC_ACT_W, `VEC_ACT(insn));
             end
             `OP_POST: begin
                 in_outer = `POST_COUNT(insn); in_inner = 12'd1;
-                in_acc = {5'd0, `POST_ACC(insn)}; in_act = {4'd0, `POST_RES(insn)}; in_out = {4'd0, `POST_OUT(insn)};
+                in_acc = `ZX(16, `POST_ACC_W, `POST_ACC(insn)); in_act = `ZX(16, `POST_RES_W, `POST_RES(insn)); in_out = `ZX(16, `POST_OUT_W, `POST_OUT(insn));
             end
             default: ;
         endcase

@@ -5,6 +5,8 @@
 // (the dispatcher reports it when that instruction reaches the head) and
 // stops further fetching.
 `default_nettype none
+`include "accel_isa.vh"
+
 module accel_fetch #(
     parameter integer IQ_DEPTH = 16,
     parameter integer MAX_BURST = 16
@@ -43,9 +45,11 @@ module accel_fetch #(
 
     wire [31:0] remaining = insn_count - next_pc;
     wire [31:0] addr = base + {next_pc[27:0], 4'd0};
-    wire [8:0]  to_boundary = 9'd256 - {1'b0, addr[11:4]};    // instructions to the next 4 KiB
+    // instructions to the next burst boundary (4 KiB)
+    wire [`BOUNDARY_INSN_BITS:0] to_boundary = {1'b1, {`BOUNDARY_INSN_BITS{1'b0}}}
+                                               - {1'b0, addr[`BOUNDARY_INSN_BITS+3:4]};
     wire [31:0] k0 = (remaining < PER_BURST) ? remaining : PER_BURST;
-    wire [31:0] k  = (k0 < {23'd0, to_boundary}) ? k0 : {23'd0, to_boundary};
+    wire [31:0] k  = (k0 < `ZX(32, `BOUNDARY_INSN_BITS + 1, to_boundary)) ? k0 : `ZX(32, `BOUNDARY_INSN_BITS + 1, to_boundary);
     wire [QW:0] free = IQ_DEPTH[QW:0] - used - reserved;
 
     assign rd_req = active && !waiting && (remaining != 32'd0) && ({{(31-QW){1'b0}}, free} >= k);

@@ -17,81 +17,201 @@
 `define OP_LOAD 4'd1
 `define LOAD_USED 109
 `define LOAD_BUF(i) i[5:4]
+`define LOAD_BUF_W 2
+`define LOAD_BUF_U32(i) {30'd0, i[5:4]}
 `define LOAD_PAD_VALUE(i) i[13:6]
+`define LOAD_PAD_VALUE_W 8
+`define LOAD_PAD_VALUE_U32(i) {24'd0, i[13:6]}
 `define LOAD_SRAM(i) i[25:14]
+`define LOAD_SRAM_W 12
+`define LOAD_SRAM_U32(i) {20'd0, i[25:14]}
 `define LOAD_DRAM(i) i[54:26]
+`define LOAD_DRAM_W 29
+`define LOAD_DRAM_U32(i) {3'd0, i[54:26]}
 `define LOAD_YSIZE(i) i[64:55]
+`define LOAD_YSIZE_W 10
+`define LOAD_YSIZE_U32(i) {22'd0, i[64:55]}
 `define LOAD_XSIZE(i) i[74:65]
+`define LOAD_XSIZE_W 10
+`define LOAD_XSIZE_U32(i) {22'd0, i[74:65]}
 `define LOAD_XSTRIDE(i) i[90:75]
+`define LOAD_XSTRIDE_W 16
+`define LOAD_XSTRIDE_U32(i) {16'd0, i[90:75]}
 `define LOAD_PAD_TOP(i) i[94:91]
+`define LOAD_PAD_TOP_W 4
+`define LOAD_PAD_TOP_U32(i) {28'd0, i[94:91]}
 `define LOAD_PAD_BOTTOM(i) i[98:95]
+`define LOAD_PAD_BOTTOM_W 4
+`define LOAD_PAD_BOTTOM_U32(i) {28'd0, i[98:95]}
 `define LOAD_PAD_LEFT(i) i[102:99]
+`define LOAD_PAD_LEFT_W 4
+`define LOAD_PAD_LEFT_U32(i) {28'd0, i[102:99]}
 `define LOAD_PAD_RIGHT(i) i[106:103]
+`define LOAD_PAD_RIGHT_W 4
+`define LOAD_PAD_RIGHT_U32(i) {28'd0, i[106:103]}
 `define LOAD_INT4(i) i[107:107]
+`define LOAD_INT4_W 1
+`define LOAD_INT4_U32(i) {31'd0, i[107:107]}
 `define LOAD_INT4_SIGNED(i) i[108:108]
+`define LOAD_INT4_SIGNED_W 1
+`define LOAD_INT4_SIGNED_U32(i) {31'd0, i[108:108]}
 
 // store: buffer (act or acc) -> DRAM, 2-D: ysize lines of xsize rows from `sram` on.
 `define OP_STORE 4'd2
 `define STORE_USED 83
 `define STORE_BUF(i) i[5:4]
+`define STORE_BUF_W 2
+`define STORE_BUF_U32(i) {30'd0, i[5:4]}
 `define STORE_SRAM(i) i[17:6]
+`define STORE_SRAM_W 12
+`define STORE_SRAM_U32(i) {20'd0, i[17:6]}
 `define STORE_DRAM(i) i[46:18]
+`define STORE_DRAM_W 29
+`define STORE_DRAM_U32(i) {3'd0, i[46:18]}
 `define STORE_YSIZE(i) i[56:47]
+`define STORE_YSIZE_W 10
+`define STORE_YSIZE_U32(i) {22'd0, i[56:47]}
 `define STORE_XSIZE(i) i[66:57]
+`define STORE_XSIZE_W 10
+`define STORE_XSIZE_U32(i) {22'd0, i[66:57]}
 `define STORE_XSTRIDE(i) i[82:67]
+`define STORE_XSTRIDE_W 16
+`define STORE_XSTRIDE_U32(i) {16'd0, i[82:67]}
 
 // gemm: dw=0: for o<outer, i<inner: acc[a] (+)= W[w] . (act[x] - za), a = acc + o*acc_so + i*acc_si, x, w likewise; one N x N tile-vector product per cycle, int32 wraparound. dw=1 (depthwise): the same loops, N consecutive i per cycle (outer x ceil(inner/N) cycles; the last group of a row masks its missing pixels): acc[a][c] (+)= W[w][dw_row][c] * (act[x][c] - za) per channel c, i.e. N act rows x one weight row broadcast -> N acc rows; needs acc_si = 1, wgt_si = 0 and dw_row < N (else bad_operand).
 `define OP_GEMM 4'd3
 `define GEMM_USED 127
 `define GEMM_RESET(i) i[4:4]
+`define GEMM_RESET_W 1
+`define GEMM_RESET_U32(i) {31'd0, i[4:4]}
 `define GEMM_ACT_SIGNED(i) i[5:5]
+`define GEMM_ACT_SIGNED_W 1
+`define GEMM_ACT_SIGNED_U32(i) {31'd0, i[5:5]}
 `define GEMM_ZA(i) i[14:6]
+`define GEMM_ZA_W 9
+`define GEMM_ZA_U32(i) {23'd0, i[14:6]}
 `define GEMM_OUTER(i) i[24:15]
+`define GEMM_OUTER_W 10
+`define GEMM_OUTER_U32(i) {22'd0, i[24:15]}
 `define GEMM_INNER(i) i[34:25]
+`define GEMM_INNER_W 10
+`define GEMM_INNER_U32(i) {22'd0, i[34:25]}
 `define GEMM_ACC(i) i[45:35]
+`define GEMM_ACC_W 11
+`define GEMM_ACC_U32(i) {21'd0, i[45:35]}
 `define GEMM_ACT(i) i[57:46]
+`define GEMM_ACT_W 12
+`define GEMM_ACT_U32(i) {20'd0, i[57:46]}
 `define GEMM_WGT(i) i[65:58]
+`define GEMM_WGT_W 8
+`define GEMM_WGT_U32(i) {24'd0, i[65:58]}
 `define GEMM_ACC_SO(i) i[76:66]
+`define GEMM_ACC_SO_W 11
+`define GEMM_ACC_SO_U32(i) {21'd0, i[76:66]}
 `define GEMM_ACC_SI(i) i[84:77]
+`define GEMM_ACC_SI_W 8
+`define GEMM_ACC_SI_U32(i) {24'd0, i[84:77]}
 `define GEMM_ACT_SO(i) i[96:85]
+`define GEMM_ACT_SO_W 12
+`define GEMM_ACT_SO_U32(i) {20'd0, i[96:85]}
 `define GEMM_ACT_SI(i) i[104:97]
+`define GEMM_ACT_SI_W 8
+`define GEMM_ACT_SI_U32(i) {24'd0, i[104:97]}
 `define GEMM_WGT_SO(i) i[112:105]
+`define GEMM_WGT_SO_W 8
+`define GEMM_WGT_SO_U32(i) {24'd0, i[112:105]}
 `define GEMM_WGT_SI(i) i[120:113]
+`define GEMM_WGT_SI_W 8
+`define GEMM_WGT_SI_U32(i) {24'd0, i[120:113]}
 `define GEMM_DW(i) i[121:121]
+`define GEMM_DW_W 1
+`define GEMM_DW_U32(i) {31'd0, i[121:121]}
 `define GEMM_DW_ROW(i) i[126:122]
+`define GEMM_DW_ROW_W 5
+`define GEMM_DW_ROW_U32(i) {27'd0, i[126:122]}
 
 // vec: element-wise / pooling on N lanes: acc[a] = op(acc[a], (act[x] - za) * mult) over the same two loops as gemm (add for residual/average, max/min for pooling).
 `define OP_VEC 4'd4
 `define VEC_USED 114
 `define VEC_OP(i) i[5:4]
+`define VEC_OP_W 2
+`define VEC_OP_U32(i) {30'd0, i[5:4]}
 `define VEC_ACT_SIGNED(i) i[6:6]
+`define VEC_ACT_SIGNED_W 1
+`define VEC_ACT_SIGNED_U32(i) {31'd0, i[6:6]}
 `define VEC_ZA(i) i[15:7]
+`define VEC_ZA_W 9
+`define VEC_ZA_U32(i) {23'd0, i[15:7]}
 `define VEC_MULT(i) i[31:16]
+`define VEC_MULT_W 16
+`define VEC_MULT_U32(i) {16'd0, i[31:16]}
 `define VEC_OUTER(i) i[41:32]
+`define VEC_OUTER_W 10
+`define VEC_OUTER_U32(i) {22'd0, i[41:32]}
 `define VEC_INNER(i) i[51:42]
+`define VEC_INNER_W 10
+`define VEC_INNER_U32(i) {22'd0, i[51:42]}
 `define VEC_ACC(i) i[62:52]
+`define VEC_ACC_W 11
+`define VEC_ACC_U32(i) {21'd0, i[62:52]}
 `define VEC_ACT(i) i[74:63]
+`define VEC_ACT_W 12
+`define VEC_ACT_U32(i) {20'd0, i[74:63]}
 `define VEC_ACC_SO(i) i[85:75]
+`define VEC_ACC_SO_W 11
+`define VEC_ACC_SO_U32(i) {21'd0, i[85:75]}
 `define VEC_ACC_SI(i) i[93:86]
+`define VEC_ACC_SI_W 8
+`define VEC_ACC_SI_U32(i) {24'd0, i[93:86]}
 `define VEC_ACT_SO(i) i[105:94]
+`define VEC_ACT_SO_W 12
+`define VEC_ACT_SO_U32(i) {20'd0, i[105:94]}
 `define VEC_ACT_SI(i) i[113:106]
+`define VEC_ACT_SI_W 8
+`define VEC_ACT_SI_U32(i) {24'd0, i[113:106]}
 
 // post: fused output stage for rows r<count: t = acc[acc+r] + (res_en ? (act[res+r] - res_zp) * res_mult : 0); act[out+r] = requantize(t, bias, M, shift, zp, out_type, lo, hi) with per-channel bias/M/shift from param row `param` (edgekit.quant.formats.requantize). POST_ROWS rows per cycle (one row per cycle when res_en and 0 < out - res < POST_ROWS, where a row reads what the row before it wrote).
 `define OP_POST 4'd5
 `define POST_USED 115
 `define POST_OUT_TYPE(i) i[5:4]
+`define POST_OUT_TYPE_W 2
+`define POST_OUT_TYPE_U32(i) {30'd0, i[5:4]}
 `define POST_COUNT(i) i[17:6]
+`define POST_COUNT_W 12
+`define POST_COUNT_U32(i) {20'd0, i[17:6]}
 `define POST_ACC(i) i[28:18]
+`define POST_ACC_W 11
+`define POST_ACC_U32(i) {21'd0, i[28:18]}
 `define POST_OUT(i) i[40:29]
+`define POST_OUT_W 12
+`define POST_OUT_U32(i) {20'd0, i[40:29]}
 `define POST_PARAM(i) i[48:41]
+`define POST_PARAM_W 8
+`define POST_PARAM_U32(i) {24'd0, i[48:41]}
 `define POST_ZP(i) i[57:49]
+`define POST_ZP_W 9
+`define POST_ZP_U32(i) {23'd0, i[57:49]}
 `define POST_LO(i) i[66:58]
+`define POST_LO_W 9
+`define POST_LO_U32(i) {23'd0, i[66:58]}
 `define POST_HI(i) i[75:67]
+`define POST_HI_W 9
+`define POST_HI_U32(i) {23'd0, i[75:67]}
 `define POST_RES_EN(i) i[76:76]
+`define POST_RES_EN_W 1
+`define POST_RES_EN_U32(i) {31'd0, i[76:76]}
 `define POST_RES_SIGNED(i) i[77:77]
+`define POST_RES_SIGNED_W 1
+`define POST_RES_SIGNED_U32(i) {31'd0, i[77:77]}
 `define POST_RES(i) i[89:78]
+`define POST_RES_W 12
+`define POST_RES_U32(i) {20'd0, i[89:78]}
 `define POST_RES_ZP(i) i[98:90]
+`define POST_RES_ZP_W 9
+`define POST_RES_ZP_U32(i) {23'd0, i[98:90]}
 `define POST_RES_MULT(i) i[114:99]
+`define POST_RES_MULT_W 16
+`define POST_RES_MULT_U32(i) {16'd0, i[114:99]}
 
 // fence: wait until every unit is idle (for measurement; hazards are interlocked anyway).
 `define OP_FENCE 4'd6
@@ -129,6 +249,11 @@
 `define CSR_ERROR_PC 8'h0c  // R: index of the faulting instruction
 `define CSR_INSN_ADDR 8'h10  // RW: byte address of the first instruction (16-byte aligned)
 `define CSR_INSN_COUNT 8'h14  // RW: number of instructions (running past the last one = finish)
+`define CTRL_START 0
+`define CTRL_SOFT_RESET 1
+`define STATUS_BUSY 0
+`define STATUS_DONE 1
+`define STATUS_ERROR 2
 `define CSR_COUNTER_BASE 8'h40
 `define NUM_COUNTERS 12
 `define CNT_CYCLES 0  // cycles from start to done/error
@@ -143,5 +268,21 @@
 `define CNT_INSNS 9  // instructions dispatched (incl. fence/finish)
 `define CNT_HAZARD_STALLS 10  // cycles the head instruction waits on a hazard or a busy unit
 `define CNT_FETCH_STALLS 11  // cycles the dispatcher waits on an empty instruction queue
+
+// a field zero-extended to n bits: `ZX(n, `GEMM_ACC_W, `GEMM_ACC(i)) (n above the field's width)
+`define ZX(n, w, v) {{((n) - (w)){1'b0}}, v}
+// buffer row-address widths (the fields that address each buffer's rows)
+`define ACT_AW 12
+`define WGT_AW 8
+`define ACC_AW 11
+`define PARAM_AW 8
+// parameter-row entry: 8 bytes per channel, little-endian
+`define PARAM_ENTRY_BITS 64
+`define PARAM_BIAS(p) p[31:0]
+`define PARAM_MULT(p) p[47:32]
+`define PARAM_SHIFT(p) p[53:48]
+// bursts never cross 4096 bytes: log2 of the boundary in bus words / instructions
+`define BOUNDARY_WORD_BITS 9
+`define BOUNDARY_INSN_BITS 8
 
 `endif

@@ -72,13 +72,14 @@ module accel_load #(
     endfunction
 
     wire [19:0] in_rw = row_words(`LOAD_BUF(insn));
-    wire [10:0] in_w  = {7'd0, `LOAD_PAD_LEFT(insn)} + {1'd0, `LOAD_XSIZE(insn)} + {7'd0, `LOAD_PAD_RIGHT(insn)};
-    wire [10:0] in_h  = {7'd0, `LOAD_PAD_TOP(insn)} + {1'd0, `LOAD_YSIZE(insn)} + {7'd0, `LOAD_PAD_BOTTOM(insn)};
+    wire [10:0] in_w  = `ZX(11, `LOAD_PAD_LEFT_W, `LOAD_PAD_LEFT(insn)) + `ZX(11, `LOAD_XSIZE_W, `LOAD_XSIZE(insn)) + `ZX(11, `LOAD_PAD_RIGHT_W, `LOAD_PAD_RIGHT(insn));
+    wire [10:0] in_h  = `ZX(11, `LOAD_PAD_TOP_W, `LOAD_PAD_TOP(insn)) + `ZX(11, `LOAD_YSIZE_W, `LOAD_YSIZE(insn)) + `ZX(11, `LOAD_PAD_BOTTOM_W, `LOAD_PAD_BOTTOM(insn));
     wire in_empty = (`LOAD_XSIZE(insn) == 10'd0) || (`LOAD_YSIZE(insn) == 10'd0);
 
-    wire [9:0]  to_boundary = 10'd512 - {1'b0, dram_w[8:0]};
+    // bus words to the next burst boundary (4 KiB: AXI bursts must not cross it)
+    wire [`BOUNDARY_WORD_BITS:0] to_boundary = {1'b1, {`BOUNDARY_WORD_BITS{1'b0}}} - {1'b0, dram_w[`BOUNDARY_WORD_BITS-1:0]};
     localparam [19:0] MAXB = MAXB_I[19:0];
-    wire [19:0] tb20 = {10'd0, to_boundary};
+    wire [19:0] tb20 = `ZX(20, `BOUNDARY_WORD_BITS + 1, to_boundary);
     wire [19:0] max_beats = (tb20 < MAXB) ? tb20 : MAXB;
     /* verilator lint_off UNUSEDSIGNAL */
     wire [19:0] next_beats = (data_left < max_beats) ? data_left : max_beats;   // <= MAX_BURST: 5 bits used
@@ -109,16 +110,16 @@ module accel_load #(
                 buf_sel <= `LOAD_BUF(insn);
                 pad_value <= `LOAD_PAD_VALUE(insn);
                 ly <= 11'd0; height <= in_h;
-                pad_top <= {7'd0, `LOAD_PAD_TOP(insn)}; ysize <= {1'd0, `LOAD_YSIZE(insn)};
+                pad_top <= `ZX(11, `LOAD_PAD_TOP_W, `LOAD_PAD_TOP(insn)); ysize <= `ZX(11, `LOAD_YSIZE_W, `LOAD_YSIZE(insn));
                 line_words  <= in_w * in_rw;
-                left_words  <= {16'd0, `LOAD_PAD_LEFT(insn)} * in_rw;
-                right_words <= {16'd0, `LOAD_PAD_RIGHT(insn)} * in_rw;
+                left_words  <= `ZX(20, `LOAD_PAD_LEFT_W, `LOAD_PAD_LEFT(insn)) * in_rw;
+                right_words <= `ZX(20, `LOAD_PAD_RIGHT_W, `LOAD_PAD_RIGHT(insn)) * in_rw;
                 // DRAM beats per line: half as many when int4 values come packed
-                data_words  <= ({10'd0, `LOAD_XSIZE(insn)} * in_rw) >> `LOAD_INT4(insn);
+                data_words  <= (`ZX(20, `LOAD_XSIZE_W, `LOAD_XSIZE(insn)) * in_rw) >> `LOAD_INT4(insn);
                 unpack4 <= `LOAD_INT4(insn);
                 nib_signed <= `LOAD_INT4_SIGNED(insn);
-                sram_w <= {8'd0, `LOAD_SRAM(insn)} * in_rw;
-                line_dram <= {3'd0, `LOAD_DRAM(insn)};
+                sram_w <= `ZX(20, `LOAD_SRAM_W, `LOAD_SRAM(insn)) * in_rw;
+                line_dram <= `LOAD_DRAM_U32(insn);
                 xstride <= `LOAD_XSTRIDE(insn);
                 err_seen <= 1'b0;
                 state <= in_empty ? S_IDLE : S_LINE;

@@ -3,6 +3,8 @@
 //   t = acc + (res - res_zp) * res_mult            (int32 wrap; residual optional)
 //   y = clip(rshift_half_even((t + bias) * M, s) + zp, max(qmin, lo), min(qmax, hi))
 `default_nettype none
+`include "accel_isa.vh"
+
 module accel_post_lane (
     input  wire signed [31:0] acc,
     input  wire               res_en,
@@ -11,7 +13,7 @@ module accel_post_lane (
     input  wire signed [8:0]  res_zp,
     input  wire signed [15:0] res_mult,
     /* verilator lint_off UNUSEDSIGNAL */
-    input  wire [63:0]        param,      // {pad[7:0], shift[7:0], mult[15:0], bias[31:0]}; shift uses 6 bits
+    input  wire [`PARAM_ENTRY_BITS-1:0] param,  // one parameter-row entry: `PARAM_BIAS / _MULT / _SHIFT
     /* verilator lint_on UNUSEDSIGNAL */
     input  wire signed [8:0]  zp,
     input  wire signed [8:0]  lo,
@@ -19,9 +21,9 @@ module accel_post_lane (
     input  wire [1:0]         out_type,
     output wire [7:0]         y
 );
-    wire signed [31:0] bias  = param[31:0];
-    wire signed [15:0] mult  = param[47:32];
-    wire [5:0]         shift = param[53:48];
+    wire signed [31:0] bias  = `PARAM_BIAS(param);
+    wire signed [15:0] mult  = `PARAM_MULT(param);
+    wire [5:0]         shift = `PARAM_SHIFT(param);
 
     wire signed [10:0] res_c = $signed({res_signed & res_byte[7], res_signed & res_byte[7], res_signed & res_byte[7], res_byte})
                              - $signed({res_zp[8], res_zp[8], res_zp});

@@ -58,9 +58,10 @@ module accel_store #(
     localparam [19:0] RW_ACT = RW_ACT_I[19:0], RW_ACC = RW_ACC_I[19:0];
     wire [19:0] in_rw = (`STORE_BUF(insn) == `BUF_ACC) ? RW_ACC : RW_ACT;
     wire in_empty = (`STORE_XSIZE(insn) == 10'd0) || (`STORE_YSIZE(insn) == 10'd0);
-    wire [9:0]  to_boundary = 10'd512 - {1'b0, dram_w[8:0]};
+    // bus words to the next burst boundary (4 KiB: AXI bursts must not cross it)
+    wire [`BOUNDARY_WORD_BITS:0] to_boundary = {1'b1, {`BOUNDARY_WORD_BITS{1'b0}}} - {1'b0, dram_w[`BOUNDARY_WORD_BITS-1:0]};
     localparam [19:0] MAXB = MAXB_I[19:0];
-    wire [19:0] tb20 = {10'd0, to_boundary};
+    wire [19:0] tb20 = `ZX(20, `BOUNDARY_WORD_BITS + 1, to_boundary);
     wire [19:0] max_beats = (tb20 < MAXB) ? tb20 : MAXB;
     /* verilator lint_off UNUSEDSIGNAL */
     wire [19:0] next_beats = (data_left < max_beats) ? data_left : max_beats;   // <= MAX_BURST: 5 bits used
@@ -94,9 +95,9 @@ module accel_store #(
                 S_IDLE: if (issue) begin
                     buf_sel <= `STORE_BUF(insn);
                     ly <= 10'd0; ysize <= `STORE_YSIZE(insn);
-                    data_words <= {10'd0, `STORE_XSIZE(insn)} * in_rw;
-                    sram_w <= {8'd0, `STORE_SRAM(insn)} * in_rw;
-                    line_dram <= {3'd0, `STORE_DRAM(insn)};
+                    data_words <= `ZX(20, `STORE_XSIZE_W, `STORE_XSIZE(insn)) * in_rw;
+                    sram_w <= `ZX(20, `STORE_SRAM_W, `STORE_SRAM(insn)) * in_rw;
+                    line_dram <= `STORE_DRAM_U32(insn);
                     xstride <= `STORE_XSTRIDE(insn);
                     state <= in_empty ? S_IDLE : S_WAIT;
                 end

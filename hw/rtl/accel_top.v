@@ -63,7 +63,7 @@ module accel_top #(
     input  wire        m_axi_bvalid,
     output wire        m_axi_bready
 );
-    localparam integer ACT_AW = 12, WGT_AW = 8, ACC_AW = 11, PARAM_AW = 8;
+    localparam integer ACT_AW = `ACT_AW, WGT_AW = `WGT_AW, ACC_AW = `ACC_AW, PARAM_AW = `PARAM_AW;
     localparam integer NB = 5;                 // footprint slots: act, wgt, param, acc, dram
     localparam integer DRAM = 4;
     localparam integer NC = `NUM_COUNTERS;
@@ -77,8 +77,8 @@ module accel_top #(
     reg [3:0]  err_code;
     reg        running, done, error;
     wire ctrl_wr = csr_valid && csr_write && (csr_addr == `CSR_CTRL);
-    wire soft_reset = ctrl_wr && csr_wdata[1];
-    wire start = ctrl_wr && csr_wdata[0] && !csr_wdata[1] && !running;
+    wire soft_reset = ctrl_wr && csr_wdata[`CTRL_SOFT_RESET];
+    wire start = ctrl_wr && csr_wdata[`CTRL_START] && !csr_wdata[`CTRL_SOFT_RESET] && !running;
     wire unit_rst = rst || soft_reset || start;
 
     // ------------------------------------------------------------ units
@@ -263,21 +263,21 @@ module accel_top #(
             `OP_LOAD, `OP_STORE: begin
                 d_unit = (opc == `OP_LOAD) ? 2'd0 : 2'd2;
                 t_buf = (opc == `OP_LOAD) ? `LOAD_BUF(head) : `STORE_BUF(head);
-                t_x = {22'd0, `LOAD_XSIZE(head)}; t_y = {22'd0, `LOAD_YSIZE(head)};
+                t_x = `LOAD_XSIZE_U32(head); t_y = `LOAD_YSIZE_U32(head);
                 if (opc == `OP_STORE) begin
-                    t_x = {22'd0, `STORE_XSIZE(head)}; t_y = {22'd0, `STORE_YSIZE(head)};
+                    t_x = `STORE_XSIZE_U32(head); t_y = `STORE_YSIZE_U32(head);
                 end
                 t_rw = row_words(t_buf);
                 if (opc == `OP_LOAD)
-                    t_rows = ({28'd0, `LOAD_PAD_TOP(head)} + t_y + {28'd0, `LOAD_PAD_BOTTOM(head)})
-                           * ({28'd0, `LOAD_PAD_LEFT(head)} + t_x + {28'd0, `LOAD_PAD_RIGHT(head)});
+                    t_rows = (`LOAD_PAD_TOP_U32(head) + t_y + `LOAD_PAD_BOTTOM_U32(head))
+                           * (`LOAD_PAD_LEFT_U32(head) + t_x + `LOAD_PAD_RIGHT_U32(head));
                 else
                     t_rows = t_x * t_y;
                 if (opc == `OP_LOAD)
-                    t_dend = {3'd0, `LOAD_DRAM(head)} + (t_y - 32'd1) * {16'd0, `LOAD_XSTRIDE(head)}
+                    t_dend = `LOAD_DRAM_U32(head) + (t_y - 32'd1) * `LOAD_XSTRIDE_U32(head)
                            + ((t_x * t_rw) >> `LOAD_INT4(head));
                 else
-                    t_dend = {3'd0, `STORE_DRAM(head)} + (t_y - 32'd1) * {16'd0, `STORE_XSTRIDE(head)} + t_x * t_rw;
+                    t_dend = `STORE_DRAM_U32(head) + (t_y - 32'd1) * `STORE_XSTRIDE_U32(head) + t_x * t_rw;
                 if (opc == `OP_STORE && (t_buf == `BUF_WGT || t_buf == `BUF_PARAM)) begin
                     d_err = `ERR_BAD_OPERAND;
                 end else if (opc == `OP_LOAD && `LOAD_INT4(head) == 1'b1 && t_x != 0 && t_y != 0
@@ -299,52 +299,52 @@ module accel_top #(
             `OP_GEMM: begin
                 d_unit = 2'd1;
                 if (`GEMM_OUTER(head) != 0 && `GEMM_INNER(head) != 0) begin
-                    t_last = loop_last({21'd0, `GEMM_ACC(head)}, {22'd0, `GEMM_OUTER(head)}, {22'd0, `GEMM_INNER(head)},
-                                       {21'd0, `GEMM_ACC_SO(head)}, {24'd0, `GEMM_ACC_SI(head)});
+                    t_last = loop_last(`GEMM_ACC_U32(head), `GEMM_OUTER_U32(head), `GEMM_INNER_U32(head),
+                                       `GEMM_ACC_SO_U32(head), `GEMM_ACC_SI_U32(head));
                     if (t_last >= ACC_DEPTH) d_err = `ERR_ADDR_RANGE;
-                    touch(3, {21'd0, `GEMM_ACC(head)}, t_last, 1'b1);
-                    t_last = loop_last({20'd0, `GEMM_ACT(head)}, {22'd0, `GEMM_OUTER(head)}, {22'd0, `GEMM_INNER(head)},
-                                       {20'd0, `GEMM_ACT_SO(head)}, {24'd0, `GEMM_ACT_SI(head)});
+                    touch(3, `GEMM_ACC_U32(head), t_last, 1'b1);
+                    t_last = loop_last(`GEMM_ACT_U32(head), `GEMM_OUTER_U32(head), `GEMM_INNER_U32(head),
+                                       `GEMM_ACT_SO_U32(head), `GEMM_ACT_SI_U32(head));
                     if (t_last >= ACT_DEPTH) d_err = `ERR_ADDR_RANGE;
-                    touch(0, {20'd0, `GEMM_ACT(head)}, t_last, 1'b0);
-                    t_last = loop_last({24'd0, `GEMM_WGT(head)}, {22'd0, `GEMM_OUTER(head)}, {22'd0, `GEMM_INNER(head)},
-                                       {24'd0, `GEMM_WGT_SO(head)}, {24'd0, `GEMM_WGT_SI(head)});
+                    touch(0, `GEMM_ACT_U32(head), t_last, 1'b0);
+                    t_last = loop_last(`GEMM_WGT_U32(head), `GEMM_OUTER_U32(head), `GEMM_INNER_U32(head),
+                                       `GEMM_WGT_SO_U32(head), `GEMM_WGT_SI_U32(head));
                     if (t_last >= WGT_DEPTH) d_err = `ERR_ADDR_RANGE;
-                    touch(1, {24'd0, `GEMM_WGT(head)}, t_last, 1'b0);
+                    touch(1, `GEMM_WGT_U32(head), t_last, 1'b0);
                 end
                 // depthwise lanes write N consecutive acc rows from one weight row of the tile
                 if (`GEMM_DW(head) && (`GEMM_ACC_SI(head) != 8'd1 || `GEMM_WGT_SI(head) != 8'd0
-                                       || {27'd0, `GEMM_DW_ROW(head)} >= N))
+                                       || `GEMM_DW_ROW_U32(head) >= N))
                     d_err = `ERR_BAD_OPERAND;
                 if ((head >> `GEMM_USED) != 128'd0) d_err = `ERR_RESERVED_BITS;
             end
             `OP_VEC: begin
                 d_unit = 2'd1;
                 if (`VEC_OUTER(head) != 0 && `VEC_INNER(head) != 0) begin
-                    t_last = loop_last({21'd0, `VEC_ACC(head)}, {22'd0, `VEC_OUTER(head)}, {22'd0, `VEC_INNER(head)},
-                                       {21'd0, `VEC_ACC_SO(head)}, {24'd0, `VEC_ACC_SI(head)});
+                    t_last = loop_last(`VEC_ACC_U32(head), `VEC_OUTER_U32(head), `VEC_INNER_U32(head),
+                                       `VEC_ACC_SO_U32(head), `VEC_ACC_SI_U32(head));
                     if (t_last >= ACC_DEPTH) d_err = `ERR_ADDR_RANGE;
-                    touch(3, {21'd0, `VEC_ACC(head)}, t_last, 1'b1);
-                    t_last = loop_last({20'd0, `VEC_ACT(head)}, {22'd0, `VEC_OUTER(head)}, {22'd0, `VEC_INNER(head)},
-                                       {20'd0, `VEC_ACT_SO(head)}, {24'd0, `VEC_ACT_SI(head)});
+                    touch(3, `VEC_ACC_U32(head), t_last, 1'b1);
+                    t_last = loop_last(`VEC_ACT_U32(head), `VEC_OUTER_U32(head), `VEC_INNER_U32(head),
+                                       `VEC_ACT_SO_U32(head), `VEC_ACT_SI_U32(head));
                     if (t_last >= ACT_DEPTH) d_err = `ERR_ADDR_RANGE;
-                    touch(0, {20'd0, `VEC_ACT(head)}, t_last, 1'b0);
+                    touch(0, `VEC_ACT_U32(head), t_last, 1'b0);
                 end
                 if ((head >> `VEC_USED) != 128'd0) d_err = `ERR_RESERVED_BITS;
             end
             `OP_POST: begin
                 d_unit = 2'd1;
-                t_rows = {20'd0, `POST_COUNT(head)};
+                t_rows = `POST_COUNT_U32(head);
                 if (t_rows != 0) begin
-                    if ({21'd0, `POST_ACC(head)} + t_rows > ACC_DEPTH || {20'd0, `POST_OUT(head)} + t_rows > ACT_DEPTH
-                        || {24'd0, `POST_PARAM(head)} >= PARAM_DEPTH
-                        || (`POST_RES_EN(head) && {20'd0, `POST_RES(head)} + t_rows > ACT_DEPTH))
+                    if (`POST_ACC_U32(head) + t_rows > ACC_DEPTH || `POST_OUT_U32(head) + t_rows > ACT_DEPTH
+                        || `POST_PARAM_U32(head) >= PARAM_DEPTH
+                        || (`POST_RES_EN(head) && `POST_RES_U32(head) + t_rows > ACT_DEPTH))
                         d_err = `ERR_ADDR_RANGE;
-                    touch(3, {21'd0, `POST_ACC(head)}, {21'd0, `POST_ACC(head)} + t_rows - 32'd1, 1'b0);
-                    touch(2, {24'd0, `POST_PARAM(head)}, {24'd0, `POST_PARAM(head)}, 1'b0);
+                    touch(3, `POST_ACC_U32(head), `POST_ACC_U32(head) + t_rows - 32'd1, 1'b0);
+                    touch(2, `POST_PARAM_U32(head), `POST_PARAM_U32(head), 1'b0);
                     // act: the hull of the output rows and the residual rows
-                    t_x = {20'd0, `POST_OUT(head)};
-                    t_y = {20'd0, `POST_RES(head)};
+                    t_x = `POST_OUT_U32(head);
+                    t_y = `POST_RES_U32(head);
                     if (`POST_RES_EN(head))
                         touch(0, (t_y < t_x) ? t_y : t_x, ((t_y > t_x) ? t_y : t_x) + t_rows - 32'd1, 1'b1);
                     else
@@ -476,7 +476,9 @@ module accel_top #(
     always @(posedge clk) begin
         if (csr_valid && !csr_write) begin
             case (csr_addr)
-                `CSR_STATUS:     csr_rdata <= {29'd0, error, done, running || st_flushing};
+                `CSR_STATUS:     csr_rdata <= ((running || st_flushing) ? 32'd1 << `STATUS_BUSY : 32'd0)
+                                              | (done ? 32'd1 << `STATUS_DONE : 32'd0)
+                                              | (error ? 32'd1 << `STATUS_ERROR : 32'd0);
                 `CSR_ERROR_CODE: csr_rdata <= {28'd0, err_code};
                 `CSR_ERROR_PC:   csr_rdata <= err_pc;
                 `CSR_INSN_ADDR:  csr_rdata <= insn_addr;

@@ -207,3 +207,17 @@ def test_the_gate_runs_before_the_fits_and_checks_the_finished_model(tmp_path):
     d = rep["steps"][2]["details"]
     assert d["promoted"] and d["drop_final"] == pytest.approx(ort_error(path, q, calib[8:]), rel=0.05)
     assert d["met"] == (d["drop_final"] <= gate)
+
+
+def test_with_a_gate_the_guard_judges_the_fits_by_the_gate_metric(tmp_path):
+    """A fitting step after the gate is undone when it raises the gate's drop (measured by the
+    gate's metric, reported as `gate_drop` [before, after])."""
+    from tests.quant.test_steps import _SpoilWeights
+
+    path = dw_model(tmp_path / "dw.onnx")
+    cfg = rtn_config()
+    cfg.steps += [MixedPrecision(max_drop=0.99, metric="top1"), _SpoilWeights()]
+    _, rep = P.quantize(path, calib_set(24), cfg)
+    spoil = rep["steps"][-1]
+    before, after = spoil["gate_drop"]
+    assert after > before and spoil["kept"] is False
