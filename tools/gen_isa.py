@@ -62,7 +62,7 @@ def verilog_header() -> str:
         lines.append(f"`define {buf.upper()}_AW {isa.buffer_addr_bits(buf)}")
     lines.append(f"// parameter-row entry: {isa.PARAM_ENTRY_BYTES} bytes per channel, little-endian")
     lines.append(f"`define PARAM_ENTRY_BITS {8 * isa.PARAM_ENTRY_BYTES}")
-    for name, (at, size, bits) in isa.PARAM_FIELDS.items():
+    for name, (at, _size, bits) in isa.PARAM_FIELDS.items():
         lines.append(f"`define PARAM_{name.upper()}(p) p[{8 * at + bits - 1}:{8 * at}]")
     boundary = isa.BURST_BOUNDARY_BYTES
     lines.append(f"// bursts never cross {boundary} bytes: log2 of the boundary in bus words / instructions")
