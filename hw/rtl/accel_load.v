@@ -44,7 +44,7 @@ module accel_load #(
     reg [19:0] line_words, left_words, right_words, data_words;
     reg [19:0] cnt, data_left, sram_w;
     reg [31:0] line_dram, dram_w;
-    reg [15:0] xstride;
+    reg [`LOAD_XSTRIDE_W-1:0] xstride;
     reg [4:0]  beats;
     reg        err_seen;
     reg        unpack4, nib_signed;
@@ -152,7 +152,7 @@ module accel_load #(
                 if (data_left == 20'd0) begin
                     cnt <= right_words;
                     after_data <= 1'b0;
-                    line_dram <= line_dram + {16'd0, xstride};
+                    line_dram <= line_dram + `ZX(32, `LOAD_XSTRIDE_W, xstride);
                     state <= S_PAD;
                 end else if (rd_grant) begin
                     beats <= next_beats[4:0];

@@ -51,7 +51,7 @@ module accel_store #(
     reg [9:0]  ly, ysize;
     reg [19:0] data_words, data_left, sram_w;
     reg [31:0] line_dram, dram_w;
-    reg [15:0] xstride;
+    reg [`STORE_XSTRIDE_W-1:0] xstride;
     reg [4:0]  beats, beat_cnt;
 
     localparam integer RW_ACT_I = N / 8, RW_ACC_I = N / 2, MAXB_I = MAX_BURST;
@@ -114,7 +114,7 @@ module accel_store #(
                 S_BURST: begin
                     if (data_left == 20'd0) begin
                         ly <= ly + 10'd1;
-                        line_dram <= line_dram + {16'd0, xstride};
+                        line_dram <= line_dram + `ZX(32, `STORE_XSTRIDE_W, xstride);
                         state <= S_LINE;
                     end else begin
                         beats <= next_beats[4:0];
