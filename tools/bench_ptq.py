@@ -94,7 +94,7 @@ def bench_model(name, args, out_dir: Path) -> dict:
     add("FP32", res[key], fp32.stat().st_size, None, weights=rep.weights)
 
     if args.max_drop:
-        max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows)
+        max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows, sign)
         if args.max_drop_only:
             return {"model": name, "task": task, "metric": key, "higher_is_better": sign > 0,
                     "test_samples": args.test_count, "calib_samples": args.calib_count, "rows": rows,
@@ -188,7 +188,7 @@ def bench_model(name, args, out_dir: Path) -> dict:
             "test_samples": args.test_count, "calib_samples": args.calib_count, "rows": rows, "targets": targets}
 
 
-def max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows) -> None:
+def max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows, sign) -> None:
     """`full --fast --max-drop X --metric task` at W4A8 and W4A4: the gate is checked on held-out
     calibration samples; the row gives the test-split metric, its gap to FP32 and the size."""
     import onnx
@@ -211,7 +211,7 @@ def max_drop_rows(name, args, fp32, calib, out_dir, add, score, rows) -> None:
         metric, sqnr = score(path)
         add(f"edgekit W{wb}A{ab} full --fast --max-drop {100 * args.max_drop:g}% --metric task", metric,
             path.stat().st_size, seconds, **sqnr, gate_met=d["met"], gate_drop_held_out=round(d["drop_final"], 4),
-            test_gap=round(abs(fp - metric) / max(abs(fp), 1e-12), 4), layers_8bit=sum(
+            test_drop=round(sign * (fp - metric) / max(abs(fp), 1e-12), 4), layers_8bit=sum(
                 "layer" in p for p in d["promoted"]), activations_8bit=sum("activation" in p for p in d["promoted"]),
             layers=len(report["layers"]), weight_bytes=d["weight_bytes"],
             weight_bytes_all_8bit=d["weight_bytes_all_8bit"])
@@ -247,12 +247,12 @@ def markdown(results: list[dict]) -> str:
                      f"{time_cell(t['full_seconds'], t.get('full_cpu_seconds'))} | "
                      f"{time_cell(t['fast_seconds'], t.get('fast_cpu_seconds'))} |")
     if gated:
-        lines += ["", "| model | row | gate met (held-out) | test gap to FP32 | layers at 8 bits | other "
-                  "activations at 8 bits | weights vs all-8-bit | quant time (s) |",
+        lines += ["", "| model | row | gate met (held-out drop) | test drop vs FP32 (< 0: better) | "
+                  "layers at 8 bits | other activations at 8 bits | weights vs all-8-bit | quant time (s) |",
                   "|---|---|---|---|---|---|---|---|"]
         for r, label, row in gated:
             lines.append(f"| {r['model']} | {label} | {row['gate_met']} ({100 * row['gate_drop_held_out']:.2f}%) | "
-                         f"{100 * row['test_gap']:.2f}% | {row['layers_8bit']} / {row['layers']} | "
+                         f"{100 * row['test_drop']:.2f}% | {row['layers_8bit']} / {row['layers']} | "
                          f"{row['activations_8bit']} | {row['weight_bytes'] / row['weight_bytes_all_8bit']:.0%} | "
                          f"{row['quant_seconds']} |")
     return "\n".join(lines) + "\n"
