@@ -48,7 +48,8 @@ def register(subparsers):
     p.add_argument("--iters", type=positive_int, default=None, help="learned-rounding iterations per layer")
     p.add_argument("--no-guard", dest="guard", action="store_false",
                    help="keep compensate and reconstruct even where they lower the output SQNR on held-out "
-                        "calibration samples (by default such a step is undone, and the output says so)")
+                        "calibration samples (with --max-drop: raise the gate metric's drop); by default such "
+                        "a step is undone, and the output says so")
     p.add_argument("--report", metavar="REPORT.json",
                    help="also write a JSON report (per-step, per-layer SQNR) and a PNG chart of it beside "
                         "it (REPORT.png); model, report and chart are written together or not at all")
