@@ -44,7 +44,8 @@ class RtlDevice:
             if not (h.mem.writes or h.mem.bresps):
                 break
             await FallingEdge(h.dut.clk)
-        counters["error"] = isa.ERROR_NAMES.get(code, f"code{code}") if status & 4 else "none"
+        failed = status >> isa.STATUS_BITS["error"] & 1
+        counters["error"] = isa.ERROR_NAMES.get(code, f"code{code}") if failed else "none"
         counters["error_pc"] = pc
         counters["stalls"] = {"hazard": counters["hazard_stalls"], "fetch": counters["fetch_stalls"]}
         return counters

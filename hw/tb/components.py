@@ -274,12 +274,12 @@ class ControlDriver:
     async def start(self, insn_addr: int, insn_count: int) -> None:
         await self.write(isa.CSRS["insn_addr"][0], insn_addr)
         await self.write(isa.CSRS["insn_count"][0], insn_count)
-        await self.write(isa.CSRS["ctrl"][0], 1)
+        await self.write(isa.CSRS["ctrl"][0], 1 << isa.CTRL_BITS["start"])
 
     async def soft_reset(self, max_cycles: int = 10_000) -> None:
-        await self.write(isa.CSRS["ctrl"][0], 2)
+        await self.write(isa.CSRS["ctrl"][0], 1 << isa.CTRL_BITS["soft_reset"])
         for _ in range(max_cycles):
-            if not await self.read(isa.CSRS["status"][0]) & 1:
+            if not await self.read(isa.CSRS["status"][0]) >> isa.STATUS_BITS["busy"] & 1:
                 return
         raise AssertionError("still busy after soft reset")
 
@@ -390,8 +390,9 @@ class Harness:
             if not (self.mem.writes or self.mem.bresps):
                 break
             await FallingEdge(self.dut.clk)
-        error = isa.ERROR_NAMES.get(code, f"code{code}") if status & 4 else "none"
-        return RtlResult(error, pc if status & 4 else 0, counters, self.mem.data.copy())
+        failed = status >> isa.STATUS_BITS["error"] & 1
+        error = isa.ERROR_NAMES.get(code, f"code{code}") if failed else "none"
+        return RtlResult(error, pc if failed else 0, counters, self.mem.data.copy())
 
     async def check_program(self, label: str, program, hw=None, exact_counters: bool = True,
                             max_cycles: int = 200_000):

@@ -65,7 +65,8 @@ async def soft_reset_when_store_waits(h: Harness, max_cycles: int = 50_000) -> b
                 h.hooks.remove(hook)
             return
         if h.sig.get("m_axi_wvalid") and not h.mem.out["m_axi_wready"]:
-            for name, value in (("csr_write", 1), ("csr_addr", ctrl_addr), ("csr_wdata", 2), ("csr_valid", 1)):
+            soft_reset = 1 << isa.CTRL_BITS["soft_reset"]
+            for name, value in (("csr_write", 1), ("csr_addr", ctrl_addr), ("csr_wdata", soft_reset), ("csr_valid", 1)):
                 h.sig.set(name, value)
             state["fired_at"] = cycle
 
@@ -162,7 +163,7 @@ async def test_reset_mid_program_and_burst(dut):
         if hard:
             await h.hard_reset()
         else:
-            await h.ctrl.write(isa.CSRS["ctrl"][0], 2)
+            await h.ctrl.write(isa.CSRS["ctrl"][0], 1 << isa.CTRL_BITS["soft_reset"])
             reset_cycle = h.mem.cycle            # the reset took effect at the edge just before
             await h.ctrl.soft_reset()            # (again, harmless) and wait until not busy
             late = [c for c, strb in h.mem.beat_log if c >= reset_cycle and strb]
