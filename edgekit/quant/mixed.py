@@ -16,8 +16,10 @@ the bits are what the fits see.
    held-out samples is kept (binary search over the prefix length, assuming more 8-bit layers
    never hurt; the chosen prefix is measured, so the gate is checked, not assumed);
 4. the fitting steps that follow are judged by the guard on this metric rather than on the
-   output SQNR (a fit that raises the drop is undone), and the finished model is measured again
-   (`drop_final`, `met`).
+   output SQNR (a fit that raises the drop is undone);
+5. the fits usually lower the drop below what the choice was made on, so on the finished model
+   the chosen candidates are trimmed to the shortest prefix that still meets the gate (binary
+   search), and the finished model is measured again (`drop_final`, `met`).
 The method decides which layers need 8 bits (depthwise convolutions, the first and last layers
 are usual answers on MobileNet-style networks) and the report says which, and why: each layer's
 measured gain and damage.
@@ -245,6 +247,7 @@ class MixedPrecision:
     metric: str = "error"
     name: str = "mixed-precision"
     sensitivity_samples: int = SENSITIVITY_SAMPLES
+    trim: bool = True   # after the fits, put back below 8 bits what the finished model does not need
 
     task_metric: object = None   # metric 'task': an edgekit.eval.gate.TaskDrop (the zoo task's own metric)
 
@@ -296,12 +299,55 @@ class MixedPrecision:
                    promoted=[{kind: n, "kinds": tags.get(n, []) if kind == "layer" else [],
                               **worth[(kind, n)]} for kind, n in order[:chosen]],
                    candidates=len(order), probes=[[k, probes[k]] for k in sorted(probes)])
+        ctx["gate_choice"] = (order[:chosen], promotions, out)
         return out
 
     def final_check(self, plan: QuantPlan, calib, ctx) -> dict:
-        """The gate on the finished model (after the steps that follow this one)."""
+        """The gate on the finished model (after the steps that follow this one), after trimming."""
         drop = ctx["gate_drop"](plan)
-        return {"drop_final": drop, "met": drop <= self.max_drop, "weight_bytes": weight_bytes(plan)}
+        chosen, promotions, details = ctx.get("gate_choice", ([], None, {}))
+        out = {}
+        if self.trim and chosen and drop <= self.max_drop:
+            kept, drop, probes = self._trim(plan, chosen, promotions, ctx)
+            details["promoted"] = details["promoted"][:kept]
+            out.update(trimmed=[{kind: n} for kind, n in chosen[kept:]], trim_probes=probes)
+        out.update(drop_final=drop, met=drop <= self.max_drop, weight_bytes=weight_bytes(plan))
+        return out
+
+    def _trim(self, plan: QuantPlan, chosen: list, promotions: "Promotions", ctx) -> tuple[int, float, list]:
+        """The fits usually lower the drop below what the choice was made on: on the finished
+        model, the shortest prefix of the chosen candidates that still meets the gate (binary
+        search; the rest go back to their earlier bits, weights re-rounded from the fitted float
+        weights with MSE-clipped ranges). A point another kept candidate widened stays at 8 bits."""
+        fitted, before = _Tables.of(plan), promotions.base
+        widened = [set(promotions.changes[c]["bits"]) for c in chosen]
+        probes = {}
+
+        def drop_with(k: int) -> float:
+            fitted.restore(plan)
+            still = set().union(*widened[:k]) if k else set()
+            for (kind, name), points in zip(chosen[k:], widened[k:]):
+                if kind == "layer":
+                    plan.layers[name].weight_bits = before.weight_bits[name]
+                    rtn.rtn_weights(plan, layers={name}, mse=True)
+                for t in points - still:
+                    plan.bits[t], plan.params[t] = before.bits[t], before.params[t]
+            probes[k] = ctx["gate_drop"](plan)
+            return probes[k]
+
+        lo, hi = -1, len(chosen)  # drop(hi) <= max_drop (the finished model), drop(lo) unknown
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if drop_with(mid) <= self.max_drop:
+                hi = mid
+            else:
+                lo = mid
+        if hi < len(chosen):
+            drop = drop_with(hi)
+        else:  # nothing to trim: the finished model as the fits left it
+            fitted.restore(plan)
+            drop = ctx["gate_drop"](plan)
+        return hi, drop, [[k, probes[k]] for k in sorted(probes)]
 
     def _metric(self, ctx):
         if self.metric == "task":  # the held-out samples follow the layer-wise ones in the zoo split

@@ -221,3 +221,23 @@ def test_with_a_gate_the_guard_judges_the_fits_by_the_gate_metric(tmp_path):
     spoil = rep["steps"][-1]
     before, after = spoil["gate_drop"]
     assert after > before and spoil["kept"] is False
+
+
+def test_trimming_after_the_fits_keeps_the_gate(tmp_path):
+    """After compensate, the chosen layers are trimmed to the shortest prefix that still meets the
+    gate on the finished model; the written model's error is the reported final drop, within it."""
+    from edgekit.quant.mixed import with_gate
+
+    path = dw_model(tmp_path / "dw.onnx")
+    calib = calib_set(24)
+    plain, _ = P.quantize(path, calib, rtn_config())
+    gate = ort_error(path, plain, calib[8:]) / 2
+    cfg = P.QuantConfig.for_method("compensate", layer_samples=8)
+    cfg.steps = with_gate(cfg.steps, MixedPrecision(max_drop=gate))
+    q, rep = P.quantize(path, calib, cfg)
+    d = rep["steps"][2]["details"]
+    assert "trim_probes" in d and len(d["promoted"]) + len(d["trimmed"]) >= 1
+    assert d["met"] and d["drop_final"] <= gate
+    assert d["drop_final"] == pytest.approx(ort_error(path, q, calib[8:]), rel=0.05)
+    assert {rep["layers"][p["layer"]]["weight_bits"] for p in d["promoted"]} <= {8}
+    assert all(rep["layers"][t["layer"]]["weight_bits"] == 4 for t in d["trimmed"] if "layer" in t)
