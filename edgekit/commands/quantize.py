@@ -88,8 +88,13 @@ def run(args) -> int:
     for step in report["steps"]:
         undone = ""
         if not step.get("kept", True):
-            undone = "  undone: it lowered the output SQNR to " + ", ".join(
-                f"{v:.1f} dB" for v in step["rejected_sqnr_db"]["outputs"].values())
+            if "gate_drop" in step:  # judged by the --max-drop metric
+                before, after = step["gate_drop"]
+                undone = (f"  undone: it raised the --max-drop metric's drop from {100 * before:.2f}% "
+                          f"to {100 * after:.2f}%")
+            else:
+                undone = "  undone: it lowered the output SQNR to " + ", ".join(
+                    f"{v:.1f} dB" for v in step["rejected_sqnr_db"]["outputs"].values())
         print(f"  {step['step']:<12} " + ", ".join(f"{k} {v:.1f} dB" for k, v in step["sqnr_db"]["outputs"].items())
               + f"  ({step['seconds']:.1f} s){undone}")
     for step in report["steps"]:
@@ -111,8 +116,9 @@ def print_mixed(d: dict) -> None:
     acts = [p["activation"] for p in d["promoted"] if "activation" in p]
     names = ", ".join(layers[:6]) + (", ..." if len(layers) > 6 else "")
     if d["candidates"]:
+        trimmed = f", {len(d['trimmed'])} more chosen and trimmed after the fits" if d.get("trimmed") else ""
         print(f"  mixed precision: {len(layers)} layers{kind_text} and {len(acts)} other activations to 8 bits "
-              f"(of {d['candidates']} candidates){': ' + names if names else ''}")
+              f"(of {d['candidates']} candidates{trimmed}){': ' + names if names else ''}")
     else:
         print("  mixed precision: no layer to 8 bits (the gate is met at the chosen bits)")
     print(f"    {d['metric']} drop {100 * d['drop_before']:.2f}% -> {100 * d['drop_after']:.2f}% when chosen, "

@@ -241,3 +241,24 @@ def test_trimming_after_the_fits_keeps_the_gate(tmp_path):
     assert d["drop_final"] == pytest.approx(ort_error(path, q, calib[8:]), rel=0.05)
     assert {rep["layers"][p["layer"]]["weight_bits"] for p in d["promoted"]} <= {8}
     assert all(rep["layers"][t["layer"]]["weight_bits"] == 4 for t in d["trimmed"] if "layer" in t)
+
+
+def test_cli_says_why_a_gated_fit_was_undone(tmp_path, capsys, monkeypatch):
+    """With --max-drop, an undone fit is reported with the gate metric's drop, not the SQNR."""
+    from tests.quant.test_steps import _SpoilWeights
+
+    real = P.QuantConfig.for_method
+
+    def with_spoiler(method="full", fast=False, **kw):
+        cfg = real("rtn", **kw)
+        cfg.steps.append(_SpoilWeights())
+        return cfg
+    monkeypatch.setattr(P.QuantConfig, "for_method", staticmethod(with_spoiler))
+    path = dw_model(tmp_path / "dw.onnx")
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, f in enumerate(calib_set(24)):
+        np.save(folder / f"s{i:02d}.npy", f["x"])
+    assert main(["quantize", path, "-o", str(tmp_path / "q.onnx"), "--calib", str(folder), "--max-drop", "99%"]) == 0
+    out = capsys.readouterr().out
+    assert "undone: it raised the --max-drop metric's drop from" in out and "lowered the output SQNR" not in out
