@@ -51,26 +51,23 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
 
     require(iters is None or iters >= 1, f"iters must be at least 1, got {iters}")
     require(calib_count >= 1, f"calib_count must be at least 1, got {calib_count}")
+    source = calib or Path(model_path).name.split(".")[0]
     mixed = None
     if max_drop is not None:  # checked before any work
         from edgekit.quant.mixed import MixedPrecision, with_gate
 
-        source = calib or Path(model_path).name.split(".")[0]
+        task_metric = None
         if metric == "task":
             from edgekit.data import task_of
-            from edgekit.quant.calib import calibration_files
+            from edgekit.eval.gate import TaskDrop
 
             try:
                 task_of(source)
-                zoo = calibration_files(str(source), calib_count) is None
+                zoo = K.calibration_files(str(source), calib_count) is None
             except EdgekitError:
                 zoo = False
             require(zoo, f"metric 'task' scores a zoo task on its labelled data: calibrate on a zoo dataset "
                          f"(calib=MODEL), not {source!r}")
-        task_metric = None
-        if metric == "task":
-            from edgekit.eval.gate import TaskDrop
-
             task_metric = TaskDrop(str(source))
         mixed = MixedPrecision(max_drop=max_drop, metric=metric, task_metric=task_metric)
     with OutputSet(inputs=[model_path]) as out:
@@ -85,7 +82,6 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
         inputs = [i for i in model.graph.input if i.name not in inits]
         names = [i.name for i in inputs]
         shapes = [static_dims(i) for i in inputs]
-        source = calib or Path(model_path).name.split(".")[0]
         require(bool(source), "give a calibration source (calib=...)")
         out.check_inputs(K.calibration_files(str(source), calib_count) or [], "calibration input")
         dtypes = [onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)

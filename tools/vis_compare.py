@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-TASK_FILE = {"litepose": "pose", "depth": "depth", "deblur": "deblur"}
+MODELS = ("litepose", "depth", "deblur")   # the zoo models with pictures (the LM's are text)
 
 
 def compare(name: str, bits: str, samples: int, index: int, work: Path, out_dir: Path) -> dict:
@@ -24,18 +24,20 @@ def compare(name: str, bits: str, samples: int, index: int, work: Path, out_dir:
     import matplotlib.pyplot as plt
 
     from edgekit import api
+    from edgekit.data import task_of
     from edgekit.eval import PRIMARY, evaluate, predictor
 
     fp32, quantized = work / f"{name}.onnx", work / f"{name}.{bits}.onnx"
     api.export(name, fp32)
     api.quantize(fp32, quantized, weights=int(bits[1]), activations=int(bits[3]), fast=True, calib=name)
-    key, _ = PRIMARY[TASK_FILE[name]]
+    task = task_of(name)
+    key, _ = PRIMARY[task]
     rows, images = [], []
     for label, path in (("FP32", fp32), (bits, quantized)):
         vis = work / f"vis_{name}_{label}"
         result = evaluate(name, predictor(str(path)), count=samples, save_vis=vis)
         rows.append((label, result[key]))
-        images.append(plt.imread(vis / f"{TASK_FILE[name]}_{index:04d}.png"))
+        images.append(plt.imread(vis / f"{task}_{index:04d}.png"))
     fig, axes = plt.subplots(2, 1, figsize=(images[0].shape[1] / 90, 2 * images[0].shape[0] / 90 + 0.5))
     for ax, image, (label, value) in zip(axes, images, rows):
         ax.imshow(image)
@@ -43,7 +45,7 @@ def compare(name: str, bits: str, samples: int, index: int, work: Path, out_dir:
         ax.set_title(f"{name} {label}  ({key} {value:.3f} over {samples} test samples)", fontsize=9, loc="left")
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"vis_{TASK_FILE[name]}.png"
+    target = out_dir / f"vis_{task}.png"
     tmp = target.with_name(f".{target.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
@@ -53,7 +55,7 @@ def compare(name: str, bits: str, samples: int, index: int, work: Path, out_dir:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(TASK_FILE), default=list(TASK_FILE))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--bits", choices=("W4A8", "W4A4", "W8A8"), default="W4A8")
     parser.add_argument("--samples", type=int, default=20, help="test samples the metric is taken over")
     parser.add_argument("--index", type=int, default=0, help="the test sample pictured (< --samples, < 16)")

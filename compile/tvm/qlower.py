@@ -376,13 +376,17 @@ class ConvTransposeHandler(ConvHandler):
 
 
 class LinearHandler(_Weighted):
-    """gemm (transB aware) and linear (MatMul with a constant weight)."""
-
-    def attributes(self, op, input_names, shapes):
-        return {"trans_b": int(op.attrs.get("transB", 0))} if op.kind == "gemm" else {}
+    """linear: MatMul with a constant weight."""
 
     def accumulate(self, bb, x, attr):
         return linear_acc(bb, x, attr)
+
+
+class GemmHandler(LinearHandler):
+    """gemm: the same product, with the weight transposed when transB is set."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"trans_b": int(op.attrs.get("transB", 0))}
 
 
 class MatMulHandler(KindHandler):
@@ -442,7 +446,7 @@ class GlobalAvgPoolHandler(KindHandler):
 
 # the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
 # regions) stays QDQ-in-float, computed by the frontend's ops as the reference computes it
-HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "gemm": LinearHandler(),
+HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "gemm": GemmHandler(),
             "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "concat": ConcatHandler(),
             "global_avgpool": GlobalAvgPoolHandler()}
 

@@ -274,6 +274,6 @@ def ops_with_role(role: str) -> frozenset:
     return frozenset(op for k in KINDS.values() if k.role == role for op in k.onnx_ops)
 
 
-LAYOUT_OPS = KINDS["layout"].onnx_ops
+MOVE_KINDS = tuple(k for k in KINDS.values() if k.role == "move")
 MOVE_OPS = ops_with_role("move")          # the writer's inherited points, the parser's value moves
 REQUANT_OPS = ops_with_role("requant")

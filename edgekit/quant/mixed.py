@@ -275,25 +275,18 @@ class MixedPrecision:
 
         probes = {}   # prefix length -> measured drop: the curve the search walked
 
-        def drop_with(k: int) -> float:
+        def meets(k: int) -> bool:
             promotions.set(order[:k])
             probes[k] = held_out.drop(plan, metric)
-            return probes[k]
+            return probes[k] <= self.max_drop
 
-        chosen, drop = 0, drop0
+        chosen = 0
         if order:
-            drop = drop_with(len(order))
-            chosen = len(order)
-            if drop <= self.max_drop:
-                lo, hi = 0, len(order)  # drop(lo) > max_drop >= drop(hi)
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if drop_with(mid) <= self.max_drop:
-                        hi = mid
-                    else:
-                        lo = mid
-                chosen = hi
-            drop = drop_with(chosen)  # the plan left as chosen, and its measured drop
+            # drop(0) > max_drop; if every candidate at 8 bits misses the gate too, keep them all
+            chosen = shortest_prefix(0, len(order), meets) if meets(len(order)) else len(order)
+            promotions.set(order[:chosen])  # the plan left as chosen
+        drop = probes[chosen] if chosen else drop0
+        ctx["gate_now"] = drop  # the gate's drop of the plan as it now stands (the guard reads it)
         tags = layer_tags(plan)
         out.update(drop_after=drop, met=drop <= self.max_drop, weight_bytes=weight_bytes(plan),
                    promoted=[{kind: n, "kinds": tags.get(n, []) if kind == "layer" else [],
@@ -304,50 +297,45 @@ class MixedPrecision:
 
     def final_check(self, plan: QuantPlan, calib, ctx) -> dict:
         """The gate on the finished model (after the steps that follow this one), after trimming."""
-        drop = ctx["gate_drop"](plan)
+        drop = ctx["gate_now"] if ctx.get("gate_now") is not None else ctx["gate_drop"](plan)
         chosen, promotions, details = ctx.get("gate_choice", ([], None, {}))
         out = {}
         if self.trim and chosen and drop <= self.max_drop:
-            kept, drop, probes = self._trim(plan, chosen, promotions, ctx)
+            kept, drop, probes = self._trim(plan, chosen, promotions, ctx, drop)
             details["promoted"] = details["promoted"][:kept]
             out.update(trimmed=[{kind: n} for kind, n in chosen[kept:]], trim_probes=probes)
         out.update(drop_final=drop, met=drop <= self.max_drop, weight_bytes=weight_bytes(plan))
         return out
 
-    def _trim(self, plan: QuantPlan, chosen: list, promotions: "Promotions", ctx) -> tuple[int, float, list]:
+    def _trim(self, plan: QuantPlan, chosen: list, promotions: "Promotions", ctx,
+              drop_all: float) -> tuple[int, float, list]:
         """The fits usually lower the drop below what the choice was made on: on the finished
-        model, the shortest prefix of the chosen candidates that still meets the gate (binary
-        search; the rest go back to their earlier bits, weights re-rounded from the fitted float
-        weights with MSE-clipped ranges). A point another kept candidate widened stays at 8 bits."""
+        model (`drop_all` its drop), the shortest prefix of the chosen candidates that still
+        meets the gate (binary search; the rest go back to their earlier bits, weights re-rounded
+        from the fitted float weights with MSE-clipped ranges). A point another kept candidate
+        widened stays at 8 bits."""
         fitted, before = _Tables.of(plan), promotions.base
         widened = [set(promotions.changes[c]["bits"]) for c in chosen]
         probes = {}
 
-        def drop_with(k: int) -> float:
+        def keep(k: int) -> None:
             fitted.restore(plan)
-            still = set().union(*widened[:k]) if k else set()
+            still = set().union(*widened[:k])
             for (kind, name), points in zip(chosen[k:], widened[k:]):
                 if kind == "layer":
                     plan.layers[name].weight_bits = before.weight_bits[name]
                     rtn.rtn_weights(plan, layers={name}, mse=True)
                 for t in points - still:
                     plan.bits[t], plan.params[t] = before.bits[t], before.params[t]
-            probes[k] = ctx["gate_drop"](plan)
-            return probes[k]
 
-        lo, hi = -1, len(chosen)  # drop(hi) <= max_drop (the finished model), drop(lo) unknown
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if drop_with(mid) <= self.max_drop:
-                hi = mid
-            else:
-                lo = mid
-        if hi < len(chosen):
-            drop = drop_with(hi)
-        else:  # nothing to trim: the finished model as the fits left it
-            fitted.restore(plan)
-            drop = ctx["gate_drop"](plan)
-        return hi, drop, [[k, probes[k]] for k in sorted(probes)]
+        def meets(k: int) -> bool:
+            keep(k)
+            probes[k] = ctx["gate_drop"](plan)
+            return probes[k] <= self.max_drop
+
+        kept = shortest_prefix(-1, len(chosen), meets)  # whether keeping none meets it is not known
+        keep(kept)
+        return kept, probes.get(kept, drop_all), [[k, probes[k]] for k in sorted(probes)]
 
     def _metric(self, ctx):
         if self.metric == "task":  # the held-out samples follow the layer-wise ones in the zoo split
@@ -381,6 +369,18 @@ class MixedPrecision:
             worth[name] = {"gain": gain, "damage": damage}
         promotions.reset()
         return sorted(names, key=lambda n: -(worth[n]["gain"] + worth[n]["damage"])), worth
+
+
+def shortest_prefix(lo: int, hi: int, meets) -> int:
+    """The smallest k in (lo, hi] with meets(k), by binary search, given meets(hi) and not
+    meets(lo) (lo may lie below the range): it assumes that a longer prefix never does worse."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if meets(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def with_gate(steps: list, gate: MixedPrecision) -> list:

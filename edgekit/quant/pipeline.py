@@ -275,13 +275,18 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
     sq = None
     for step in config.steps:
         ts = time.time()
+        # the gate's drop of the plan as it stands, when known: every step may change the plan
+        # (the gate step itself sets it for the plan it leaves)
+        gate_now = ctx.pop("gate_now", None)
         if not isinstance(step, RTN) and not plan.params:
             RTN().apply(plan, calib, ctx)
         judged = config.guard and sq is not None and getattr(step, "guarded", False)
         before = _State.of(plan, ctx) if judged else None
         # with an accuracy gate (ctx["gate_drop"], set by MixedPrecision) the guard measures the
         # user's metric instead of the output SQNR: the two can disagree (LitePose W4A4)
-        gate_before = ctx["gate_drop"](plan) if judged and "gate_drop" in ctx else None
+        gate_before = None
+        if judged and "gate_drop" in ctx:
+            gate_before = gate_now if gate_now is not None else ctx["gate_drop"](plan)
         details = step.apply(plan, calib, ctx)
         new_sq = sqnr_report(plan, ctx["float_model"], measured, len(measured))
         entry = {"step": step.name, "seconds": 0.0, "sqnr_db": new_sq, "details": details, "kept": True}
@@ -294,6 +299,8 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
         if worse:
             before.restore(plan, ctx)  # the step made the model worse where it counts: undo it
             entry.update(kept=False, sqnr_db=sq, rejected_sqnr_db=new_sq)
+        if gate_before is not None:
+            ctx["gate_now"] = gate_before if worse else gate_after
         sq = entry["sqnr_db"]
         entry["seconds"] = round(time.time() - ts, 2)
         report["steps"].append(entry)

@@ -26,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.onnx_graph.model import load_model
 from edgekit.quant import formats as F
-from edgekit.quant.kinds import MOVE_OPS, PARSE_ORDER, fused_activation
+from edgekit.quant.kinds import MOVE_KINDS, MOVE_OPS, PARSE_ORDER, fused_activation
 
 
 @dataclass
@@ -81,9 +81,6 @@ class QGraph:
         for op in self.ops:
             counts[op.kind] = counts.get(op.kind, 0) + 1
         return counts
-
-
-_qtype_of = F.qtype_of_onnx
 
 
 def _initializer(node, index: int, floats: dict, what: str) -> np.ndarray:
@@ -157,7 +154,7 @@ def check_qdq_parameters(model) -> None:
             continue
         _checked_axis(node, arrays[node.input[0]], scale)
         if zp is not None and weight.data_type != onnx.TensorProto.INT32:
-            _check_zero_point(node, zp.astype(np.int64), _qtype_of(weight.data_type))
+            _check_zero_point(node, zp.astype(np.int64), F.qtype_of_onnx(weight.data_type))
 
 
 def parse(model_or_path) -> QGraph:
@@ -205,13 +202,13 @@ class _Parser:
             zp_name = node.input[2]
             zp, dt = self.ints[zp_name] if zp_name in self.ints else \
                 (self.floats[zp_name].astype(np.int64), self.protos[zp_name].data_type)
-            qt = _qtype_of(dt)
+            qt = F.qtype_of_onnx(dt)
             zp = int(np.asarray(zp).reshape(-1)[0])
         else:
             qt, zp = F.UINT8, 0
             if node.op_type == "QuantizeLinear":
                 od = node_attrs(node).get("output_dtype", 0)
-                qt = _qtype_of(od) if od else F.UINT8
+                qt = F.qtype_of_onnx(od) if od else F.UINT8
         return QTensor(float(np.float32(scale.reshape(-1)[0])), zp, qt)
 
     def classify_dequantizers(self) -> None:
@@ -233,7 +230,7 @@ class _Parser:
             if scale.size == 1 and data_type != onnx.TensorProto.INT32:
                 self.constants[src] = (codes, QTensor(float(scale.reshape(-1)[0]),
                                                       int(zp.reshape(-1)[0]) if zp is not None else 0,
-                                                      _qtype_of(data_type)))
+                                                      F.qtype_of_onnx(data_type)))
 
     def value_moves(self) -> list[tuple[int, QOp]]:
         """Value-moving ops fed by a dequantized activation keep its grid: they become integer
@@ -243,7 +240,7 @@ class _Parser:
             if node.op_type not in MOVE_OPS or not node.input or node.input[0] not in self.dq_act:
                 continue
             src_q, qt = self.dq_act[node.input[0]]
-            kind = "maxpool" if node.op_type in ("MaxPool", "GlobalMaxPool") else "layout"
+            kind = next(k.name for k in MOVE_KINDS if node.op_type in k.onnx_ops)
             for out in node.output:
                 if not out:
                     continue

@@ -20,7 +20,8 @@ def test_every_backend_table_names_only_known_kinds():
 def test_writer_and_parser_read_the_same_rules():
     assert plan.INHERIT is kinds.MOVE_OPS and qgraph.MOVE_OPS is kinds.MOVE_OPS
     assert plan.REQUANT_OPS == {"Concat", "AveragePool", "GlobalAveragePool"}
-    assert kinds.MOVE_OPS == kinds.LAYOUT_OPS | {"MaxPool", "GlobalMaxPool"}
+    assert kinds.MOVE_OPS == {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "Slice", "Split",
+                              "Identity", "DepthToSpace", "SpaceToDepth", "MaxPool", "GlobalMaxPool"}
     # each ONNX op the parser matches belongs to kinds of one writer role, except MatMul, which
     # is a layer with a constant weight and a binary op between two activations
     roles = {}
