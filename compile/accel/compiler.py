@@ -47,9 +47,9 @@ from .lower import (
     lower_add,
     lower_conv_like,
 )
+from .model_meta import FORMAT_KIND, AccelStep, HostStep, Placement, Tiling
 from .program import Program, Tensor
 
-FORMAT_KIND = "compiled-model"
 HOST_KINDS = ("quantize", "dequantize")   # always on the host: the float <-> int boundary
 
 
@@ -66,7 +66,7 @@ def act_dims(shape) -> tuple[int, int, int, str]:
 
 def conv_weight(op) -> np.ndarray:
     """The op's weight as a conv kernel: Gemm/MatMul weights become [N, K, 1, 1]."""
-    w = op.weight
+    w = op.params.weight
     if op.kind == "gemm":
         w = w if op.attrs.get("transB", 0) else w.T
         return w[:, :, None, None]
@@ -101,12 +101,12 @@ class ConvLowering:
     def unsupported(self, op, shapes, hw) -> str | None:
         x_shape, y_shape = shapes.get(op.inputs[0]), shapes.get(op.outputs[0])
         if op.kind in ("gemm", "linear"):
-            if x_shape is None or y_shape is None or len(x_shape) < 2 or op.weight.ndim != 2:
+            if x_shape is None or y_shape is None or len(x_shape) < 2 or op.params.weight.ndim != 2:
                 return "only 2-D weights on [..., tokens, features] inputs are supported"
             return self.fits(op, shapes, hw)
         if x_shape is None or len(x_shape) != 4 or len(y_shape) != 4 or x_shape[0] != 1:
             return "only 2-D convolutions on batch 1 are supported"
-        if op.weight.ndim != 4:
+        if op.params.weight.ndim != 4:
             return "only 2-D kernels are supported"
         a = op.attrs
         auto_pad = a.get("auto_pad", b"NOTSET")
@@ -123,17 +123,18 @@ class ConvLowering:
                     d != 1 for d in a.get("dilations", [1, 1])):
                 return "transposed convolution needs output = stride x input (kernel - 2*pad = stride)"
             pads = a.get("pads", [0] * 4)
-            for sd, pd, k in ((s[0], pads[0], op.weight.shape[2]), (s[1], pads[1], op.weight.shape[3])):
+            kernel = op.params.weight.shape[2:]
+            for sd, pd, k in ((s[0], pads[0], kernel[0]), (s[1], pads[1], kernel[1])):
                 if not all(any((r + pd - kk) % sd == 0 for kk in range(k)) for r in range(sd)):
                     return "a transposed convolution phase without taps is not supported"
-        elif group != 1 and not (group == cin == y_shape[1] and op.weight.shape[1] == 1):
+        elif group != 1 and not (group == cin == y_shape[1] and op.params.weight.shape[1] == 1):
             return f"grouped convolution (group={group}) other than depthwise is not supported"
         pads = a.get("pads", [0, 0, 0, 0])
         if max(pads) > 15:
             return "padding above 15 is not supported"
         if group != 1 and L.blocks(y_shape[1], hw["N"]) + 1 > hw["PARAM_DEPTH"]:
             return f"depthwise conv with {y_shape[1]} channels exceeds the parameter buffer"
-        taps = op.weight.shape[2] * op.weight.shape[3]
+        taps = op.params.weight.shape[2] * op.params.weight.shape[3]
         if group != 1 and L.blocks(taps, hw["N"]) > Regions.of(hw).wgt_rows:
             return f"depthwise kernel with {taps} taps exceeds half the weight buffer"
         return self.fits(op, shapes, hw)
@@ -156,7 +157,7 @@ class AddLowering:
         sa, sb, sy = (shapes.get(t) for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
         if sa is None or sb is None or tuple(sa) != tuple(sb) or len(sa) == 0:
             return "only element-wise adds of two equal-shape tensors are supported (no broadcasting)"
-        if any(abs(k) >= 1 << 15 for k in op.extra["k"]):
+        if any(abs(k) >= 1 << 15 for k in op.params.k):
             return "add multipliers exceed 16 bits"
         return None
 
@@ -322,7 +323,7 @@ def allocate(qg, placement: dict, fused: dict, shapes: dict, n: int, image: "_Im
 
 
 def emit(qg, placement: dict, fused: dict, acts: dict, shapes: dict, image: "_Image", opts: CompileOptions,
-         hw: dict) -> tuple[Emitter, list[dict]]:
+         hw: dict) -> tuple[Emitter, list[HostStep | AccelStep]]:
     """The program's steps in graph order: host ops, and accelerator segments (each ends in finish)."""
     fused_into = {v: k for k, v in fused.items()}   # conv index -> add name
     by_name = {op.name: op for op in qg.ops}
@@ -330,42 +331,42 @@ def emit(qg, placement: dict, fused: dict, acts: dict, shapes: dict, image: "_Im
     steps = []
     for i, op in enumerate(qg.ops):
         if placement[op.name] == "host":
-            steps.append({"kind": "host", "op": op.name, "op_kind": op.kind, "inputs": list(op.inputs),
-                          "outputs": list(op.outputs),
-                          "fallback": op.kind not in HOST_KINDS})
+            steps.append(HostStep(op.name, op.kind, list(op.inputs), list(op.outputs),
+                                  fallback=op.kind not in HOST_KINDS, params=op.params.to_json()))
             continue
         if op.name in fused:
             continue   # emitted with its conv
         start = len(em.insns)
-        names, macs = [op.name], 0
+        step = AccelStep(op.name, [op.name], [op.kind], start, 0, 0)
         if op.kind in ("conv", "conv_transpose", "gemm", "linear"):
             add = by_name[fused_into[i]] if i in fused_into else None
-            macs, where = _lower_conv(em, op, add, acts, shapes, image, opts)
+            _lower_conv(em, op, add, acts, shapes, image, opts, step)
             if add is not None:
-                names.append(add.name)
+                step.ops.append(add.name)
+                step.op_kinds.append(add.kind)
         else:
-            where = _lower_add(em, op, acts, image)
+            _lower_add(em, op, acts, image, step)
         em.emit("finish")
-        steps.append({"kind": "accel", "name": op.name, "ops": names,
-                      "op_kinds": [by_name[nm].kind for nm in names], "insn_start": start,
-                      "insn_count": len(em.insns) - start, "macs": int(macs), **where})
+        step.insn_count = len(em.insns) - start
+        step.params = {name: by_name[name].params.to_json() for name in step.ops}
+        steps.append(step)
     return em, steps
 
 
-def package(qg, em: Emitter, steps: list[dict], acts: dict, shapes: dict, image: "_Image", placement: dict,
-            fused: dict, refused: list[str], src: Path, opts: CompileOptions, hw: dict) -> tuple[Program, dict]:
+def package(qg, em: Emitter, steps: list[HostStep | AccelStep], acts: dict, shapes: dict, image: "_Image",
+            placement: dict, fused: dict, refused: list[str], src: Path, opts: CompileOptions,
+            hw: dict) -> tuple[Program, dict]:
     """Instructions into the DRAM image, and the program container with its metadata."""
     n = hw["N"]
     insn_bytes = asm.to_bytes(em.insns)
     insn_addr = image.alloc(len(insn_bytes), isa.INSN_BYTES)
     image.chunks.append((insn_addr, np.frombuffer(insn_bytes, np.uint8)))
     dram = image.build()
-    for s in steps:
-        if s["kind"] == "accel":
-            s["insn_addr"] = insn_addr + s["insn_start"] * isa.INSN_BYTES
-    tensors = {a.name: {"addr": a.addr, "c": a.c, "h": a.h, "w": a.w, "scale": a.q.scale,
-                        "zero_point": a.q.zero_point, "type": a.q.qtype.name,
-                        "view": act_dims(shapes[a.name])[3], "shape": list(shapes[a.name])} for a in acts.values()}
+    segments = [s for s in steps if isinstance(s, AccelStep)]
+    for s in segments:
+        s.insn_addr = insn_addr + s.insn_start * isa.INSN_BYTES
+    tensors = {a.name: Placement(a.name, a.addr, a.c, a.h, a.w, a.q.scale, a.q.zero_point, a.q.qtype.name,
+                                 act_dims(shapes[a.name])[3], list(shapes[a.name])) for a in acts.values()}
 
     def as_tensor(a: Act) -> Tensor:
         return Tensor(a.name, a.addr, (a.blocks(n), a.h, a.w, n), "int8" if a.q.qtype.signed else "uint8", "CBHWN")
@@ -373,16 +374,16 @@ def package(qg, em: Emitter, steps: list[dict], acts: dict, shapes: dict, image:
     graph_in = [acts[o] for op in qg.ops if op.kind == "quantize" for o in op.outputs if o in acts]
     graph_out = [acts[op.inputs[0]] for op in qg.ops if op.kind == "dequantize" and op.inputs[0] in acts]
     accel_ops = [op for op in qg.ops if placement[op.name] == "accel"]
-    segments = sum(1 for s in steps if s["kind"] == "accel")
     meta = {
         "kind": FORMAT_KIND, "source": "model.q.onnx", "source_name": src.name, "fusion": opts.fusion,
-        "fallback": opts.fallback, "array": n, "steps": steps, "tensors": tensors,
+        "fallback": opts.fallback, "array": n, "steps": [s.to_json() for s in steps],
+        "tensors": {name: t.to_json() for name, t in tensors.items()},
         "inputs": list(qg.inputs), "outputs": list(qg.outputs),
         "fused_adds": sorted(fused), "host_ops": refused,
         "summary": {"accel_ops": len(accel_ops), "host_ops": len(qg.ops) - len(accel_ops),
-                    "fallback_ops": len(refused), "segments": segments,
+                    "fallback_ops": len(refused), "segments": len(segments),
                     "instructions": len(em.insns), "dram_bytes": int(dram.size),
-                    "macs": int(sum(s.get("macs", 0) for s in steps))},
+                    "macs": int(sum(s.macs for s in segments))},
     }
     program = Program(em.insns, dram, insn_addr, hw, [as_tensor(a) for a in graph_in],
                       [as_tensor(a) for a in graph_out], meta)
@@ -403,8 +404,9 @@ def _group(refused: list[str], per_kind: int = 6) -> str:
     return "; ".join(parts)
 
 
-def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image,
-                opts: CompileOptions) -> tuple[int, dict]:
+def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image, opts: CompileOptions,
+                step: AccelStep) -> None:
+    """Emit a weighted layer (with its fused add); record in `step` where its data went and its MACs."""
     n = em.n
     x, y1 = acts[op.inputs[0]], acts[op.outputs[0]]
     geo = ConvLowering().geometry(op, shapes[op.inputs[0]], shapes[op.outputs[0]])
@@ -418,19 +420,20 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image,
     packed = bool(tiles.size) and -8 <= int(tiles.min()) and int(tiles.max()) <= 7   # W4: two weights a byte
     wt_addr = image.place(formats.pack_int4(tiles.reshape(-1)) if packed else tiles)
     cbo = L.blocks(y1.c, n)
-    params = L.param_rows(op.bias, np.broadcast_to(op.mult, op.bias.shape), np.broadcast_to(op.shift, op.bias.shape), n)
+    p = op.params
+    params = L.param_rows(p.bias, np.broadcast_to(p.mult, p.bias.shape), np.broadcast_to(p.shift, p.bias.shape), n)
     fusion = None
     y = y1
     rows = cbo
     if add is not None:
         other_name = add.inputs[1] if add.inputs[0] == op.outputs[0] else add.inputs[0]
-        ks = add.extra["k"]
+        ks = add.params.k
         k_self, k_other = (ks[0], ks[1]) if add.inputs[0] == op.outputs[0] else (ks[1], ks[0])
-        params = np.concatenate([params, add_param_row(int(np.reshape(add.mult, -1)[0]),
-                                                       int(np.reshape(add.shift, -1)[0]), n)])
+        params = np.concatenate([params, add_param_row(int(np.reshape(add.params.mult, -1)[0]),
+                                                       int(np.reshape(add.params.shift, -1)[0]), n)])
         rows += 1
         y = acts[add.outputs[0]]
-        fusion = AddFusion(acts[other_name], int(k_self), int(k_other), -1, add.out_q, add.lo, add.hi)
+        fusion = AddFusion(acts[other_name], int(k_self), int(k_other), -1, add.out_q, add.params.lo, add.params.hi)
     p_addr = image.place(params)
     per_group = rows > em.reg.param_depth        # loaded by each output-block group instead
     pbase = -1
@@ -442,22 +445,24 @@ def _lower_conv(em: Emitter, op, add, acts: dict, shapes: dict, image: _Image,
     tmp_addr = -1
     if not opts.fusion:
         tmp_addr = image.alloc(cbo * y1.h * y1.w * n * 4)
-    epi = Epilogue(y, op.out_q, op.lo, op.hi, pbase, opts.fusion, fusion, tmp_addr,
+    epi = Epilogue(y, op.out_q, p.lo, p.hi, pbase, opts.fusion, fusion, tmp_addr,
                    p_addr // isa.WORD_BYTES if per_group else -1)
     tiling = choose_tiling(geo, x.blocks(n), cbo, em.reg, n, geo.kind == "depthwise")
     lower_conv_like(em, geo, x, cbo, Weights(wt_addr // isa.WORD_BYTES, packed), epi, tiling)
-    where = {"weights_addr": wt_addr, "weights_packed_int4": packed, "params_addr": p_addr,
-             "tiling": {"rows": tiling.th, "cols": tiling.wt, "out_blocks": tiling.group, "in_blocks": tiling.chunk}}
+    step.weights_addr, step.weights_packed_int4, step.params_addr = wt_addr, packed, p_addr
+    step.tiling = Tiling(tiling.th, tiling.wt, tiling.group, tiling.chunk)
     if op.kind == "conv_transpose":
-        return int(np.prod(weight.shape)) * x.h * x.w, where
-    return int(y1.c * weight.shape[1] * geo.kh * geo.kw * y1.h * y1.w), where
+        step.macs = int(np.prod(weight.shape)) * x.h * x.w
+    else:
+        step.macs = int(y1.c * weight.shape[1] * geo.kh * geo.kw * y1.h * y1.w)
 
 
-def _lower_add(em: Emitter, op, acts: dict, image: _Image) -> dict:
+def _lower_add(em: Emitter, op, acts: dict, image: _Image, step: AccelStep) -> None:
     a, b, y = acts[op.inputs[0]], acts[op.inputs[1]], acts[op.outputs[0]]
-    ka, kb = op.extra["k"]
-    p_addr = image.place(add_param_row(int(np.reshape(op.mult, -1)[0]), int(np.reshape(op.shift, -1)[0]), em.n))
+    p = op.params
+    ka, kb = p.k
+    p_addr = image.place(add_param_row(int(np.reshape(p.mult, -1)[0]), int(np.reshape(p.shift, -1)[0]), em.n))
     row = em.param_slot(1)
     em.load_rows("param", row, p_addr // isa.WORD_BYTES, 1)
-    lower_add(em, a, b, y, int(ka), int(kb), row, op.lo, op.hi)
-    return {"params_addr": p_addr}
+    lower_add(em, a, b, y, int(ka), int(kb), row, p.lo, p.hi)
+    step.params_addr = p_addr

@@ -9,9 +9,15 @@ frames-per-second estimate in `tools/accel_estimate.py`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from edgekit.jsondoc import DocCheck
+
 from . import isa
 from .asm import decode
 from .golden import gemm_steps, post_cycles, split_bursts
+from .model_meta import AccelStep, HostStep, read_steps
+from .program import Program
 
 BUFS = {v: k for k, v in isa.BUFFERS.items()}
 
@@ -61,18 +67,17 @@ def segment_cost(insns, hw: dict, latency: int = 4) -> dict:
 
 def program_cost(folder, latency: int = 4) -> dict:
     """Per-segment and total static cost of a compiled-model folder."""
-    from .program import Program
-
     prog = Program.load(folder)
+    steps = read_steps(prog.meta, prog, DocCheck(Path(folder) / "program.json"))
     layers = []
-    for step in prog.meta["steps"]:
-        if step["kind"] != "accel":
+    for step in steps:
+        if not isinstance(step, AccelStep):
             continue
-        seg = prog.insns[step["insn_start"]:step["insn_start"] + step["insn_count"]]
+        seg = prog.insns[step.insn_start:step.insn_start + step.insn_count]
         cost = segment_cost(seg, prog.hw, latency)
-        layers.append({"name": step["name"], "kinds": step["op_kinds"], "useful_macs": step["macs"], **cost})
+        layers.append({"name": step.name, "kinds": step.op_kinds, "useful_macs": step.macs, **cost})
     total = {k: sum(layer[k] for layer in layers) for k in ("cycles", "compute_busy", "mac_busy", "useful_macs",
                                                      "dram_rd_bytes", "dram_wr_bytes", "insns")}
-    host = [s for s in prog.meta["steps"] if s["kind"] == "host"]
+    host = [s for s in steps if isinstance(s, HostStep)]
     return {"hw": prog.hw, "layers": layers, "total": total, "host_steps": len(host),
-            "fallback_ops": [s["op"] for s in host if s.get("fallback")]}
+            "fallback_ops": [s.op for s in host if s.fallback]}

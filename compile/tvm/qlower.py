@@ -55,15 +55,14 @@ def _node_for(op, index: int, input_names: list[str], shapes: dict) -> object | 
         return None
     attrs = dict(kind=op.kind, in_zero_points=[int(q.zero_point) for q in op.in_q],
                  y_zero_point=int(op.out_q.zero_point),
-                 qmin=int(op.out_q.qtype.qmin if op.lo is None else op.lo),
-                 qmax=int(op.out_q.qtype.qmax if op.hi is None else op.hi),
+                 qmin=int(op.params.lo), qmax=int(op.params.hi),
                  out_signed=int(op.out_q.qtype.signed))
     if handler.weighted:
-        attrs["weight"] = _tensor_attr(op.weight.astype(np.int16), "weight")
-        attrs["bias"] = _tensor_attr(F.wrap_int32(op.bias).astype(np.int32), "bias")
+        attrs["weight"] = _tensor_attr(op.params.weight.astype(np.int16), "weight")
+        attrs["bias"] = _tensor_attr(F.wrap_int32(op.params.bias).astype(np.int32), "bias")
     if handler.op_multiplier:
-        attrs["mult"] = _tensor_attr(np.asarray(op.mult, np.int64).reshape(-1), "mult")
-        attrs["shift"] = _tensor_attr(np.asarray(op.shift, np.int64).reshape(-1), "shift")
+        attrs["mult"] = _tensor_attr(np.asarray(op.params.mult, np.int64).reshape(-1), "mult")
+        attrs["shift"] = _tensor_attr(np.asarray(op.params.shift, np.int64).reshape(-1), "shift")
     attrs.update(handler.attributes(op, input_names, shapes))
     return helper.make_node("QLinearInteger", input_names, [op.outputs[0]],
                             name=f"{op.name or 'q'}_int{index}", domain=EDGEKIT_DOMAIN, **attrs)
@@ -352,7 +351,7 @@ class _Weighted(KindHandler):
 
 class ConvHandler(_Weighted):
     def supports(self, op, input_names, shapes):
-        return op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and len(op.weight.shape[2:]) == 2
+        return op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and len(op.params.weight.shape[2:]) == 2
 
     def attributes(self, op, input_names, shapes):
         a = op.attrs
@@ -399,7 +398,7 @@ class AddHandler(KindHandler):
     """acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b."""
 
     def attributes(self, op, input_names, shapes):
-        return {"k": [int(k) for k in op.extra["k"]]}
+        return {"k": [int(k) for k in op.params.k]}
 
     def emit(self, bb, inputs, attr, out):
         op = _relax().op
@@ -415,8 +414,8 @@ class ConcatHandler(KindHandler):
     op_multiplier = False
 
     def attributes(self, op, input_names, shapes):
-        return dict(axis=int(op.attrs["axis"]), mults=[int(m) for m in op.extra["mult"]],
-                    shifts=[int(s) for s in op.extra["shift"]])
+        return dict(axis=int(op.attrs["axis"]), mults=[int(m) for m in op.params.mults],
+                    shifts=[int(s) for s in op.params.shifts])
 
     def emit(self, bb, inputs, attr, out):
         parts = [out(_centered(x, zp, "int32"), None, np.array([m], np.int64), np.array([s], np.int64))

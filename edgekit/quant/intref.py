@@ -53,13 +53,14 @@ class _WeightOp:
     channel_axis = 1
 
     def run(self, op: QOp, args, consts):
+        p = op.params
         x = _f64(args[0], op.in_q[0].zero_point)
-        w = torch.from_numpy(op.weight.astype(np.float64))
+        w = torch.from_numpy(p.weight.astype(np.float64))
         acc = _acc(self.accumulate(op, x, w))
         axis = self.channel_axis if self.channel_axis >= 0 else acc.ndim + self.channel_axis
         view = lambda v: _channel_view(v, acc.ndim, axis)  # noqa: E731
-        return F.requantize(acc, view(op.bias), view(op.mult), view(op.shift), op.out_q.zero_point,
-                            op.out_q.qtype, op.lo, op.hi)
+        return F.requantize(acc, view(p.bias), view(p.mult), view(p.shift), op.out_q.zero_point,
+                            op.out_q.qtype, p.lo, p.hi)
 
 
 class Conv(_WeightOp):
@@ -92,22 +93,24 @@ class MatMul:
         a = _f64(args[0], op.in_q[0].zero_point)
         b = _f64(args[1], op.in_q[1].zero_point)
         acc = _acc(torch.matmul(a, b))
-        return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
+        p = op.params
+        return F.requantize(acc, 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
 
 
 class Add:
     def run(self, op, args, consts):
-        ka, kb = op.extra["k"]
+        p = op.params
+        ka, kb = p.k
         a = (np.asarray(args[0], np.int64) - op.in_q[0].zero_point) * ka
         b = (np.asarray(args[1], np.int64) - op.in_q[1].zero_point) * kb
         acc = F.wrap_int32(a + b)
-        return F.requantize(acc, 0, op.mult, op.shift, op.out_q.zero_point, op.out_q.qtype, op.lo, op.hi)
+        return F.requantize(acc, 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
 
 
 class Concat:
     def run(self, op, args, consts):
         parts = [F.requantize(np.asarray(x, np.int64) - q.zero_point, 0, m, s, op.out_q.zero_point, op.out_q.qtype)
-                 for x, q, m, s in zip(args, op.in_q, op.extra["mult"], op.extra["shift"])]
+                 for x, q, m, s in zip(args, op.in_q, op.params.mults, op.params.shifts)]
         return np.concatenate(parts, axis=int(op.attrs["axis"]))
 
 

@@ -8,8 +8,12 @@ Each back-end lists one handler per kind it runs, in an explicit table:
 `edgekit.compile.accel.compiler.LOWERINGS`; a kind without a handler is refused, naming the
 kind and the back-end.
 
-Adding a kind: one class here (its ONNX ops, its role for the writer, its `match` for the
-parser), listed in KINDS and PARSE_ORDER, plus one handler in each back-end that runs it.
+Adding a kind: one class here (its ONNX ops, its role for the writer, its parameter class, its
+`match` for the parser), listed in KINDS and PARSE_ORDER, plus one handler in each back-end that
+runs it.
+
+Each kind names its parameter class (`params_type`): what a QOp of that kind carries beyond its
+inputs' and output's grids, with its JSON form (`to_json` / `from_json`; program.json's steps use it).
 
 Roles, as the writer uses them:
 - ``layer``: a node with a constant weight (per-channel symmetric int weights, int32 bias);
@@ -19,6 +23,8 @@ Roles, as the writer uses them:
 - ``io`` / ``float``: graph-edge (de)quantizers, and float regions between DQ and Q.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import onnx
@@ -73,6 +79,95 @@ def avgpool_multiplier(s_x: float, s_y: float, count) -> tuple[np.ndarray, np.nd
     return F.quantize_multiplier(ratio / np.asarray(count, np.float64))
 
 
+# -- the kinds' parameters ------------------------------------------------------------------------
+
+def _array(dtype: str):
+    """A numpy array field: a nested list in the JSON form, `dtype` when read back."""
+    return field(metadata={"array": dtype})
+
+
+@dataclass(kw_only=True)
+class Params:
+    """Parameters of an op with none of its own (quantize, dequantize, value moves, float regions).
+
+    The JSON form lists every number exactly (float32 values survive a float64 round trip); weight
+    codes are named by their initializer, and `from_json` reads them from `codes` ({name: int codes})."""
+
+    def to_json(self) -> dict:
+        doc = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("codes"):
+                doc[f.name] = {"shape": list(np.shape(value))}   # the numbers are in the model
+            elif "array" in f.metadata:
+                doc[f.name] = np.asarray(value).tolist()
+            elif isinstance(value, F.QType):
+                doc[f.name] = value.name
+            else:   # numpy scalars as Python numbers
+                doc[f.name] = value.item() if isinstance(value, np.generic) else value
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict, codes: dict | None = None) -> "Params":
+        values = {}
+        for f in fields(cls):
+            value = doc[f.name]
+            if f.metadata.get("codes"):
+                value = np.asarray(codes[doc[f.metadata["codes"]]], np.int64).reshape(value["shape"])
+            elif "array" in f.metadata:
+                value = np.asarray(value, f.metadata["array"])
+            elif f.metadata.get("qtype"):
+                value = F.QTYPES[value]
+            values[f.name] = value
+        return cls(**values)
+
+
+@dataclass(kw_only=True)
+class Clamp(Params):
+    """The output clamp every integer op ends with, in output codes: a fused Relu/Clip's bounds,
+    else the output type's range."""
+
+    lo: int
+    hi: int
+    act: str | None = None   # the fused activation: None, 'relu' or 'clip'
+
+
+@dataclass(kw_only=True)
+class Requant(Clamp):
+    """One fixed-point requantization y = (acc * mult) >> shift, per tensor or per output channel."""
+
+    mult: np.ndarray = _array("int64")
+    shift: np.ndarray = _array("int64")
+
+
+@dataclass(kw_only=True)
+class LayerParams(Requant):
+    """A weighted layer: symmetric int weight codes (ONNX layout), int32 bias, per-channel (mult, shift)."""
+
+    weight: np.ndarray = field(metadata={"codes": "weight_init"})
+    weight_init: str                         # the initializer holding the weight codes
+    weight_scale: np.ndarray = _array("float32")   # per output channel
+    weight_qtype: F.QType = field(metadata={"qtype": True})
+    weight_axis: int                         # output-channel axis of `weight`
+    bias: np.ndarray = _array("int64")       # int32 values, per output channel
+
+
+@dataclass(kw_only=True)
+class AddParams(Requant):
+    """Both inputs scaled onto a common accumulator scale by the integers k = [k_a, k_b]."""
+
+    k: list[int]
+    accum_scale: float
+
+
+@dataclass(kw_only=True)
+class ConcatParams(Clamp):
+    """Each input requantized onto the output grid by its own (mult, shift)."""
+
+    mults: list[int]
+    shifts: list[int]
+
+
 # -- the kinds -----------------------------------------------------------------------------------
 
 class Kind:
@@ -82,6 +177,7 @@ class Kind:
     name = ""
     role = "float"
     onnx_ops: frozenset = frozenset()
+    params_type: type = Params
     takes_fused_activation = False   # may a Relu/Clip between the op and its Q be folded in
 
     def match(self, r):
@@ -93,6 +189,7 @@ class _WeightLayer(Kind):
 
     role = "layer"
     takes_fused_activation = True
+    params_type = LayerParams
 
     def weight_out_axis(self, attrs: dict) -> int:
         raise NotImplementedError
@@ -131,7 +228,7 @@ class _WeightLayer(Kind):
                 b = np.rint(b * (b_scale.astype(np.float64) / expect_scale.astype(np.float64))).astype(np.int64)
             bias = b
         mult, shift = F.quantize_multiplier(requant_scale(x_q.scale, s_w, r.out_q.scale))
-        return r.int_op(self.name, acts=[main.input[0]], weight=w["codes"], weight_scale=s_w,
+        return r.int_op(self, acts=[main.input[0]], weight=w["codes"], weight_init=w["init"], weight_scale=s_w,
                         weight_qtype=F.qtype_of_onnx(w["type"]), weight_axis=expect, bias=bias, mult=mult,
                         shift=shift)
 
@@ -171,6 +268,7 @@ class MatMul(Kind):
 
     name, role, onnx_ops = "matmul", "binary", frozenset({"MatMul"})
     takes_fused_activation = True
+    params_type = Requant
 
     def match(self, r):
         main = r.main
@@ -178,7 +276,7 @@ class MatMul(Kind):
             return None
         qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
         mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), r.out_q.scale))
-        return r.int_op(self.name, acts=list(main.input), mult=mult, shift=shift)
+        return r.int_op(self, acts=list(main.input), mult=mult, shift=shift)
 
 
 class Add(Kind):
@@ -186,6 +284,7 @@ class Add(Kind):
 
     name, role, onnx_ops = "add", "binary", frozenset({"Add"})
     takes_fused_activation = True
+    params_type = AddParams
 
     def match(self, r):
         main = r.main
@@ -195,35 +294,35 @@ class Add(Kind):
         s_u = max(qa.scale, qb.scale) * 2.0 ** -ADD_ACCUM_BITS
         ka, kb = int(np.rint(qa.scale / s_u)), int(np.rint(qb.scale / s_u))
         mult, shift = F.quantize_multiplier(s_u / r.out_q.scale)
-        return r.int_op(self.name, acts=list(main.input), mult=mult, shift=shift,
-                        extra={"k": [ka, kb], "accum_scale": s_u})
+        return r.int_op(self, acts=list(main.input), mult=mult, shift=shift, k=[ka, kb], accum_scale=float(s_u))
 
 
 class Concat(Kind):
     """Each input requantized onto the output grid: per-input (M, shift)."""
 
     name, role, onnx_ops = "concat", "requant", frozenset({"Concat"})
+    params_type = ConcatParams
 
     def match(self, r):
         main = r.main
         if not r.single or not all(t in r.dq_act for t in main.input):
             return None
         rq = [F.quantize_multiplier(r.dq_act[t][1].scale / r.out_q.scale) for t in main.input]
-        return r.int_op(self.name, acts=list(main.input),
-                        extra={"mult": [int(m) for m, _ in rq], "shift": [int(s) for _, s in rq]})
+        return r.int_op(self, acts=list(main.input), mults=[int(m) for m, _ in rq], shifts=[int(s) for _, s in rq])
 
 
 class AvgPool(Kind):
     """Window sum of (x - zp_x), requantized by `avgpool_multiplier` with each position's count."""
 
     name, role, onnx_ops = "avgpool", "requant", frozenset({"AveragePool"})
+    params_type = Requant
 
     def match(self, r):
         if not r.single or r.main.input[0] not in r.dq_act:
             return None
         q = r.dq_act[r.main.input[0]][1]
         mult, shift = F.quantize_multiplier(q.scale / r.out_q.scale)  # divisor applied per position
-        return r.int_op(self.name, acts=[r.main.input[0]], mult=mult, shift=shift)
+        return r.int_op(self, acts=[r.main.input[0]], mult=mult, shift=shift)
 
 
 class GlobalAvgPool(AvgPool):
@@ -236,7 +335,7 @@ class MaxPool(Kind):
     def match(self, r):
         if not r.single or r.main.input[0] not in r.dq_act:
             return None
-        return r.int_op(self.name, acts=[r.main.input[0]])
+        return r.int_op(self, acts=[r.main.input[0]])
 
 
 class Layout(Kind):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.onnx_graph.model import QDQ_OPSET, producers
+from edgekit.onnx_graph.model import QDQ_OPSET, consumers, producers
 from edgekit.quant import formats as F
 from edgekit.quant import weights as W
 from edgekit.quant.kinds import bias_scale, fused_activation
@@ -172,10 +172,7 @@ def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
     inits_now = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     producer = producers(graph)
     point_set = set(plan.points)
-    n_readers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            n_readers[i] = n_readers.get(i, 0) + 1
+    readers = consumers(graph)
     graph_outs = {o.name for o in graph.output}
     for name in plan.points:
         node = producer.get(name)
@@ -184,7 +181,7 @@ def _drop_redundant_activations(graph, plan: QuantPlan) -> None:
         fused = fused_activation(node, inits_now)
         bounds = fused[1] if fused is not None else None
         if bounds is not None and _act_redundant(bounds, plan.qparams(name)) and node.input[0] not in point_set \
-                and n_readers.get(node.input[0]) == 1 and node.input[0] not in graph_outs \
+                and len(readers.get(node.input[0], ())) == 1 and node.input[0] not in graph_outs \
                 and node.input[0] in producer:
             renamed[name] = node.input[0]
     act_nodes = {producer[n].name for n in renamed}

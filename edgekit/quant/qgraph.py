@@ -26,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.onnx_graph.model import load_model
 from edgekit.quant import formats as F
-from edgekit.quant.kinds import MOVE_KINDS, MOVE_OPS, PARSE_ORDER, fused_activation
+from edgekit.quant.kinds import MOVE_KINDS, MOVE_OPS, PARSE_ORDER, Clamp, Params, fused_activation
 
 
 @dataclass
@@ -43,28 +43,27 @@ class QTensor:
 
 @dataclass
 class QOp:
+    """One op of the integer view: its kind (edgekit.quant.kinds), where it reads and writes, the
+    grids of its inputs and output, and its kind's parameters (`params`, a kinds.Params subclass)."""
+
     kind: str                       # a name in edgekit.quant.kinds.KINDS
     name: str                       # the main ONNX node's name
     inputs: list[str]               # names in the integer environment
     outputs: list[str]
     in_q: list[QTensor | None] = field(default_factory=list)   # None: a float input
     out_q: QTensor | None = None    # None: a float output (graph output of a float op)
-    weight: np.ndarray | None = None       # int codes, ONNX layout of the weight
-    weight_scale: np.ndarray | None = None  # float32 per output channel
-    weight_qtype: F.QType | None = None
-    weight_axis: int | None = None         # output-channel axis of `weight`
-    bias: np.ndarray | None = None         # int32 values (int64 array), per output channel
-    mult: np.ndarray | None = None         # int64, per output channel or scalar
-    shift: np.ndarray | None = None
-    lo: int | None = None                  # output clamp (fused activation), quantized domain
-    hi: int | None = None
-    act: str | None = None                 # None / 'relu' / 'clip'
+    params: Params = field(default_factory=Params)
     attrs: dict = field(default_factory=dict)   # attributes of the main node (stride, pads, group...)
     op_type: str = ""                      # main ONNX op type
     nodes: list = field(default_factory=list)   # the region's ONNX nodes (float/layout ops)
     region_inputs: list[str] = field(default_factory=list)  # names the region's nodes read
     region_output: str = ""                # the region tensor that the Q quantizes
-    extra: dict = field(default_factory=dict)   # add: K multipliers; concat: per-input (M, shift)
+
+    def to_json(self) -> dict:
+        """The op as program.json and reports show it (weight codes named by their initializer)."""
+        return {"kind": self.kind, "name": self.name, "op_type": self.op_type, "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "in_q": [q.to_json() if q else None for q in self.in_q],
+                "out_q": self.out_q.to_json() if self.out_q else None, "params": self.params.to_json()}
 
 
 @dataclass
@@ -247,8 +246,7 @@ class _Parser:
                 vname = out + "__moved"
                 op = QOp(kind, node.name, [src_q] + [i for i in node.input[1:] if i], [vname], [qt], qt,
                          attrs=node_attrs(node), op_type=node.op_type, nodes=[node],
-                         region_inputs=[node.input[0]] + [i for i in node.input[1:] if i], region_output=out,
-                         lo=qt.qtype.qmin, hi=qt.qtype.qmax)
+                         region_inputs=[node.input[0]] + [i for i in node.input[1:] if i], region_output=out)
                 op.in_q += [None] * (len(op.inputs) - 1)
                 moves.append((idx, op))
                 self.dq_act[out] = (vname, qt)
@@ -371,15 +369,17 @@ class Region:
     def act_inputs(self) -> list[str]:
         return [t for t in self.main.input if t in self.dq_act]
 
-    def int_op(self, kind: str, acts: list[str], **kw) -> QOp:
-        """The QOp of an integer kind reading the quantized activations `acts`."""
+    def int_op(self, kind, acts: list[str], **params) -> QOp:
+        """The QOp of integer kind `kind` (a kinds.Kind) reading the quantized activations `acts`;
+        `params` are its kind's parameters, the output clamp added here."""
         main = self.main
-        op = QOp(kind, main.name, [self.dq_act[t][0] for t in acts], [self.out_name],
-                 [self.dq_act[t][1] for t in acts], self.out_q, act=self.act, attrs=self.attrs,
-                 op_type=main.op_type, nodes=self.nodes, region_inputs=list(self.inputs),
-                 region_output=self.output, **kw)
-        op.lo, op.hi = fused_bounds(self.act, self.clip, self.out_q)
-        return op
+        if issubclass(kind.params_type, Clamp):
+            lo, hi = fused_bounds(self.act, self.clip, self.out_q)
+            params.update(lo=lo, hi=hi, act=self.act)
+        return QOp(kind.name, main.name, [self.dq_act[t][0] for t in acts], [self.out_name],
+                   [self.dq_act[t][1] for t in acts], self.out_q, kind.params_type(**params), attrs=self.attrs,
+                   op_type=main.op_type, nodes=self.nodes, region_inputs=list(self.inputs),
+                   region_output=self.output)
 
     def fallback(self, kind: str = "float") -> QOp:
         return _float_op(self.nodes, self.inputs, self.output, self.out_name, self.out_q, self.dq_act, kind)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import tempfile
 from pathlib import Path
 
@@ -27,10 +26,10 @@ import numpy as np
 
 from edgekit.compile.accel import golden, isa
 from edgekit.compile.accel import layout as L
-from edgekit.compile.accel.compiler import FORMAT_KIND
+from edgekit.compile.accel.model_meta import FORMAT_KIND, AccelStep, read_model_meta
 from edgekit.compile.accel.program import Program, check_feeds, read_feeds
 from edgekit.errors import EdgekitError, require
-from edgekit.jsondoc import DocCheck
+from edgekit.onnx_graph.model import static_dims
 
 CYCLE_LATENCY = 4   # memory latency the golden cycle estimate assumes (cycles)
 
@@ -55,8 +54,9 @@ class CompiledModel:
         self.meta = self.program.meta
         require(self.meta.get("kind") == FORMAT_KIND, f"{self.folder}: not a compiled model (meta.kind)")
         self.n = self.program.hw["N"]
-        self.source = check_model_meta(self.meta, self.folder, self.program)
-        self.tensors = self.meta["tensors"]
+        checked = read_model_meta(self.meta, self.folder, self.program)
+        self.source, self.steps, self.tensors = checked.source, checked.steps, checked.tensors
+        self.outputs = checked.outputs
         self._qg = None
 
     @property
@@ -70,85 +70,22 @@ class CompiledModel:
     # ---- tensors in DRAM ------------------------------------------------
     def read(self, dram: np.ndarray, name: str) -> np.ndarray:
         t = self.tensors[name]
-        nbytes = L.blocks(t["c"], self.n) * t["h"] * t["w"] * self.n
-        raw = np.asarray(dram[t["addr"]:t["addr"] + nbytes])
-        codes = L.from_device(raw, t["c"], t["h"], t["w"], self.n, t["type"].startswith("int"))
-        if t.get("view") == "rows":   # [1, K, T, 1] -> [..., T, K]
-            return codes[0, :, :, 0].T.reshape(t["shape"])
+        raw = np.asarray(dram[t.addr:t.addr + t.nbytes(self.n)])
+        codes = L.from_device(raw, t.c, t.h, t.w, self.n, t.signed)
+        if t.view == "rows":   # [1, K, T, 1] -> [..., T, K]
+            return codes[0, :, :, 0].T.reshape(t.shape)
         return codes
 
     def write(self, dram: np.ndarray, name: str, codes) -> None:
         t = self.tensors[name]
         codes = np.asarray(codes)
-        if t.get("view") == "rows":
-            codes = codes.reshape(t["h"], t["c"]).T
-        raw = L.to_device(codes.reshape(1, t["c"], t["h"], t["w"]), self.n, t["zero_point"])
-        dram[t["addr"]:t["addr"] + raw.size] = raw.reshape(-1)
+        if t.view == "rows":
+            codes = codes.reshape(t.h, t.c).T
+        raw = L.to_device(codes.reshape(1, t.c, t.h, t.w), self.n, t.zero_point)
+        dram[t.addr:t.addr + raw.size] = raw.reshape(-1)
 
     def in_dram(self, name: str) -> bool:
-        return name in self.tensors and self.tensors[name]["addr"] >= 0
-
-
-def check_model_meta(meta: dict, folder: Path, program: Program) -> Path:
-    """The compiled-model part of program.json (meta.*), checked before `execute` trusts it; returns
-    the quantized source model's path (inside the folder)."""
-    check = DocCheck(folder / "program.json")
-    source = check.file_inside(folder, check.get(meta, "source", "meta.source"), "meta.source", "program folder")
-    for key in ("inputs", "outputs"):
-        names = check.of_type(check.get(meta, key, f"meta.{key}"), f"meta.{key}", list, "a list of tensor names")
-        for i, name in enumerate(names):
-            check.text(name, f"meta.{key}[{i}]")
-    tensors = check.of_type(check.get(meta, "tensors", "meta.tensors"), "meta.tensors", dict,
-                            "an object {tensor name: placement}")
-    for name, spec in tensors.items():
-        _check_placement(spec, f"meta.tensors.{name}", program, check)
-    steps = check.of_type(check.get(meta, "steps", "meta.steps"), "meta.steps", list, "a list of steps")
-    first, end = program.insn_addr, program.insn_addr + program.insn_count * isa.INSN_BYTES
-    for i, step in enumerate(steps):
-        where = f"meta.steps[{i}]"
-        step = check.of_type(step, where, dict, "an object {kind, ...}")
-        kind = check.get(step, "kind", f"{where}.kind")
-        if kind == "host":
-            check.text(check.get(step, "op", f"{where}.op"), f"{where}.op")
-            continue
-        if kind != "accel":
-            check.fail(f"{where}.kind", "'host' or 'accel'", kind)
-        check.text(check.get(step, "name", f"{where}.name"), f"{where}.name")
-        for key in ("ops", "op_kinds"):
-            items = check.of_type(check.get(step, key, f"{where}.{key}"), f"{where}.{key}", list, "a list of names")
-            for j, item in enumerate(items):
-                check.text(item, f"{where}.{key}[{j}]")
-        check.integer(check.get(step, "macs", f"{where}.macs"), f"{where}.macs")
-        # a segment runs instructions of the program's own region, nothing else in DRAM
-        addr = check.integer(check.get(step, "insn_addr", f"{where}.insn_addr"), f"{where}.insn_addr", lo=first,
-                             hi=end - isa.INSN_BYTES, multiple=isa.INSN_BYTES)
-        check.integer(check.get(step, "insn_count", f"{where}.insn_count"), f"{where}.insn_count", lo=1,
-                      hi=(end - addr) // isa.INSN_BYTES)
-    return source
-
-
-def _check_placement(spec, where: str, program: Program, check: DocCheck) -> None:
-    """One meta.tensors entry: its [CB, H, W, N] bytes lie inside DRAM (addr -1: kept on chip)."""
-    from edgekit.quant.formats import QTYPES
-
-    spec = check.of_type(spec, where, dict, "an object {addr, c, h, w, type, zero_point, shape}")
-    c, h, w = (check.integer(check.get(spec, k, f"{where}.{k}"), f"{where}.{k}", lo=1) for k in "chw")
-    addr = check.integer(check.get(spec, "addr", f"{where}.addr"), f"{where}.addr", lo=-1)
-    qtype = check.get(spec, "type", f"{where}.type")
-    if not (isinstance(qtype, str) and qtype in QTYPES):
-        check.fail(f"{where}.type", f"one of {', '.join(QTYPES)}", qtype)
-    check.integer(check.get(spec, "zero_point", f"{where}.zero_point"), f"{where}.zero_point", lo=-128, hi=255)
-    if spec.get("view", "nchw") not in ("nchw", "rows"):
-        check.fail(f"{where}.view", "'nchw' or 'rows'", spec.get("view"))
-    shape = check.of_type(check.get(spec, "shape", f"{where}.shape"), f"{where}.shape", list, "a list of integers")
-    for i, dim in enumerate(shape):
-        check.integer(dim, f"{where}.shape[{i}]", lo=1)
-    if math.prod(shape) != c * h * w:
-        check.fail(f"{where}.shape", f"of c*h*w = {c * h * w} elements", shape)
-    nbytes = L.blocks(c, program.hw["N"]) * h * w * program.hw["N"]
-    if addr >= 0 and addr + nbytes > program.dram.size:
-        raise EdgekitError(f"{check.doc_path}: field {where}: bytes [{addr}, {addr + nbytes}) lie outside "
-                           f"the DRAM image of {program.dram.size} bytes")
+        return name in self.tensors and self.tensors[name].in_dram
 
 
 class HostOps:
@@ -194,28 +131,28 @@ async def execute(model: CompiledModel, device, feeds: dict, log=None) -> dict:
             return consts[name]
         raise EdgekitError(f"{model.folder}: step input {name} is neither computed nor in DRAM")
 
-    steps = model.meta["steps"]
+    steps = model.steps
     for k, step in enumerate(steps):
         if log:
             log(k, len(steps), step)
-        if step["kind"] == "host":
-            require(step["op"] in ops, f"{model.folder}/program.json: field meta.steps[{k}].op: the quantized "
-                                       f"model {model.source.name} has no op {step['op']!r}")
-            op = ops[step["op"]]
+        if not isinstance(step, AccelStep):
+            require(step.op in ops, f"{model.folder}/program.json: field meta.steps[{k}].op: the quantized "
+                                    f"model {model.source.name} has no op {step.op!r}")
+            op = ops[step.op]
             out = host.run(op, [fetch(t) for t in op.inputs])
             env[op.outputs[0]] = out
             if model.in_dram(op.outputs[0]):
                 model.write(device.dram, op.outputs[0], out)
             continue
-        counters = await device.run_segment(step["insn_addr"], step["insn_count"])
+        counters = await device.run_segment(step.insn_addr, step.insn_count)
         if counters.get("error", "none") != "none":
-            raise EdgekitError(f"segment {step['name']}: the accelerator stopped with {counters['error']} "
+            raise EdgekitError(f"segment {step.name}: the accelerator stopped with {counters['error']} "
                                f"at instruction {counters.get('error_pc')}")
-        layers.append({"name": step["name"], "ops": step["ops"], "op_kinds": step["op_kinds"],
-                       **counters, "useful_macs": step["macs"]})
-    for name in model.meta["outputs"]:
+        layers.append({"name": step.name, "ops": step.ops, "op_kinds": step.op_kinds,
+                       **counters, "useful_macs": step.macs})
+    for name in model.outputs:
         require(name in env, f"{model.folder}/program.json: field meta.outputs: no step computes {name!r}")
-    outputs = {name: np.asarray(env[name]) for name in model.meta["outputs"]}
+    outputs = {name: np.asarray(env[name]) for name in model.outputs}
     codes = {}
     for name in model.tensors:
         if model.in_dram(name):
@@ -248,7 +185,7 @@ class GoldenDevice:
 
 def input_specs(model: CompiledModel) -> dict:
     """{input name: (shape, float32)}: what the model's float inputs must be."""
-    return {inp.name: (tuple(d.dim_value for d in inp.type.tensor_type.shape.dim), "float32")
+    return {inp.name: (tuple(static_dims(inp)), "float32")
             for inp in model.qgraph.model.graph.input if inp.name in model.qgraph.inputs}
 
 
@@ -334,7 +271,7 @@ def run_model(folder, feeds: dict | None = None, simulator: str = "golden", chec
         if progress:
             from edgekit.progress import progress as bar
 
-            pbar = bar(range(len(model.meta["steps"])), desc="golden", total=len(model.meta["steps"]))
+            pbar = bar(range(len(model.steps)), desc="golden", total=len(model.steps))
             it = iter(pbar)
             log = lambda k, total, step: next(it, None)  # noqa: E731
         run = asyncio.run(execute(model, GoldenDevice(model.program), feeds, log))
@@ -371,7 +308,7 @@ def run_rtl(model: CompiledModel, feeds: dict, timeout_cycles: int = 50_000_000,
                 ln for ln in log.splitlines() if "Error" in ln or "assert" in ln.lower())[-500:])
         data = np.load(result_file, allow_pickle=False)
         meta = json.loads(str(data["meta"]))
-        outputs = {name: data["out__" + name] for name in model.meta["outputs"]}
+        outputs = {name: data["out__" + name] for name in model.outputs}
         codes = {name[len("code__"):]: data[name] for name in data.files if name.startswith("code__")}
         return {"outputs": outputs, "codes": codes, "layers": meta["layers"]}
 

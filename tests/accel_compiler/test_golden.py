@@ -132,14 +132,13 @@ def test_tilings_cover_bands_strips_groups_and_chunks(quantized, tmp_path):
     for name in ("wide_w4a8", "strips_w4a8"):
         compile_accel(quantized(name), tmp_path / name)
         model = CompiledModel(tmp_path / name)
+        out_of = {op.name: op.outputs[0] for op in model.qgraph.ops}
         for s in model.meta["steps"]:
             if "tiling" in s:
-                shape = model.tensors[s["name"] and model.qgraph.ops[[o.name for o in model.qgraph.ops].index(
-                    s["name"])].outputs[0]]
-                tilings.append((s["tiling"], shape))
-    assert any(t["rows"] < shp["h"] for t, shp in tilings)         # several row bands
-    assert any(t["cols"] < shp["w"] for t, shp in tilings)         # column strips
-    assert any(t["out_blocks"] < -(-shp["c"] // 8) for t, shp in tilings)  # output-block groups
+                tilings.append((s["tiling"], model.tensors[out_of[s["name"]]]))
+    assert any(t["rows"] < shp.h for t, shp in tilings)         # several row bands
+    assert any(t["cols"] < shp.w for t, shp in tilings)         # column strips
+    assert any(t["out_blocks"] < -(-shp.c // 8) for t, shp in tilings)  # output-block groups
 
 
 def test_static_cost_equals_golden_counters(quantized, tmp_path):

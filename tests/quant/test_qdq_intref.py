@@ -95,10 +95,10 @@ def test_qdq_file_format(cnn, tmp_path):
 def test_parse_reads_requant_parameters(cnn):
     q, _ = P.quantize(cnn, feeds((1, 3, 32, 32), 2), P.QuantConfig.for_method("rtn"))
     conv = next(op for op in qgraph.parse(q).ops if op.kind == "conv")
-    assert conv.weight.min() >= -8 and conv.weight.max() <= 7
-    assert conv.mult.shape == conv.bias.shape == (conv.weight.shape[0],)
-    real = conv.in_q[0].scale * conv.weight_scale / conv.out_q.scale
-    assert np.allclose(conv.mult * 2.0 ** -conv.shift.astype(float), real, rtol=2 ** -14)
+    assert conv.params.weight.min() >= -8 and conv.params.weight.max() <= 7
+    assert conv.params.mult.shape == conv.params.bias.shape == (conv.params.weight.shape[0],)
+    real = conv.in_q[0].scale * conv.params.weight_scale / conv.out_q.scale
+    assert np.allclose(conv.params.mult * 2.0 ** -conv.params.shift.astype(float), real, rtol=2 ** -14)
 
 
 def _eight_bit_layers(model, shape):
@@ -132,3 +132,35 @@ def test_keep_depthwise_layers_at_8_bits(cnn, block):
     # a model without depthwise convolutions: the token matches nothing and changes nothing
     _, report = P.quantize(block, feeds((1, 8, 16), 2), P.QuantConfig.for_method("rtn", keep_8bit=("@depthwise",)))
     assert all(layer["weight_bits"] == 4 for layer in report["layers"].values())
+
+
+@pytest.mark.parametrize("which", ["cnn", "block"])
+def test_every_ops_parameters_round_trip_through_their_json_form(cnn, block, which):
+    """Each kind's parameter class (kinds.<Kind>.params_type) writes every number to JSON and reads
+    it back exactly: the reference runs the read-back ops to the same codes."""
+    import dataclasses
+    import json
+
+    from onnx import numpy_helper
+
+    from edgekit.quant import kinds
+
+    src, shape = (cnn, (1, 3, 32, 32)) if which == "cnn" else (block, (1, 8, 16))
+    q, _ = P.quantize(src, feeds(shape, 4), P.QuantConfig.for_method("rtn", act_bits=4))
+    qg = qgraph.parse(q)
+    codes = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    twins = []
+    for op in qg.ops:
+        assert type(op.params) is kinds.KINDS[op.kind].params_type, op.kind
+        doc = json.loads(json.dumps(op.to_json()))
+        back = type(op.params).from_json(doc["params"], codes)
+        for f in dataclasses.fields(op.params):
+            a, b = getattr(op.params, f.name), getattr(back, f.name)
+            assert np.array_equal(a, b) and np.shape(a) == np.shape(b), (op.name, f.name)
+        twins.append(dataclasses.replace(op, params=back))
+    assert {type(op.params) for op in qg.ops} >= {kinds.LayerParams, kinds.AddParams} | (
+        {kinds.ConcatParams, kinds.Requant} if which == "cnn" else {kinds.Requant})
+    x = feeds(shape, 1, seed=3)[0]
+    want = intref.run(qg, x)
+    got = intref.run(dataclasses.replace(qg, ops=twins), x)
+    assert all(np.array_equal(want[k], got[k]) for k in want)
