@@ -82,9 +82,11 @@ def markdown_section() -> str:
         fields = ", ".join(f"`{f.name}` {lsb}:{f.width}{'s' if f.signed else ''}" for f, lsb in op.layout()) or "-"
         out.append(f"| {op.code} | `{op.name}` | {op.unit} | {fields} "
                    f"| [{isa.INSN_BITS - 1}:{op.used_bits}] | {op.doc} |")
-    out += ["", "Enumerations: " + "; ".join(
-        f"`{key}`: " + ", ".join(f"{v} {k}" for k, v in table.items())
-        for key, table in (("buf", isa.BUFFERS), ("vec op", isa.VEC_OPS), ("post out_type", isa.OUT_TYPES))) + ".",
+    users = {name: "/".join(op.name for op in isa.OPCODES if any(f.name == name for f in op.fields))
+             for name in isa.ENUM_FIELDS}
+    out += ["", "Enumerated fields: " + "; ".join(
+        f"`{name}` ({users[name]}): " + ", ".join(f"{v} {k}" for k, v in table.items())
+        for name, table in isa.ENUM_FIELDS.items()) + ".",
         "", "### Error codes", "", "| code | name | meaning |", "|---|---|---|"]
     out += [f"| {code} | `{name}` | {doc} |" for name, (code, doc) in isa.ERRORS.items()]
     out += ["", "### Control/status registers (32-bit)", "", "| offset | name | meaning |", "|---|---|---|"]

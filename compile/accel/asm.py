@@ -19,8 +19,6 @@ from edgekit.errors import EdgekitError
 
 from . import isa
 
-ENUMS = {"buf": isa.BUFFERS, "op": isa.VEC_OPS, "out_type": isa.OUT_TYPES}
-
 
 def encode(name: str, **fields) -> int:
     """One instruction -> 128-bit integer. Signed fields take negative values."""
@@ -35,10 +33,10 @@ def encode(name: str, **fields) -> int:
                                f"(fields: {', '.join(sorted(known)) or 'none'})")
     for f, lsb in op.layout():
         value = fields.get(f.name, 0)
-        if f.name in ENUMS and isinstance(value, str):
-            if value not in ENUMS[f.name]:
-                raise EdgekitError(f"{name} {f.name}={value}: expected one of {', '.join(ENUMS[f.name])}")
-            value = ENUMS[f.name][value]
+        if f.enum is not None and isinstance(value, str):
+            if value not in f.enum:
+                raise EdgekitError(f"{name} {f.name}={value}: expected one of {', '.join(f.enum)}")
+            value = f.enum[value]
         value = int(value)
         if not f.lo <= value <= f.hi:
             raise EdgekitError(f"{name} {f.name}={value} out of range [{f.lo}, {f.hi}]")
@@ -101,8 +99,8 @@ def disassemble_one(word: int) -> str:
     for key, value in fields.items():
         if value == 0:
             continue
-        if key in ENUMS:
-            names = {v: k for k, v in ENUMS[key].items()}
+        if key in isa.ENUM_FIELDS:
+            names = {v: k for k, v in isa.ENUM_FIELDS[key].items()}
             value = names.get(value, value)
         parts.append(f"{key}={value}")
     return " ".join(parts)

@@ -13,7 +13,7 @@ from bit 4 upwards in order, and every bit above the last field is reserved
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 INSN_BITS = 128
 INSN_BYTES = INSN_BITS // 8
@@ -35,10 +35,20 @@ HW_DEFAULTS = {
 
 @dataclass(frozen=True)
 class Field:
+    """An instruction field. An enumerated field carries its table of names (`enum`): the assembler
+    accepts and prints the names, and its documentation lists them."""
+
     name: str
     width: int
     signed: bool = False
     doc: str = ""
+    enum: dict | None = field(default=None, hash=False, compare=False)
+
+    def __post_init__(self):
+        if self.enum is not None:
+            assert all(self.lo <= v <= self.hi for v in self.enum.values()), f"{self.name}: enum exceeds the width"
+            listing = ", ".join(f"{v} {k}" for k, v in self.enum.items())
+            object.__setattr__(self, "doc", f"{self.doc}: {listing}" if self.doc else listing)
 
     @property
     def lo(self) -> int:
@@ -83,7 +93,7 @@ VEC_OPS = {"set": 0, "add": 1, "max": 2, "min": 3}
 OUT_TYPES = {"int8": 0, "uint8": 1, "int4": 2, "uint4": 3}
 
 _DMA_COMMON = (
-    Field("buf", 2, doc="buffer: 0 act, 1 wgt, 2 param, 3 acc"),
+    Field("buf", 2, doc="buffer", enum=BUFFERS),
 )
 _DMA_GEOMETRY = (
     Field("sram", 12, doc="first buffer row"),
@@ -122,7 +132,7 @@ OPCODES: tuple[Opcode, ...] = (
      "per channel c, i.e. N act rows x one weight row broadcast -> N acc rows; needs acc_si = 1, "
      "wgt_si = 0 and dw_row < N (else bad_operand)."),
     Opcode("vec", 4, "compute", (
-        Field("op", 2, doc="0 set, 1 add (wraps), 2 max, 3 min"),
+        Field("op", 2, doc="element-wise operation (add wraps)", enum=VEC_OPS),
         Field("act_signed", 1),
         Field("za", 9, True),
         Field("mult", 16, True, doc="term = (act - za) * mult"),
@@ -133,7 +143,7 @@ OPCODES: tuple[Opcode, ...] = (
      "element-wise / pooling on N lanes: acc[a] = op(acc[a], (act[x] - za) * mult) over the same "
      "two loops as gemm (add for residual/average, max/min for pooling)."),
     Opcode("post", 5, "compute", (
-        Field("out_type", 2, doc="0 int8, 1 uint8, 2 int4, 3 uint4 (saturation range)"),
+        Field("out_type", 2, doc="saturation range", enum=OUT_TYPES),
         Field("count", 12, doc="rows"),
         Field("acc", 11), Field("out", 12), Field("param", 8),
         Field("zp", 9, True, doc="output zero point"),
@@ -153,6 +163,8 @@ OPCODES: tuple[Opcode, ...] = (
 )
 BY_NAME = {op.name: op for op in OPCODES}
 BY_CODE = {op.code: op for op in OPCODES}
+# field name -> its enumeration (a name means one field wherever it occurs)
+ENUM_FIELDS = {f.name: f.enum for op in OPCODES for f in op.fields if f.enum is not None}
 
 # Error codes (CSR ERROR_CODE); ERROR_PC holds the index of the faulting instruction.
 ERRORS = {

@@ -25,6 +25,20 @@ def random_word(op: isa.Opcode, rng: random.Random) -> int:
     return asm.encode(op.name, **{f.name: rng.randint(f.lo, f.hi) for f in op.fields})
 
 
+def test_enumerated_fields_carry_their_names_into_the_assembler():
+    """The enum tables live on the fields (isa.Field.enum); the assembler reads and prints them."""
+    assert set(isa.ENUM_FIELDS) == {"buf", "op", "out_type"} and isa.ENUM_FIELDS["buf"] is isa.BUFFERS
+    for op in isa.OPCODES:
+        for f in op.fields:
+            for name, code in (f.enum or {}).items():
+                word = asm.encode(op.name, **{f.name: name})
+                assert asm.decode(word)[1][f.name] == code
+                assert (f"{f.name}={name}" in asm.disassemble_one(word)) == (code != 0)  # zero fields are left out
+                assert f"{code} {name}" in f.doc
+    with pytest.raises(EdgekitError, match="vec op=mul: expected one of set, add, max, min"):
+        asm.encode("vec", op="mul")
+
+
 def test_assembler_round_trips_every_opcode():
     rng = random.Random(0)
     for op in isa.OPCODES:
