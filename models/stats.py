@@ -22,20 +22,6 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def example_inputs(specs):
-    """Deterministic example tensors for a list of InputSpec."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    tensors = []
-    for spec in specs:
-        if spec.dtype.startswith("int"):
-            tensors.append(torch.randint(0, 2, spec.shape, generator=gen, dtype=getattr(torch, spec.dtype)))
-        else:
-            tensors.append(torch.rand(spec.shape, generator=gen, dtype=getattr(torch, spec.dtype)))
-    return tensors
-
-
 def count_macs(model, inputs) -> int:
     """Multiply-accumulates of one forward pass on `inputs` (a list of tensors)."""
     import torch

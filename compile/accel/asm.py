@@ -13,8 +13,6 @@ out_type=uint8) or numbers. `disassemble(assemble(t))` is canonical text and
 """
 from __future__ import annotations
 
-import numpy as np
-
 from edgekit.errors import EdgekitError
 
 from . import isa
@@ -118,8 +116,3 @@ def from_bytes(data: bytes) -> list[int]:
     if len(data) % isa.INSN_BYTES:
         raise EdgekitError(f"instruction stream of {len(data)} bytes is not a multiple of {isa.INSN_BYTES}")
     return [int.from_bytes(data[i:i + isa.INSN_BYTES], "little") for i in range(0, len(data), isa.INSN_BYTES)]
-
-
-def to_words64(words) -> np.ndarray:
-    """Instructions as the 64-bit DRAM words they occupy (low word first)."""
-    return np.frombuffer(to_bytes(words), dtype="<u8").copy()

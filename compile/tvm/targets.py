@@ -52,10 +52,6 @@ class TargetSpec:
 
         return {"fcompile": cc.cross_compiler(self.cross_cc)}
 
-    @property
-    def is_host(self) -> bool:
-        return self.cross_cc is None and self.arch == platform.machine()
-
 
 def host_cpu() -> str:
     """The host CPU name as LLVM knows it (what -mcpu=native would pick)."""

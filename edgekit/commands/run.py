@@ -145,14 +145,6 @@ def write_npz(path: Path, arrays: dict) -> None:
                 np.lib.format.write_array(fh, np.asanyarray(value), allow_pickle=False)
 
 
-def save_outputs(outputs: dict, path: Path) -> None:
-    """Write `outputs` atomically to `path` (.npy: the first output; .npz: all of them)."""
-    from edgekit.fileio import OutputSet
-
-    with OutputSet() as out:
-        _write_outputs(outputs, out.file(path, "--output"), path.suffix.lower())
-
-
 def _write_outputs(outputs: dict, tmp: Path, suffix: str) -> None:
     import numpy as np
 

@@ -89,12 +89,6 @@ def equalization_pairs(plan: QuantPlan):
     return pairs
 
 
-def _producer_weights(plan, kind, prod, inits):
-    if kind == "ln":
-        return prod.input[1], prod.input[2], None
-    return prod.weight, prod.bias, prod.out_axis
-
-
 def equalize(plan: QuantPlan, calib: list[dict], act_bits_of, samples: int = 8) -> list[dict]:
     """Apply the best per-channel scaling to each producer/consumer group; returns a report."""
     pairs = equalization_pairs(plan)

@@ -75,9 +75,6 @@ class Signals:
             getattr(self.dut, name).value = value
             self._last[name] = value
 
-    def forget(self) -> None:
-        self._last.clear()
-
 
 class AxiMemory:
     """DRAM behind the accelerator's AXI4 master port."""
