@@ -25,7 +25,8 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
     tuning_db (folder), integer (lower QDQ linear ops to integer, default
     True), committed_db (apply the committed database of a zoo model, default True),
     default_schedules (rule-based schedules for kernels without a tuning record, default
-    True; False leaves them as TVM's unscheduled loops),
+    True; False leaves them as TVM's unscheduled loops), int8_dot (linear / gemm layers of the
+    integer lowering on int8 dot-product kernels where the target has them, AVX-512 VNNI; default True),
     log (callable receiving progress lines).
     """
     if target == "accel":

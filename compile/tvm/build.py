@@ -14,6 +14,7 @@ import platform
 import time
 from pathlib import Path
 
+from edgekit.compile.tvm import vnni
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import FORMAT_VERSION, LIBRARY, METADATA, sha256_file  # the format's one home
 
@@ -52,23 +53,28 @@ def apply_databases(mod, target, folders: list[Path]):
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
 
-def count_scheduled(mod) -> tuple[int, int]:
-    """(scheduled, total) TIR kernels of `mod`."""
+def count_scheduled(mod) -> tuple[int, int, int]:
+    """(scheduled, total, edgekit's own) TIR kernels of `mod`. Kernels that edgekit scheduled
+    itself (the int8 dot-product kernels of vnni.py) are counted apart, in the third number only."""
     import tvm
 
     from edgekit.compile.tvm.default_schedule import is_scheduled
 
     kernels = [func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
-    return sum(is_scheduled(func) for func in kernels), len(kernels)
+    own = [func for func in kernels if (func.attrs or {}).get(vnni.KERNEL_ATTR)]
+    rest = [func for func in kernels if not (func.attrs or {}).get(vnni.KERNEL_ATTR)]
+    return sum(is_scheduled(func) for func in rest), len(rest), len(own)
 
 
-def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int) -> None:
+def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int,
+                      int8_kernels: int = 0) -> None:
     """Say where each kernel's schedule came from; warn when any kernel runs untuned, since
     tuned code is typically several times faster and the user can get it with --tune."""
     from edgekit.errors import warn
 
     log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): {tuned}/{total} kernels tuned"
-        + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else ""))
+        + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else "")
+        + (f", {int8_kernels} int8 dot-product (VNNI) kernels" if int8_kernels else ""))
     untuned = total - tuned
     if not untuned:
         return
@@ -111,7 +117,8 @@ def zoo_info(model, onnx_path: Path, inputs) -> dict:
 
 
 def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
-                committed_db: bool = True, default_schedules: bool = True, max_trials_per_task: int | None = None,
+                committed_db: bool = True, default_schedules: bool = True, int8_dot: bool = True,
+                max_trials_per_task: int | None = None,
                 tune_workers: int | None = None, tune_top_tasks: int | None = None,
                 tune_tracker: str | None = None, tune_key: str | None = None,
                 tune_min_per_task: int | None = None, progress_log=None) -> dict:
@@ -119,10 +126,12 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     import tvm
 
     import edgekit
-    from edgekit.compile.tvm import default_schedule, importer, qlower, tuning
+    from edgekit.compile.tvm import default_schedule, importer, qlower, tuning, vnni
     from edgekit.compile.tvm.converters import CONVERTERS
     from edgekit.fileio import atomic_dir, save_json
+    from edgekit.runtime.session import reserve_threads
 
+    reserve_threads(None, spec.num_cores)   # TVM's thread pool is made here if not before: all cores
     log = progress_log or (lambda msg: None)
     started = time.time()
     onnx_path = Path(onnx_path)
@@ -131,12 +140,14 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     importer.check_ops(model, CONVERTERS)
     quantized = importer.is_quantized(model)
     lowered: dict = {}
+    dot = None
     if quantized:
         from edgekit.quant.qgraph import check_qdq_parameters
 
         if integer:
             # reads the int4 initializers (before widening); its qgraph.parse checks every Q/DQ parameter first
-            lowered = qlower.lower(model)
+            dot = "vnni" if int8_dot and vnni.available(spec.tvm_target()) else None
+            lowered = qlower.lower(model, dot=dot)
         else:
             check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         clamps = importer.widen_int4(model)
@@ -183,11 +194,11 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     if committed_db and spec.name == "x86-64" and committed is not None:
         db_folders.append(committed)
     mod = apply_databases(mod, target, db_folders)
-    tuned, total = count_scheduled(mod)
+    tuned, total, int8_kernels = count_scheduled(mod)
     defaulted = 0
     if default_schedules:  # kernels without a record: rule-based schedules instead of naive loops
         mod, defaulted = default_schedule.apply(mod, target)
-    _report_schedules(log, spec, target, db_folders, tuned, defaulted, total)
+    _report_schedules(log, spec, target, db_folders, tuned, defaulted, total, int8_kernels)
     executable = tvm.compile(mod, target=target)
 
     out_dir = Path(out_dir)
@@ -212,8 +223,10 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "source": {"onnx": onnx_path.name, "sha256": sha256_file(onnx_path)},
             "quantized": quantized,
             "integer_ops": lowered,
+            "int8_dot_product": dot if quantized and integer else None,
             "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": tuned,
                        "kernels_default_schedule": defaulted, "kernels_total": total,
+                       "kernels_int8_dot": int8_kernels,
                        "report": tune_report.as_dict() if tune_report else None},
             "zoo": zoo,
             "compile_seconds": round(time.time() - started, 2),

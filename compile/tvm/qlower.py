@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekit.compile.tvm import vnni
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
 from edgekit.onnx_graph.model import consumers, static_dims
 from edgekit.quant import formats as F
@@ -46,8 +47,9 @@ def _tensor_attr(value, name):
     return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
 
-def _node_for(op, index: int, input_names: list[str], shapes: dict) -> object | None:
-    """The QLinearInteger node computing QOp `op`, or None when its kind's handler declines it."""
+def _node_for(op, index: int, input_names: list[str], shapes: dict, dot: str | None = None) -> object | None:
+    """The QLinearInteger node computing QOp `op`, or None when its kind's handler declines it.
+    `dot`: the int8 dot-product kernels the target has ("vnni"), for the kinds that use them."""
     from onnx import helper
 
     handler = HANDLERS[op.kind]
@@ -64,6 +66,8 @@ def _node_for(op, index: int, input_names: list[str], shapes: dict) -> object | 
         attrs["mult"] = _tensor_attr(np.asarray(op.params.mult, np.int64).reshape(-1), "mult")
         attrs["shift"] = _tensor_attr(np.asarray(op.params.shift, np.int64).reshape(-1), "shift")
     attrs.update(handler.attributes(op, input_names, shapes))
+    if dot and handler.dot_product:
+        attrs["dot"] = dot
     return helper.make_node("QLinearInteger", input_names, [op.outputs[0]],
                             name=f"{op.name or 'q'}_int{index}", domain=EDGEKIT_DOMAIN, **attrs)
 
@@ -81,8 +85,9 @@ def _known_shapes(model) -> dict:
     return shapes
 
 
-def lower(model) -> dict:
-    """Rewrite the integer ops of QDQ `model` in place (before int4 widening).
+def lower(model, dot: str | None = None) -> dict:
+    """Rewrite the integer ops of QDQ `model` in place (before int4 widening). `dot`: "vnni" when
+    the target has AVX-512 VNNI (linear / gemm layers then run on compile/tvm/vnni.py's kernel).
 
     Returns {kind: count} of lowered ops (empty when nothing matched).
     """
@@ -129,7 +134,7 @@ def lower(model) -> dict:
                     added_quantizers[float_name] = qname
                 name = added_quantizers[float_name]
             inputs.append(name)
-        node = _node_for(op, index, inputs, shapes)
+        node = _node_for(op, index, inputs, shapes, dot)
         if node is None:
             continue
         insert_at.setdefault(_key(q_node), []).extend(extra + [node])
@@ -257,6 +262,11 @@ def _to_int32(acc, dtype: str):
     return acc if dtype == "int32" else relax.op.astype(acc, "int32")
 
 
+def _dot(attr) -> str:
+    dot = attr.get("dot", b"")
+    return dot.decode() if isinstance(dot, bytes) else dot
+
+
 def conv_acc(bb, x, attr):
     relax = _relax()
     xc, w, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], _arr(attr, "weight"), (1, 2, 3))
@@ -278,12 +288,15 @@ def conv_transpose_acc(bb, x, attr):
     return _to_int32(acc, dtype), 4, 1
 
 
+def _weight_kn(attr) -> np.ndarray:
+    """The linear / gemm weight as [K, N] codes."""
+    w = _arr(attr, "weight")
+    return np.ascontiguousarray(w.T) if int(attr.get("trans_b", 0)) else w
+
+
 def linear_acc(bb, x, attr):
     relax = _relax()
-    w = _arr(attr, "weight")
-    if int(attr.get("trans_b", 0)):
-        w = np.ascontiguousarray(w.T)
-    xc, wc, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], w, (0,))
+    xc, wc, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], _weight_kn(attr), (0,))
     return _to_int32(relax.op.matmul(xc, wc, out_dtype=dtype), dtype), None, -1
 
 
@@ -309,6 +322,7 @@ class KindHandler:
 
     weighted = False        # carries int weights and an int32 bias
     op_multiplier = True    # the QOp's (M, shift) requantize the accumulator
+    dot_product = False     # runs on an int8 dot-product kernel where the target has one
 
     def supports(self, op, input_names: list[str], shapes: dict) -> bool:
         return True
@@ -375,7 +389,16 @@ class ConvTransposeHandler(ConvHandler):
 
 
 class LinearHandler(_Weighted):
-    """linear: MatMul with a constant weight."""
+    """linear: MatMul with a constant weight. With `dot` = "vnni" (the target has AVX-512 VNNI) and a
+    static shape, the product and its requantization are one kernel of compile/tvm/vnni.py."""
+
+    dot_product = True
+
+    def emit(self, bb, inputs, attr, out):
+        if _dot(attr) != "vnni" or vnni.static_shape(bb, inputs[0]) is None:
+            return super().emit(bb, inputs, attr, out)
+        return vnni.emit_dense(bb, inputs[0], _weight_kn(attr), out.zps[0], _arr(attr, "bias"), _arr(attr, "mult"),
+                               _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
 
     def accumulate(self, bb, x, attr):
         return linear_acc(bb, x, attr)

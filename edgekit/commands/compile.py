@@ -8,6 +8,7 @@ from edgekit.commands import add_command, add_json_flags, check_json_file, emit_
 EXAMPLES = """\
   edgekit compile litepose.onnx --target x86-64 -o build/litepose
   edgekit compile litepose.q.onnx --target x86-64 -o build/litepose-int8
+  edgekit compile lm.q.onnx --target x86-64 --no-int8-dot -o build/lm-int16   (no VNNI kernel, to compare)
   edgekit compile m.onnx --target x86-64 -o build/m --tune 2000 --tuning-db tuning/m
   edgekit compile m.onnx --target arm64 -o build/m-arm --tune 500 --tuning-db tuning/m-arm \\
       --tracker 127.0.0.1:9190 --key arm64
@@ -48,6 +49,9 @@ def register(subparsers):
                    help="cap per tuning task (default: even split)")
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
+    p.add_argument("--no-int8-dot", dest="int8_dot", action="store_false",
+                   help="QDQ models: do not run linear / gemm layers on the int8 dot-product (AVX-512 VNNI) "
+                        "kernel even where the target has it (default: use it; for comparisons)")
     p.add_argument("--no-committed-db", dest="committed_db", action="store_false",
                    help="do not apply the committed tuning database of a zoo model (x86-64; chosen by the "
                         "file name: litepose.onnx or litepose.q.onnx gets compile/tvm/tuning_db/litepose)")
@@ -64,12 +68,13 @@ def register(subparsers):
 # other kind they would be ignored silently, which hides a wrong --target.
 ACCEL_FLAGS = {"array": None, "fusion": True, "fallback": None}
 TVM_FLAGS = {"target_opts": None, "num_cores": None, "tune": 0, "tuning_db": None, "integer": True,
-             "committed_db": True, "max_trials_per_task": None, "tune_workers": None, "tune_top_tasks": None,
-             "tracker": None, "key": None, "tune_min_per_task": None}
+             "int8_dot": True, "committed_db": True, "max_trials_per_task": None, "tune_workers": None,
+             "tune_top_tasks": None, "tracker": None, "key": None, "tune_min_per_task": None}
 
 
 def _flag(dest: str) -> str:
-    return {"fusion": "--no-fusion", "integer": "--float", "committed_db": "--no-committed-db"}.get(
+    return {"fusion": "--no-fusion", "integer": "--float", "committed_db": "--no-committed-db",
+            "int8_dot": "--no-int8-dot"}.get(
         dest, "--" + dest.replace("_", "-"))
 
 
@@ -99,6 +104,7 @@ def run(args) -> int:
     else:
         options = dict(target_opts=args.target_opts, num_cores=args.num_cores, tune=args.tune,
                        tuning_db=args.tuning_db, integer=args.integer, committed_db=args.committed_db,
+                       int8_dot=args.int8_dot,
                        max_trials_per_task=args.max_trials_per_task, tune_workers=args.tune_workers,
                        tune_top_tasks=args.tune_top_tasks, tune_tracker=args.tracker, tune_key=args.key,
                        tune_min_per_task=args.tune_min_per_task,

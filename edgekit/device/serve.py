@@ -232,6 +232,9 @@ def run(args) -> int:
     check_bind(args.host, getattr(args, "allow_remote", False))
     if tracker:
         check_tracker_reachable(tracker)
+    # TVM sizes its thread pool once, from this (default: physical cores); a client's
+    # runtime.config_threadpool can only use fewer, so offer every core unless told otherwise
+    os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     state = start_server(args.host, args.port, key, tracker, args.port_end)
     # SIGTERM ends the server like Ctrl-C: the listen thread is not a daemon.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

@@ -303,8 +303,9 @@ def open_remote_session(artifact, *, device: str | None = None, tracker: str | N
                         timeout: float = DEFAULT_TIMEOUT) -> RemoteSession:
     """What `edgekit.runtime.open_session` calls for --device/--tracker."""
     session = open_session(artifact, device, tracker, key, timeout)
-    if num_threads:
-        _set_remote_threads(session.device, int(num_threads))
+    threads = num_threads or (session.artifact.meta.get("target") or {}).get("num_cores")
+    if threads:   # default: the core count the artifact was compiled for, as a local session
+        _set_remote_threads(session.device, int(threads))
     return session
 
 

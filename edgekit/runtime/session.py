@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import platform
 import time
 
@@ -106,6 +107,25 @@ def _load_fresh(runtime, library, check=None):
             pass
 
 
+def reserve_threads(requested: int | None, compiled_for: int | None) -> int | None:
+    """The runtime threads a local session uses: `requested`, else TVM_NUM_THREADS when set,
+    else the core count the artifact was compiled for.
+
+    TVM creates a process's thread pool once, at its first parallel call (running a model, or a
+    compile folding constants), with TVM_NUM_THREADS workers (default: the physical cores, 1 on a
+    2-vCPU machine); runtime.config_threadpool can then only use fewer. So before anything runs,
+    the variable is set to cover every core (or the request, if larger); sessions then pick their
+    count with config_threadpool. A pool made before that stays its size. `compile_tvm` calls this
+    too, since a compile in the same process makes the pool first."""
+    env = os.environ.get("TVM_NUM_THREADS", "")
+    current = int(env) if env.isdigit() and int(env) > 0 else None
+    threads = requested or current or compiled_for
+    pool = max(threads or 0, current or os.cpu_count() or 1)
+    if pool != current:
+        os.environ["TVM_NUM_THREADS"] = str(pool)
+    return threads
+
+
 class Session:
     """What every session offers; subclasses implement `_call`."""
 
@@ -144,6 +164,7 @@ class LocalSession(Session):
     """The artifact loaded into this process (TVM runtime + numpy only)."""
 
     def __init__(self, artifact: Artifact, num_threads: int | None = None):
+        threads = reserve_threads(num_threads, artifact.meta.get("target", {}).get("num_cores"))
         import tvm
         from tvm import runtime
 
@@ -151,11 +172,11 @@ class LocalSession(Session):
         host = platform.machine()
         artifact.check_library(host)
         self.artifact = artifact
-        self.num_threads = num_threads
-        if num_threads:
+        self.num_threads = threads
+        if threads:
             config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
             if config is not None:
-                config(1, int(num_threads))
+                config(1, int(threads))
         try:
             lib = _load_fresh(runtime, artifact.library, check=lambda copy: artifact.check_library(host, copy))
             from tvm.runtime.vm import VirtualMachine  # runtime-only import path

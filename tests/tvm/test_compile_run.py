@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -169,3 +170,18 @@ def test_target_opts_parse():
         "mcpu": "cortex-a76", "mattr": ["+dotprod", "+i8mm"], "num_cores": 4}
     with pytest.raises(EdgekitError, match="unknown option"):
         parse_target_opts("speed=fast")
+
+
+def test_sessions_size_the_thread_pool_before_it_exists(monkeypatch):
+    """TVM's pool takes TVM_NUM_THREADS workers at its first parallel call and can only shrink
+    afterwards: the variable is set to cover every core (or more, if asked) before anything runs;
+    a session's threads are its argument, else the variable, else the compile's num-cores."""
+    from edgekit.runtime.session import reserve_threads
+
+    cores = os.cpu_count() or 1
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    assert reserve_threads(None, 2) == 2 and os.environ["TVM_NUM_THREADS"] == str(max(2, cores))
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")       # set by the user: kept, and used by default
+    assert reserve_threads(None, 4) == 1 and os.environ["TVM_NUM_THREADS"] == "1"
+    assert reserve_threads(3, 4) == 3 and os.environ["TVM_NUM_THREADS"] == "3"   # an explicit request raises it
+    assert reserve_threads(2, 4) == 2 and os.environ["TVM_NUM_THREADS"] == "3"   # fewer: config_threadpool
