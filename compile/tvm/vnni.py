@@ -11,8 +11,8 @@ instruction, so results are the integer reference's bit for bit.
 Why our own tensor intrinsic: TVM 0.27 ships one (`dot_16x4_vnni`), but it calls
 `llvm.x86.avx512.vpdpbusd.512` with <16 x i32> operands, and the LLVM 22 inside TVM 0.27 declares
 <64 x i8> ones: the call fails LLVM's verifier, so every MetaSchedule candidate that tensorizes
-with it fails to build (seen as "LocalBuilder: An exception occurred"). `DOT_16x4` below has the
-same description and the call LLVM 22 accepts.
+with it fails to build (seen as "LocalBuilder: An exception occurred"). `DOT_16x4` below pairs TVM's
+description with the call LLVM 22 accepts.
 
 Why a fixed schedule instead of tuning: the kernel is one register tile (`tiles`), `MR` rows x
 `NR` vectors of 16 columns, accumulated over all of K with one vpdpbusd per accumulator and
