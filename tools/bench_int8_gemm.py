@@ -71,9 +71,8 @@ def kernel_run(m: int, k: int, n: int, threads: int):
     from edgekit.compile.tvm import targets, vnni
 
     kp, np_ = vnni.padded(k, n)
-    mr, _ = vnni.tiles(m, np_ // 16)
-    rows = -(-m // mr) * mr
-    func, _ = vnni.dense_func(rows, kp, np_, "uint8")
+    rows = vnni.padded_rows(m, np_)
+    func = vnni.dense_func(rows, kp, np_, "uint8")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=targets.resolve("x86-64", num_cores=threads).tvm_target())
     rng = np.random.default_rng(0)
     dev = tvm.cpu()

@@ -110,7 +110,8 @@ class AccelStep:
         count = check.integer(check.get(step, "insn_count", f"{where}.insn_count"), f"{where}.insn_count", lo=1,
                               hi=(end - addr) // isa.INSN_BYTES)
         params = check.of_type(step.get("params", {}), f"{where}.params", dict, "an object")
-        # the instruction index follows from the address (the file's insn_start is for people)
+        # Read back: what running and costing a segment need. The weight/parameter addresses and
+        # the tiling are a record for people; the instruction index follows from the address.
         return cls(name, ops, kinds, (addr - first) // isa.INSN_BYTES, count, macs, addr, params=params)
 
 

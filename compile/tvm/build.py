@@ -61,9 +61,8 @@ def count_scheduled(mod) -> tuple[int, int, int]:
     from edgekit.compile.tvm.default_schedule import is_scheduled
 
     kernels = [func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
-    own = [func for func in kernels if (func.attrs or {}).get(vnni.KERNEL_ATTR)]
     rest = [func for func in kernels if not (func.attrs or {}).get(vnni.KERNEL_ATTR)]
-    return sum(is_scheduled(func) for func in rest), len(rest), len(own)
+    return sum(is_scheduled(func) for func in rest), len(rest), len(kernels) - len(rest)
 
 
 def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int,
@@ -223,7 +222,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "source": {"onnx": onnx_path.name, "sha256": sha256_file(onnx_path)},
             "quantized": quantized,
             "integer_ops": lowered,
-            "int8_dot_product": dot if quantized and integer else None,
+            "int8_dot_product": dot,
             "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": tuned,
                        "kernels_default_schedule": defaulted, "kernels_total": total,
                        "kernels_int8_dot": int8_kernels,

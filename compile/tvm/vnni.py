@@ -96,6 +96,12 @@ def padded(k: int, n: int) -> tuple[int, int]:
     return -(-k // 4) * 4, -(-n // 16) * 16
 
 
+def padded_rows(rows: int, n: int) -> int:
+    """`rows` rounded up to a whole number of register tiles for `n` (padded) columns."""
+    mr, _ = tiles(rows, n // 16)
+    return -(-rows // mr) * mr
+
+
 def pack_weight(w_kn: np.ndarray) -> np.ndarray:
     """int codes [K, N] -> int8 [N/16, K/4, 16, 4], zero-padded to the kernel's steps."""
     k, n = w_kn.shape
@@ -129,7 +135,7 @@ def dense_func(rows: int, k: int, n: int, out_dtype: str):
     """The scheduled kernel Y[rows, n] = requantize(A[rows, k] (u8) x packed W (s8) + bias), rows a
     multiple of the tile's MR, k of 4, n of 16. Every number of the layer is an argument (bias,
     multiplier and shift per column, [zero point, lo, hi]), so one kernel serves every layer of its
-    shape. Returns (PrimFunc, MR)."""
+    shape."""
     from tvm import s_tir, te, tirx
 
     _register()
@@ -163,8 +169,7 @@ def dense_func(rows: int, k: int, n: int, out_dtype: str):
     sch.vectorize(sch.get_loops(epilogue)[-1])
     func = sch.mod["main"]
     # scheduled here: no tuning task, no default schedule, and FuseOps keeps it whole
-    func = func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, "vnni")
-    return func, mr
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, "vnni")
 
 
 def static_shape(bb, x) -> list[int] | None:
@@ -196,8 +201,7 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
         x = op.astype(op.add(op.astype(x, "int16"), relax.const(np.array([128], np.int16))), "uint8")
         zero_point += 128
     kp, np_ = padded(k, n)
-    mr, _ = tiles(rows, np_ // 16)
-    rows_p = -(-rows // mr) * mr
+    rows_p = padded_rows(rows, np_)
     a = op.reshape(x, (rows, k))
     if rows_p != rows or kp != k:
         a = op.nn.pad(a, [0, rows_p - rows, 0, kp - k])
@@ -205,7 +209,7 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
     known = {gv.name_hint: gv for gv in bb.get().get_global_vars()}
     gv = known.get(name)
     if gv is None:   # one kernel per shape, shared by the layers of that shape
-        func, _ = dense_func(rows_p, kp, np_, out_dtype)
+        func = dense_func(rows_p, kp, np_, out_dtype)
         gv = bb.add_func(func.with_attr("global_symbol", name), name)
 
     def column(values, dtype):

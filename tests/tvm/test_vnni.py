@@ -23,9 +23,8 @@ def test_kernel_equals_the_reference_requantization(rows, k, n):
     """Y = requantize(A x W + bias) for random codes and per-column (M, shift), wrap included."""
     import tvm
 
-    mr, _ = vnni.tiles(rows, n // 16)
-    rows_p = -(-rows // mr) * mr
-    func, _ = vnni.dense_func(rows_p, k, n, "uint8")
+    rows_p = vnni.padded_rows(rows, n)
+    func = vnni.dense_func(rows_p, k, n, "uint8")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
     rng = np.random.default_rng(rows)
     a = rng.integers(0, 256, (rows_p, k)).astype(np.uint8)
