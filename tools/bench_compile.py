@@ -5,6 +5,7 @@ For each model, in one process, same inputs, same thread count:
   ORT FP32 | ORT QDQ (edgekit's file) | ORT W8A8 (its own quantize_static, QDQ and QOperator)
   | TVM FP32 with no tuning record (TVM's unscheduled loops, and edgekit's default schedules)
   | TVM FP32 tuned | TVM integer with no record (default schedules) | TVM integer tuned
+  | TVM integer tuned without the int8 dot-product kernels (--no-int8-dot)
 plus parity: TVM FP32 vs onnxruntime (max relative error) and TVM integer vs
 the integer reference (exact or not).
 
@@ -113,19 +114,22 @@ def markdown(rows: list[dict]) -> str:
     header = ("| model | ORT FP32 ms | ORT QDQ ms | ORT W8A8 QDQ ms | ORT W8A8 QOperator ms "
               "| TVM FP32 no record, unscheduled ms "
               "| TVM FP32 no record, default schedules ms | TVM FP32 tuned ms "
-              "| TVM int no record, default schedules ms | TVM int tuned ms "
+              "| TVM int no record, default schedules ms | TVM int tuned ms | TVM int tuned, no int8 dot ms "
+              "| ORT FP32 / TVM int tuned "
               "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT "
-              "| int == intref (tuned / default) | FP32 default vs unscheduled rel diff |")
-    lines = [header, "|" + "---|" * 15]
+              "| int == intref (tuned / default / no dot) | FP32 default vs unscheduled rel diff |")
+    lines = [header, "|" + "---|" * 17]
     for r in rows:
         lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} "
                      f"| {_ms(r['ort_w8a8_qdq_ms'])} | {_ms(r['ort_w8a8_qop_ms'])} "
                      f"| {r['tvm_fp32_unscheduled_ms']:.2f} | {r['tvm_fp32_default_ms']:.2f} "
                      f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_default_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
+                     f"| {r['tvm_int_no_dot_ms']:.2f} | {r['ort_fp32_ms'] / r['tvm_int_tuned_ms']:.2f}x "
                      f"| {r['tvm_fp32_tuned_kernels_tuned']} / {r['tvm_int_tuned_kernels_tuned']} "
                      f"| {r['tvm_fp32_tuned_compile_s']:.0f} / {r['tvm_int_tuned_compile_s']:.0f} "
                      f"| {r['fp32_max_rel_err_vs_ort']:.1e} "
                      f"| {r['tvm_int_tuned_equals_intref']} / {r['tvm_int_default_equals_intref']} "
+                     f"/ {r['tvm_int_no_dot_equals_intref']} "
                      f"| {r['fp32_default_vs_unscheduled_rel']:.1e} |")
     return "\n".join(lines)
 
@@ -160,6 +164,7 @@ def main(argv=None) -> int:
             "tvm_fp32_tuned": (fp32, dict(tuning_db=args.tuning_db)),
             "tvm_int_default": (qdq, dict(committed_db=False)),
             "tvm_int_tuned": (qdq, dict(tuning_db=args.tuning_db)),
+            "tvm_int_no_dot": (qdq, dict(tuning_db=args.tuning_db, int8_dot=False)),
         }
         row = {"model": name, "threads": args.threads, "fp32": str(fp32), "qdq": str(qdq)}
         feeds = None
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
                                   ref))
         row["fp32_max_rel_err_vs_ort"] = rel
         iref = intref.run(str(qdq), feeds)
-        for key in ("tvm_int_tuned", "tvm_int_default"):
+        for key in ("tvm_int_tuned", "tvm_int_default", "tvm_int_no_dot"):
             row[f"{key}_equals_intref"] = all(np.array_equal(outputs[key][k], np.asarray(v)) for k, v in iref.items())
         row["fp32_default_vs_unscheduled_rel"] = max(  # FMA contraction of inlined epilogues, at most
             float(np.abs(outputs["tvm_fp32_default"][k] - v).max() / max(np.abs(v).max(), 1e-12))

@@ -54,15 +54,17 @@ def apply_databases(mod, target, folders: list[Path]):
 
 
 def count_scheduled(mod) -> tuple[int, int, int]:
-    """(scheduled, total, edgekit's own) TIR kernels of `mod`. Kernels that edgekit scheduled
-    itself (the int8 dot-product kernels of vnni.py) are counted apart, in the third number only."""
+    """(scheduled, total, int8 dot-product) TIR kernels of `mod`. Kernels that edgekit scheduled
+    itself (vnni.py) are counted apart: its dot-product kernels in the third number only, the
+    layout kernels that feed them in none."""
     import tvm
 
     from edgekit.compile.tvm.default_schedule import is_scheduled
 
     kernels = [func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
-    rest = [func for func in kernels if not (func.attrs or {}).get(vnni.KERNEL_ATTR)]
-    return sum(is_scheduled(func) for func in rest), len(rest), len(kernels) - len(rest)
+    own = [str((func.attrs or {}).get(vnni.KERNEL_ATTR, "")) for func in kernels]
+    rest = [func for func, tag in zip(kernels, own) if not tag]
+    return sum(is_scheduled(func) for func in rest), len(rest), own.count(vnni.DOT_KERNEL)
 
 
 def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int,

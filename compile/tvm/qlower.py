@@ -364,6 +364,13 @@ class _Weighted(KindHandler):
 
 
 class ConvHandler(_Weighted):
+    """conv: with `dot` = "vnni" and a batch-1 convolution of stride 1 or 2, of groups 1 or depthwise, the
+    product and its requantization are one kernel of compile/tvm/vnni.py; other convolutions
+    (grouped, dilated) stay Relax conv2d.
+    conv_transpose (below) runs there too, as a stride-1 convolution and a pixel shuffle."""
+
+    dot_product = True
+
     def supports(self, op, input_names, shapes):
         return op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and len(op.params.weight.shape[2:]) == 2
 
@@ -372,6 +379,19 @@ class ConvHandler(_Weighted):
         return dict(strides=list(a.get("strides", [1, 1])), pads=list(a.get("pads", [0, 0, 0, 0])),
                     dilations=list(a.get("dilations", [1, 1])), group=int(a.get("group", 1)))
 
+    def emit(self, bb, inputs, attr, out):
+        weight = _arr(attr, "weight")
+        geometry = (vnni.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "strides"), _ints(attr, "dilations"),
+                    int(attr["group"]))
+        emit = None
+        if _dot(attr) == "vnni":
+            emit = (vnni.emit_conv if vnni.conv_supported(*geometry)
+                    else vnni.emit_depthwise if vnni.depthwise_supported(*geometry) else None)
+        if emit is None:
+            return super().emit(bb, inputs, attr, out)
+        return emit(bb, inputs[0], weight, _ints(attr, "pads"), _ints(attr, "strides")[0], out.zps[0],
+                    _arr(attr, "bias"), _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
+
     def accumulate(self, bb, x, attr):
         return conv_acc(bb, x, attr)
 
@@ -379,6 +399,16 @@ class ConvHandler(_Weighted):
 class ConvTransposeHandler(ConvHandler):
     def supports(self, op, input_names, shapes):
         return super().supports(op, input_names, shapes) and op.attrs.get("output_shape") is None
+
+    def emit(self, bb, inputs, attr, out):
+        weight = _arr(attr, "weight")
+        pads_inside = all(p < k for p, k in zip(_ints(attr, "pads"), 2 * list(weight.shape[2:])))
+        if _dot(attr) != "vnni" or not pads_inside or not vnni.conv_supported(
+                vnni.static_shape(bb, inputs[0]), weight.shape, [1, 1], _ints(attr, "dilations"), int(attr["group"])):
+            return _Weighted.emit(self, bb, inputs, attr, out)
+        return vnni.emit_conv_transpose(bb, inputs[0], weight, _ints(attr, "strides"), _ints(attr, "pads"),
+                                        _ints(attr, "output_padding"), out.zps[0], _arr(attr, "bias"),
+                                        _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
 
     def attributes(self, op, input_names, shapes):
         return super().attributes(op, input_names, shapes) | {

@@ -1,6 +1,8 @@
 """Int8 dot-product kernels for x86 CPUs with AVX-512 VNNI (`vpdpbusd`).
 
-The dense product of the integer lowering (linear / gemm layers, `qlower`) on such CPUs:
+The kernels of the integer lowering (`qlower`) on such CPUs: the dense product of linear / gemm
+layers (below), and convolutions ("convolution" further down: groups 1 at stride 1 or 2,
+depthwise, and ConvTranspose rewritten as a convolution). The dense product:
 
     C[M, N] (int32) = A[M, K] (uint8 codes) x W[K, N] (int8 codes)
 
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import numpy as np
 
-DOT_16x4 = "edgekit_vnni_dot_16x4"
+DOT_16x4 = "edgekit_vnni_dot_16x4"                      # 4 uint8 broadcast x 16 lanes of 4 int8
+DOT_16x4_WORDS = "edgekit_vnni_dot_16x4_words"          # 4 int8 broadcast x 16 uint32 words of 4 uint8
 KERNEL_ATTR = "edgekit.int8_dot"   # marks the kernels scheduled here (compile reports count them apart)
+DOT_KERNEL, LAYOUT_KERNEL = "vnni", "layout"   # its values: a dot-product kernel, or the layout one feeding it
 STACK_LIMIT = 1024          # bytes: TVM keeps smaller constant "global" buffers on the stack
 _registered = False
 
@@ -78,6 +82,36 @@ def _register() -> None:
                 B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
     TensorIntrin.register(DOT_16x4, desc, impl, override=True)
+
+    # the convolutions' order: the 4 broadcast bytes are int8 weights; the 16 lanes are uint32
+    # words of 4 uint8 pixel codes each (byte i = code i), which the layout kernels write whole
+    @T.prim_func(s_tir=True)
+    def lanes_desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((16,), "uint32", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16])
+            T.writes(C[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
+                        T.bitwise_and(T.shift_right(B[vi], T.cast(vk * 8, "uint32")), T.uint32(255)), "int32")
+
+    @T.prim_func(s_tir=True)
+    def lanes_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((16,), "uint32", offset_factor=1),
+                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16])
+            T.writes(C[0:16])
+            # vpdpbusd's first byte operand is the unsigned one
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(B.vload([0], dtype="uint32x16"), dtype="uint8x64"),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16),
+                              dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(DOT_16x4_WORDS, lanes_desc, lanes_impl, override=True)
     _registered = True
 
 
@@ -111,11 +145,13 @@ def pack_weight(w_kn: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
 
 
-def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype):
+def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: int = -1):
     """formats.requantize as a TE expression builder: int32 wrap of acc + bias, int64 product,
-    right shift rounding ties to even, zero point, clamp. qparams = [zero point, lo, hi] (int32)."""
-    def y(i, j):
-        total = (acc[i, j] + bias[j]).astype("int64")          # int32 addition wraps, as the reference
+    right shift rounding ties to even, zero point, clamp. bias, mult, shift: per index of `axis`
+    of acc; qparams = [zero point, lo, hi] (int32)."""
+    def y(*index):
+        j = index[axis]
+        total = (acc[index] + bias[j]).astype("int64")          # int32 addition wraps, as the reference
         prod = total * mult[j]
         s = tirx.max(shift[j], tirx.const(1, "int64"))
         q = tirx.shift_right(prod, s)
@@ -157,19 +193,29 @@ def dense_func(rows: int, k: int, n: int, out_dtype: str):
     io, ii = sch.split(i, [None, mr])
     jo, jr, ji = sch.split(j, [None, nr, 16])
     ko, ki = sch.split(kk, [None, 4])
-    sch.reorder(jo, io, ko, ii, jr, ji, ki)      # a column panel of W stays in cache across row tiles
+    # a column panel of W stays in cache across row tiles
+    return _register_tile(sch, block, epilogue, (jo, io), [ko], (ii, jr, ji, ki), DOT_16x4)
+
+
+def _register_tile(sch, block, epilogue, outer, reduce, tile, intrinsic: str):
+    """The schedule every kernel here shares, finished: loops `outer` (one parallel loop), the
+    `reduce` loops, then the register tile `tile` = (MR rows, NR vectors, 16 lanes, 4 bytes) of
+    int32 accumulators, one `intrinsic` per 16 x 4; the requantization `epilogue` straight from
+    the tile. Returns the kernel, marked scheduled."""
+    rows, vectors, lanes, _ = tile
+    sch.reorder(*outer, *reduce, *tile)
     sch.set_scope(block, 0, "global")            # the MR x NR*16 int32 tile < STACK_LIMIT: registers
-    sch.reverse_compute_at(epilogue, io)         # requantized straight from the registers
-    sch.parallel(sch.fuse(jo, io))
-    init = sch.decompose_reduction(block, ko)
-    sch.unroll(ii)
-    sch.unroll(jr)
-    sch.tensorize(ji, DOT_16x4)
+    sch.reverse_compute_at(epilogue, outer[-1])  # requantized straight from the registers
+    sch.parallel(sch.fuse(*outer))
+    init = sch.decompose_reduction(block, reduce[0])
+    sch.unroll(rows)
+    sch.unroll(vectors)
+    sch.tensorize(lanes, intrinsic)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.vectorize(sch.get_loops(epilogue)[-1])
     func = sch.mod["main"]
     # scheduled here: no tuning task, no default schedule, and FuseOps keeps it whole
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, "vnni")
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, DOT_KERNEL)
 
 
 def static_shape(bb, x) -> list[int] | None:
@@ -190,38 +236,478 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
     `bias`, `mult`, `shift`: per output column or one value."""
     from tvm import relax
 
-    from edgekit.quant.formats import wrap_int32
-
     op = relax.op
     x_ty = bb.normalize(x).ty
     shape = static_shape(bb, x)
     k, n = w_kn.shape
     rows = int(np.prod(shape[:-1]))
-    if str(x_ty.dtype) == "int8":
-        x = op.astype(op.add(op.astype(x, "int16"), relax.const(np.array([128], np.int16))), "uint8")
-        zero_point += 128
+    x, zero_point = _as_uint8(x, x_ty, zero_point)
     kp, np_ = padded(k, n)
     rows_p = padded_rows(rows, np_)
     a = op.reshape(x, (rows, k))
     if rows_p != rows or kp != k:
         a = op.nn.pad(a, [0, rows_p - rows, 0, kp - k])
-    name = f"edgekit_vnni_dense_{rows_p}x{kp}x{np_}_{out_dtype}"
-    known = {gv.name_hint: gv for gv in bb.get().get_global_vars()}
-    gv = known.get(name)
-    if gv is None:   # one kernel per shape, shared by the layers of that shape
-        func = dense_func(rows_p, kp, np_, out_dtype)
-        gv = bb.add_func(func.with_attr("global_symbol", name), name)
+    gv = _kernel(bb, f"edgekit_vnni_dense_{rows_p}x{kp}x{np_}_{out_dtype}",
+                 lambda: dense_func(rows_p, kp, np_, out_dtype))
 
-    def column(values, dtype):
-        out = np.zeros(np_, dtype)
-        out[:n] = np.broadcast_to(np.asarray(values).reshape(-1), (n,))
-        return relax.const(out, dtype)
-
-    corrected = wrap_int32(np.broadcast_to(np.asarray(bias, np.int64).reshape(-1), (n,))
-                           - int(zero_point) * w_kn.astype(np.int64).sum(axis=0))
-    args = [a, relax.const(pack_weight(w_kn), "int8"), column(corrected, np.int32), column(mult, np.int64),
-            column(shift, np.int64), relax.const(np.array([out_zp, lo, hi], np.int32), "int32")]
+    args = [a, relax.const(pack_weight(w_kn), "int8"),
+            *_requant_args(w_kn.astype(np.int64).sum(axis=0), zero_point, bias, mult, shift, out_zp, lo, hi, np_)]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows_p, np_), out_dtype)))
     if rows_p != rows or np_ != n:
         y = op.strided_slice(y, axes=[0, 1], begin=[0, 0], end=[rows, n])
     return op.reshape(y, shape[:-1] + [n])
+
+
+def _as_uint8(x, x_ty, zero_point: int):
+    """int8 activation codes enter the kernels as uint8: x + 128, zero point + 128."""
+    from tvm import relax
+
+    if str(x_ty.dtype) != "int8":
+        return x, zero_point
+    op = relax.op
+    return op.astype(op.add(op.astype(x, "int16"), relax.const(np.array([128], np.int16))), "uint8"), zero_point + 128
+
+
+def _kernel(bb, name: str, build):
+    """The GlobalVar of kernel `name`, added once: layers of the same shape share it."""
+    known = {gv.name_hint: gv for gv in bb.get().get_global_vars()}
+    if name in known:
+        return known[name]
+    return bb.add_func(build().with_attr("global_symbol", name), name)
+
+
+def _requant_args(weight_sums: np.ndarray, zero_point: int, bias, mult, shift, out_zp: int, lo: int, hi: int,
+                  channels_padded: int) -> list:
+    """The kernels' requantization arguments as Relax constants, per (padded) output channel.
+
+    The input zero point leaves the product: sum (x - zp) w = sum x w - zp * sum w, folded into
+    the bias (int32 arithmetic wraps alike)."""
+    from tvm import relax
+
+    from edgekit.quant.formats import wrap_int32
+
+    n = len(weight_sums)
+
+    def column(values, dtype):
+        out = np.zeros(channels_padded, dtype)
+        out[:n] = np.broadcast_to(np.asarray(values).reshape(-1), (n,))
+        return relax.const(out, dtype)
+
+    corrected = wrap_int32(np.broadcast_to(np.asarray(bias, np.int64).reshape(-1), (n,))
+                           - int(zero_point) * weight_sums)
+    return [column(corrected, np.int32), column(mult, np.int64), column(shift, np.int64),
+            relax.const(np.array([out_zp, lo, hi], np.int32), "int32")]
+
+
+# --------------------------------------------------------------------------- convolution
+# A convolution as one product over the flattened, padded image ("pixels in lanes"): with the
+# input padded to Hp x Wp and read as one row of Hp*Wp pixels, output pixel (oh, ow) of a stride-1
+# convolution sits at p = oh*Wp + ow and tap (r, s) reads pixel p + r*Wp + s. So 16 consecutive
+# outputs read 16 consecutive input pixels for every tap, and the last kw-1 columns of each output
+# row are computed and dropped. The operand is uint32 words of 4 channels' codes ([C/4, pixels],
+# written by the layout kernel) so one 64-byte load gives vpdpbusd its 16 lanes x 4 channels; the
+# 4 weights of a tap are broadcast. The output comes out channel-major (NCHW) with no transpose.
+#
+# A stride-2 convolution becomes a stride-1 one over the 4 phase images x[c, 2i + a, 2j + b]
+# (space-to-depth): tap (r, s) is tap (r // 2, s // 2) of phase (r % 2, s % 2). The 4 phases of a
+# channel are the 4 interleaved bytes, so the same kernel runs it with ceil(k/2) x ceil(k/2) taps.
+
+STRIDES = (1, 2)   # the convolution strides the kernel runs (4 interleaved bytes: channels or phases)
+
+
+def conv_tiles(channels: int, positions: int, depthwise: bool = False) -> tuple[int, int]:
+    """(MR output channels, NR vectors of 16 pixels) of the register tile under the stack limit
+    with the fewest instructions in all: per tile and step, MR*NR vpdpbusd, MR broadcasts and NR
+    loads (MR*NR for a depthwise convolution, whose channels read their own pixels); padded
+    channels and pixels count as work."""
+    def cost(mr, nr):
+        loads = mr * nr if depthwise else nr
+        return -(-channels // mr) * -(-positions // (16 * nr)) * (mr * nr + mr + loads)
+
+    shapes = [(mr, nr) for nr in (3, 2, 1) for mr in range(1, (STACK_LIMIT - 1) // (nr * 64) + 1)]
+    return min(shapes, key=lambda t: (cost(*t), -t[0] * t[1]))
+
+
+class _LanesGeometry:
+    """What the layout kernel, the kernels and their emission share: the output tile (`mr`, `nr`),
+    channels padded to it (`oc_p`), outputs per channel padded to whole tiles (`positions`),
+    operand row pitch and length, and the kernels' names."""
+
+    kind = layout_kind = ""
+
+    def _tile(self, depthwise: bool) -> None:
+        self.mr, self.nr = conv_tiles(self.oc, self.ho * self.pitch, depthwise)
+        self.oc_p = -(-self.oc // self.mr) * self.mr
+        step = 16 * self.nr
+        self.positions = -(-(self.ho * self.pitch) // step) * step
+
+    def dims(self) -> str:
+        raise NotImplementedError
+
+    def name(self, out_dtype: str) -> str:
+        return f"edgekit_vnni_{self.kind}_{self.dims()}_p{self.positions}_w{self.pitch}_l{self.length}_{out_dtype}"
+
+    def layout_name(self) -> str:
+        return (f"edgekit_vnni_{self.layout_kind}_{self.layout_shape[0]}x{self.c}x{self.h}x{self.w}_s{self.stride}"
+                f"_p{'_'.join(map(str, self.pads))}_w{self.pitch}_l{self.length}")
+
+
+class ConvGeometry(_LanesGeometry):
+    """Sizes of one convolution on the flattened padded (phase) image (see above).
+
+    The kernel sees: `groups4` groups of 4 interleaved bytes, `taps` (rows, cols) over an image of
+    row pitch `pitch`, `positions` outputs per channel (padded to whole tiles), `length` pixels."""
+
+    def __init__(self, channels_in: int, channels_out: int, height: int, width: int, kh: int, kw: int,
+                 pads: tuple[int, int, int, int], stride: int = 1):
+        assert stride in STRIDES, stride
+        top, left, bottom, right = pads
+        self.c, self.oc, self.h, self.w, self.kh, self.kw = channels_in, channels_out, height, width, kh, kw
+        self.pads, self.stride = tuple(pads), stride
+        hp, wp = height + top + bottom, width + left + right
+        self.ho, self.wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+        self.taps = (-(-kh // stride), -(-kw // stride))
+        rows = max(-(-hp // stride), self.ho + self.taps[0] - 1)
+        self.pitch = max(-(-wp // stride), self.wo + self.taps[1] - 1)
+        self.groups4 = -(-channels_in // 4) if stride == 1 else channels_in
+        self._tile(depthwise=False)
+        self.length = _whole_rows(max(rows * self.pitch, self.positions + (self.taps[0] - 1) * self.pitch
+                                      + self.taps[1] - 1), self.pitch)
+
+    @property
+    def layout_shape(self) -> tuple:
+        return (self.groups4, self.length)
+
+    def word_planes(self) -> list:
+        """[(plane index, bytes)]: operand word [group, *plane, row*pitch + col] holds, in byte i,
+        the input code at channel ch_mul*group + ch_add, padded row S*row + a, padded column
+        S*col + b, for bytes[i] = (ch_mul, ch_add, a, b): 4 channels, or the 4 phases of one."""
+        if self.stride == 1:
+            return [((), [(4, i, 0, 0) for i in range(4)])]
+        return [((), [(1, 0, i // 2, i % 2) for i in range(4)])]
+
+    kind, layout_kind = "conv", "layout"
+
+    def dims(self) -> str:
+        return f"{self.oc_p}x{self.groups4}x{self.taps[0]}x{self.taps[1]}_s{self.stride}"
+
+
+def _whole_rows(length: int, pitch: int) -> int:
+    return -(-length // pitch) * pitch
+
+
+def layout_func(g):
+    """The kernel writing the operand of a convolution kernel from NCHW codes X[1, C, H, W]:
+    uint32 words (g.layout_shape, see g.word_planes), the input zero point wherever a byte falls
+    in the padding or past the channels.
+
+    A kernel of its own, not Relax pad/reshape/transpose: those fuse into the producer's epilogue
+    (which then no longer matches its tuning record) and run as slow gathers. Here each row of
+    words is three loops: the columns where every byte is inside the image, as vectors of 16 words
+    (4 contiguous or stride-2 loads, one store), and the padding columns on either side."""
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.script.ir_builder import tirx as T
+
+    rows = g.length // g.pitch
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name("main")
+            x = T.match_buffer(T.arg("X", T.handle()), (1, g.c, g.h, g.w), "uint8")
+            zp = T.match_buffer(T.arg("zero_point", T.handle()), (1,), "uint8")
+            out = T.match_buffer(T.arg("P", T.handle()), g.layout_shape, "uint32")
+            with T.parallel(0, g.layout_shape[0] * rows) as task:
+                group, row = task // rows, task % rows
+                for plane, sources in g.word_planes():
+                    # (channel, image row, column offset) of each byte: column S*col + offset
+                    srcs = [(ch_mul * group + ch_add, g.stride * row + a - g.pads[0], b - g.pads[1])
+                            for ch_mul, ch_add, a, b in sources]
+                    _layout_row(T, g, x, zp, out, (group, *plane), row * g.pitch, srcs)
+    func = builder.get()
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, LAYOUT_KERNEL)
+
+
+def _layout_row(T, g, x, zp, out, index, start, srcs) -> None:
+    """One row of operand words out[*index, start + col] for col < pitch (see layout_func)."""
+    # the columns where every byte's column is inside the image: [first, last)
+    first = min(g.pitch, max(-(off // g.stride) for _, _, off in srcs))
+    last = max(first, min(g.pitch, min((g.w - 1 - off) // g.stride + 1 for _, _, off in srcs)))
+
+    def store(col, inside: bool):
+        T.buffer_store(out, _layout_word(g, x, zp, srcs, col, inside), [*index, start + col])
+
+    done = first
+    for lanes in (16, 4):   # vectors of 16 words, then of 4 for small images
+        vectors = (last - done) // lanes
+        if vectors:
+            with T.serial(0, vectors) as vo:
+                with T.vectorized(0, lanes) as vi:
+                    store(done + vo * lanes + vi, inside=True)
+            done += vectors * lanes
+    for begin, end in ((0, first), (done, g.pitch)):
+        if end > begin:
+            with T.serial(begin, end) as col:
+                store(col, inside=False)
+
+
+def _layout_word(g, x, zp, srcs, col, inside: bool):
+    """The word at column `col`: byte i = x[ch, row, S*col + offset] of srcs[i], or the zero point.
+    `inside`: every column is known to be in the image (no test, no clamp: vector loads)."""
+    from tvm import tirx
+
+    total = None
+    for i, (ch, row, off) in enumerate(srcs):
+        column = g.stride * col + off
+        ok = tirx.all(ch < g.c, row >= 0, row < g.h)
+        if not inside:
+            ok = tirx.all(ok, column >= 0, column < g.w)
+            column = tirx.max(tirx.min(column, g.w - 1), 0)
+        code = x[0, tirx.min(ch, g.c - 1), tirx.max(tirx.min(row, g.h - 1), 0), column]
+        byte = tirx.Select(ok, code, zp[0]).astype("uint32") << tirx.const(8 * i, "uint32")
+        total = byte if total is None else total | byte
+    return total
+
+
+def _byte(word, i):
+    """Byte i of a uint32 operand word, as int32: the lanes intrinsic's description."""
+    from tvm import tirx
+
+    return tirx.Cast("int32", tirx.bitwise_and(tirx.shift_right(word, tirx.Cast("uint32", i * 8)),
+                                               tirx.const(255, "uint32")))
+
+
+def pack_conv_weight(w: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """int codes [OC, C, kh, kw] -> int8 [OC padded, groups, taps rows, taps cols, 4]: byte i of
+    tap (r, s) of a group holds w[oc, c, S*r + a, S*s + b] for the (c, a, b) of operand byte i
+    (g.word_planes), or 0."""
+    oc, c, kh, kw = w.shape
+    out = np.zeros((g.oc_p, g.groups4, g.taps[0], g.taps[1], 4), np.int8)
+    (_, sources), = g.word_planes()
+    for group in range(g.groups4):
+        for i, (ch_mul, ch_add, a, b) in enumerate(sources):
+            ch = ch_mul * group + ch_add
+            if ch < c:
+                taps = w[:, ch, a::g.stride, b::g.stride]
+                out[:oc, group, :taps.shape[1], :taps.shape[2], i] = taps
+    return out
+
+
+def _lanes_kernel(g, operand, weight, product, reduce_axes, out_dtype: str):
+    """The scheduled kernel Y[oc, p] = requantize(C[oc, p] + bias[oc]) with C = sum over
+    `reduce_axes` of `product(o, p)`, the last reduce axis being the 4 bytes of one vpdpbusd: an
+    MR x NR*16 register tile of C, 16 pixels per vector."""
+    from tvm import s_tir, te, tirx
+
+    _register()
+    bias = te.placeholder((g.oc_p,), "int32", name="bias")
+    mult = te.placeholder((g.oc_p,), "int64", name="mult")
+    shift = te.placeholder((g.oc_p,), "int64", name="shift")
+    qparams = te.placeholder((3,), "int32", name="qparams")
+    c = te.compute((g.oc_p, g.positions), lambda o, p: te.sum(product(o, p), axis=reduce_axes), name="C")
+    y = _requantize_te(te, tirx, c, bias, mult, shift, qparams, out_dtype, axis=0)
+    sch = s_tir.Schedule(te.create_prim_func([operand, weight, bias, mult, shift, qparams, y]))
+    block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
+    o, p, *taps, ki = sch.get_loops(block)
+    oo, oi = sch.split(o, [None, g.mr])
+    po, pr, pi = sch.split(p, [None, g.nr, 16])
+    # a pixel panel stays in cache across channel tiles
+    return _register_tile(sch, block, epilogue, (po, oo), taps, (oi, pr, pi, ki), DOT_16x4_WORDS)
+
+
+def conv_func(g: ConvGeometry, out_dtype: str):
+    """The convolution kernel: C[oc, p] = sum over (group, r, s, i) of W[oc, group, r, s, i] *
+    P[group, p + r*pitch + s, i], P uint8 [groups, length, 4], W int8 packed."""
+    from tvm import te
+
+    p_in = te.placeholder(g.layout_shape, "uint32", name="P")
+    w = te.placeholder((g.oc_p, g.groups4, g.taps[0], g.taps[1], 4), "int8", name="W")
+    axes = [te.reduce_axis((0, g.groups4), name="rc"), te.reduce_axis((0, g.taps[0]), name="r"),
+            te.reduce_axis((0, g.taps[1]), name="s"), te.reduce_axis((0, 4), name="i")]
+    rc, rr, rs, ri = axes
+    return _lanes_kernel(g, p_in, w, lambda o, p: w[o, rc, rr, rs, ri].astype("int32")
+                         * _byte(p_in[rc, p + rr * g.pitch + rs], ri), axes, out_dtype)
+
+
+def conv_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
+    """What the convolution kernel runs: batch 1, 2-D, groups 1, the same stride 1 or 2 on both
+    axes, no dilation. (Depthwise convolutions reduce over no channels: no dot product to take.)"""
+    return (shape is not None and len(shape) == 4 and shape[0] == 1 and len(weight_shape) == 4
+            and group == 1 and len(set(strides)) == 1 and strides[0] in STRIDES and list(dilations) == [1, 1])
+
+
+def emit_conv(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
+              lo: int, hi: int, out_dtype: str):
+    """Codes y[1, OC, Ho, Wo] = requantize(conv(x - zero_point, weight) + bias) on the VNNI kernel.
+
+    pads: ONNX order (top, left, bottom, right); padding takes the input zero point (a real 0)."""
+    _, c, h, w_in = static_shape(bb, x)
+    oc, _, kh, kw = weight.shape
+    g = ConvGeometry(c, oc, h, w_in, kh, kw, tuple(int(v) for v in pads), stride)
+    return _emit_on_lanes(bb, x, g, conv_func, pack_conv_weight(weight, g), weight.astype(np.int64).sum(axis=(1, 2, 3)),
+                          zero_point, bias, mult, shift, out_zp, lo, hi, out_dtype)
+
+
+def _emit_on_lanes(bb, x, g, kernel_func, packed: np.ndarray, weight_sums: np.ndarray, zero_point: int, bias, mult,
+                   shift, out_zp: int, lo: int, hi: int, out_dtype: str):
+    """x (NCHW codes) -> layout kernel -> `kernel_func(g, out_dtype)` -> y[1, OC, Ho, Wo]."""
+    from tvm import relax
+
+    op = relax.op
+    x, zero_point = _as_uint8(x, bb.normalize(x).ty, zero_point)
+    layout = _kernel(bb, g.layout_name(), lambda: layout_func(g))
+    operand = bb.emit(relax.call_tir(layout, [x, relax.const(np.array([zero_point], np.uint8), "uint8")],
+                                     relax.TensorType(g.layout_shape, "uint32")))
+    gv = _kernel(bb, g.name(out_dtype), lambda: kernel_func(g, out_dtype))
+    args = [operand, relax.const(packed, "int8"),
+            *_requant_args(weight_sums, zero_point, bias, mult, shift, out_zp, lo, hi, g.oc_p)]
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((g.oc_p, g.positions), out_dtype)))
+    y = op.strided_slice(y, axes=[0, 1], begin=[0, 0], end=[g.oc, g.ho * g.pitch])
+    y = op.reshape(y, (1, g.oc, g.ho, g.pitch))
+    if g.wo != g.pitch:
+        y = op.strided_slice(y, axes=[3], begin=[0], end=[g.wo])
+    return y
+
+
+# --------------------------------------------------------------------------- depthwise convolution
+# A depthwise convolution reduces over no channels, so its 4 bytes per vpdpbusd are 4 kernel rows:
+# the operand Q[c, b, l, i] holds input row S*(l // pitch) + i, column S*(l % pitch) + b of
+# channel c (each input row 4/S times over), and tap (4*r4 + i, S*s + b) of output l reads
+# Q[c, b, l + r4*(4/S)*pitch + s, i]. A 7x7 filter is 14 vpdpbusd per 16 outputs instead of 49
+# multiply-adds.
+
+class DepthwiseGeometry(_LanesGeometry):
+    """Sizes of one depthwise convolution (stride 1 or 2) on its row-interleaved operand."""
+
+    def __init__(self, channels: int, height: int, width: int, kh: int, kw: int, pads, stride: int = 1):
+        assert stride in STRIDES, stride
+        top, left, bottom, right = pads
+        self.c = self.oc = channels
+        self.h, self.w, self.kh, self.kw, self.pads, self.stride = height, width, kh, kw, tuple(pads), stride
+        hp, wp = height + top + bottom, width + left + right
+        self.ho, self.wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+        self.row_groups, self.taps_c = -(-kh // 4), -(-kw // stride)
+        self.row_step = 4 // stride                      # operand rows between two groups of 4 kernel rows
+        self.pitch = self.wo + self.taps_c - 1
+        self._tile(depthwise=True)
+        self.length = _whole_rows(self.positions + (self.row_groups - 1) * self.row_step * self.pitch
+                                  + self.taps_c - 1, self.pitch)
+
+    @property
+    def layout_shape(self) -> tuple:
+        return (self.oc_p, self.stride, self.length)
+
+    def word_planes(self) -> list:
+        """As ConvGeometry.word_planes: plane b (the column phase) holds 4 rows of one channel."""
+        return [((b,), [(1, 0, i, b) for i in range(4)]) for b in range(self.stride)]
+
+    kind, layout_kind = "depthwise", "rows"
+
+    def dims(self) -> str:
+        return f"{self.oc_p}x{self.row_groups}x{self.taps_c}_s{self.stride}"
+
+
+def pack_depthwise_weight(w: np.ndarray, g: DepthwiseGeometry) -> np.ndarray:
+    """int codes [C, 1, kh, kw] -> int8 [C padded, row groups, taps, S, 4]: byte i of (r4, s, b) holds
+    w[c, 0, 4*r4 + i, S*s + b], or 0 past the filter."""
+    out = np.zeros((g.oc_p, g.row_groups * 4, g.taps_c * g.stride), np.int8)
+    out[:g.c, :g.kh, :g.kw] = w[:, 0]
+    out = out.reshape(g.oc_p, g.row_groups, 4, g.taps_c, g.stride)
+    return np.ascontiguousarray(out.transpose(0, 1, 3, 4, 2))
+
+
+def depthwise_func(g: DepthwiseGeometry, out_dtype: str):
+    """The depthwise kernel: C[c, p] = sum over (r4, s, b, i) of W[c, r4, s, b, i] *
+    Q[c, b, p + r4*row_step*pitch + s, i]."""
+    from tvm import te
+
+    q = te.placeholder(g.layout_shape, "uint32", name="Q")
+    w = te.placeholder((g.oc_p, g.row_groups, g.taps_c, g.stride, 4), "int8", name="W")
+    axes = [te.reduce_axis((0, g.row_groups), name="r"), te.reduce_axis((0, g.taps_c), name="s"),
+            te.reduce_axis((0, g.stride), name="b"), te.reduce_axis((0, 4), name="i")]
+    rr, rs, rb, ri = axes
+    return _lanes_kernel(g, q, w, lambda o, p: w[o, rr, rs, rb, ri].astype("int32")
+                         * _byte(q[o, rb, p + rr * g.row_step * g.pitch + rs], ri), axes, out_dtype)
+
+
+def depthwise_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
+    """Batch 1, 2-D, one filter per channel (groups == channels), stride 1 or 2 on both axes."""
+    return (shape is not None and len(shape) == 4 and shape[0] == 1 and len(weight_shape) == 4
+            and weight_shape[1] == 1 and group == shape[1] == weight_shape[0] and len(set(strides)) == 1
+            and strides[0] in STRIDES and list(dilations) == [1, 1])
+
+
+def emit_depthwise(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
+                   lo: int, hi: int, out_dtype: str):
+    """Codes y[1, C, Ho, Wo] of a depthwise convolution on the VNNI kernel (see above)."""
+    _, c, h, w_in = static_shape(bb, x)
+    g = DepthwiseGeometry(c, h, w_in, weight.shape[2], weight.shape[3], tuple(int(v) for v in pads), stride)
+    return _emit_on_lanes(bb, x, g, depthwise_func, pack_depthwise_weight(weight, g),
+                          weight.astype(np.int64).sum(axis=(1, 2, 3)), zero_point, bias, mult, shift, out_zp, lo, hi,
+                          out_dtype)
+
+
+# --------------------------------------------------------------------------- transposed convolution
+# ConvTranspose (stride S) as one stride-1 convolution with S*S times the output channels, then a
+# pixel shuffle ("sub-pixel" form): output o = S*m + a of phase a reads inputs i = m + e, tap
+# k = a + pad - S*e, for the e where 0 <= k < K. One window of taps covers every phase (zeros
+# where a phase has no tap): at most ceil(K/S)+1 taps per axis instead of the K of the zero-inserted
+# input, with no zeros inserted.
+
+def _phase_taps(k: int, stride: int, pad: int) -> tuple[int, int, list]:
+    """Along one axis: (first input offset e0, window size, [(phase a, window tap t, kernel tap k)])."""
+    pairs = [(a, e, a + pad - stride * e) for a in range(stride)
+             for e in range(-(k // stride) - 2, k // stride + 3) if 0 <= a + pad - stride * e < k]
+    e0 = min(e for _, e, _ in pairs)
+    size = max(e for _, e, _ in pairs) - e0 + 1
+    return e0, size, [(a, e - e0, kk) for a, e, kk in pairs]
+
+
+def transpose_as_conv(weight: np.ndarray, in_hw, strides, pads, output_padding) -> tuple[np.ndarray, tuple, tuple]:
+    """ConvTranspose weight [C, OC, K_h, K_w] (groups 1) -> (correlation weight [S_h*S_w*OC, C, T_h, T_w]
+    with output channel (a_h*S_w + a_w)*OC + oc, the stride-1 pads (top, left, bottom, right), the
+    phase grid (M_h, M_w)): the convolution's output, pixel-shuffled, is the transposed one's,
+    cropped to (H_out, W_out)."""
+    c, oc, kh, kw = weight.shape
+    out_hw, grid, pads1, axes = [], [], [[0, 0], [0, 0]], []
+    for axis, (n, k, s) in enumerate(zip(in_hw, (kh, kw), strides)):
+        begin, end = pads[axis], pads[axis + 2]
+        size_out = s * (n - 1) + k - begin - end + output_padding[axis]
+        e0, taps, pairs = _phase_taps(k, s, begin)
+        m = -(-size_out // s)                       # outputs per phase (the last ones cropped)
+        pads1[axis] = [-e0, max(0, m - 1 + e0 + taps - n)]
+        out_hw.append(size_out)
+        grid.append(m)
+        axes.append((s, taps, pairs))
+    (sh, th, ph), (sw, tw, pw) = axes
+    corr = np.zeros((sh * sw * oc, c, th, tw), weight.dtype)
+    for ah, rh, kh_ in ph:
+        for aw, rw, kw_ in pw:
+            phase = ah * sw + aw
+            corr[phase * oc:(phase + 1) * oc, :, rh, rw] = weight[:, :, kh_, kw_].T
+    (top, bottom), (left, right) = pads1
+    return corr, (top, left, bottom, right), tuple(grid), tuple(out_hw)
+
+
+def emit_conv_transpose(bb, x, weight: np.ndarray, strides, pads, output_padding, zero_point: int, bias, mult,
+                        shift, out_zp: int, lo: int, hi: int, out_dtype: str):
+    """Codes y[1, OC, H_out, W_out] of a ConvTranspose (groups 1) on the convolution kernel (see above)."""
+    from tvm import relax
+
+    op = relax.op
+    _, _, h, w_in = static_shape(bb, x)
+    oc = weight.shape[1]
+    corr, pads1, (mh, mw), (ho, wo) = transpose_as_conv(weight, (h, w_in), strides, pads, output_padding)
+    sh, sw = strides
+    phases = sh * sw
+
+    def per_phase(values):
+        return np.tile(np.broadcast_to(np.asarray(values).reshape(-1), (oc,)), phases)
+
+    y = emit_conv(bb, x, corr, pads1, 1, zero_point, per_phase(bias), per_phase(mult), per_phase(shift), out_zp,
+                  lo, hi, out_dtype)
+    y = op.strided_slice(y, axes=[2, 3], begin=[0, 0], end=[mh, mw])
+    y = op.reshape(y, (sh, sw, oc, mh, mw))
+    y = op.permute_dims(y, [2, 3, 0, 4, 1])            # [OC, M_h, S_h, M_w, S_w]
+    y = op.reshape(y, (1, oc, mh * sh, mw * sw))
+    if (mh * sh, mw * sw) != (ho, wo):
+        y = op.strided_slice(y, axes=[2, 3], begin=[0, 0], end=[ho, wo])
+    return y

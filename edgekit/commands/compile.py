@@ -50,8 +50,8 @@ def register(subparsers):
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
     p.add_argument("--no-int8-dot", dest="int8_dot", action="store_false",
-                   help="QDQ models: do not run linear / gemm layers on the int8 dot-product (AVX-512 VNNI) "
-                        "kernel even where the target has it (default: use it; for comparisons)")
+                   help="QDQ models: do not run linear / gemm layers and convolutions on the int8 dot-product "
+                        "(AVX-512 VNNI) kernels even where the target has them (default: use them; for comparisons)")
     p.add_argument("--no-committed-db", dest="committed_db", action="store_false",
                    help="do not apply the committed tuning database of a zoo model (x86-64; chosen by the "
                         "file name: litepose.onnx or litepose.q.onnx gets compile/tvm/tuning_db/litepose)")

@@ -1,4 +1,4 @@
-"""The int8 dot-product kernel (compile/tvm/vnni.py): bit-exact with the integer reference, and
+"""The int8 dot-product kernels (compile/tvm/vnni.py): bit-exact with the integer reference, and
 really made of vpdpbusd. Runs only on a CPU with AVX-512 VNNI (the kernel's instruction)."""
 from __future__ import annotations
 
@@ -62,8 +62,13 @@ def _linear_qdq(path, rows: int, k: int, n: int, act_type: int, zp_x: int, seed:
              helper.make_node("Add", ["mm", "b"], ["z"], name="bias_add"),
              helper.make_node("QuantizeLinear", ["z", "s_y", "zp_y"], ["y_q"], name="qy"),
              helper.make_node("DequantizeLinear", ["y_q", "s_y", "zp_y"], ["y"], name="dqy")]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n])], inits)
+    return _save(path, nodes, inits, [rows, k], [rows, n])
+
+
+def _save(path, nodes, inits, x_shape, y_shape) -> str:
+    """The graph x -> nodes -> y (float32) as a checked opset-21 model at `path`."""
+    graph = helper.make_graph(nodes, "layers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     onnx.checker.check_model(model)
@@ -104,3 +109,143 @@ def test_tiles_stay_on_the_stack_and_pad_little():
         mr, nr = vnni.tiles(rows, blocks)
         assert blocks % nr == 0 and mr * nr * 16 * 4 < vnni.STACK_LIMIT
         assert -(-rows // mr) * mr - rows < mr
+
+
+@pytest.mark.parametrize("c,oc,h,w,k,pads,stride", [
+    (13, 20, 9, 11, 3, (1, 1, 1, 1), 1), (16, 24, 8, 8, 1, (0, 0, 0, 0), 1), (5, 17, 7, 6, 5, (2, 0, 1, 3), 1),
+    (3, 16, 13, 10, 3, (1, 1, 1, 1), 2), (6, 9, 9, 9, 4, (1, 2, 0, 1), 2), (8, 8, 8, 8, 1, (0, 0, 0, 0), 2)])
+def test_conv_kernel_equals_the_reference_requantization(c, oc, h, w, k, pads, stride):
+    """The layout kernel and the convolution kernel together: requantize(conv(x - zp, W) + bias) for
+    random codes, asymmetric padding (padded with the zero point), strides 1 and 2 (odd and even
+    sizes and taps) and a bias that wraps."""
+    g = vnni.ConvGeometry(c, oc, h, w, k, k, pads, stride)
+    weight = np.random.default_rng(c).integers(-8, 8, (oc, c, k, k))
+    _check_lanes_kernel(g, vnni.conv_func, vnni.pack_conv_weight(weight, g), weight, groups=1,
+                        zp=37, out=(5, 2, 250), out_type=F.UINT8)
+
+
+def _check_lanes_kernel(g, kernel_func, packed, weight, groups: int, zp: int, out, out_type):
+    """Run g's layout kernel and kernel_func on random codes; compare with torch's convolution of
+    the centred codes, requantized by the reference (a bias big enough to wrap)."""
+    import torch
+    import tvm
+
+    mod = tvm.IRModule({"layout": vnni.layout_func(g).with_attr("global_symbol", "layout"),
+                        "kernel": kernel_func(g, out_type.name).with_attr("global_symbol", "kernel")})
+    lib = tvm.compile(mod, target=HOST.tvm_target())
+    rng = np.random.default_rng(g.oc + g.h)
+    oc = g.oc
+    x = rng.integers(0, 256, (1, g.c, g.h, g.w)).astype(np.uint8)
+    bias = rng.integers(-2 ** 31, 2 ** 31, oc).astype(np.int32)
+    mult, shift = F.quantize_multiplier(rng.uniform(1e-5, 2e-3, oc))
+    folded, m, s = np.zeros(g.oc_p, np.int32), np.zeros(g.oc_p, np.int64), np.zeros(g.oc_p, np.int64)
+    folded[:oc] = F.wrap_int32(bias.astype(np.int64) - zp * weight.sum(axis=(1, 2, 3)))
+    m[:oc], s[:oc] = mult, shift
+    dev = tvm.cpu()
+    operand = tvm.runtime.tensor(np.zeros(g.layout_shape, np.uint32), dev)
+    lib["layout"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(np.array([zp], np.uint8), dev), operand)
+    y = tvm.runtime.tensor(np.zeros((g.oc_p, g.positions), out_type.name), dev)
+    lib["kernel"](operand, *[tvm.runtime.tensor(v, dev) for v in (packed, folded, m, s, np.array(out, np.int32))], y)
+    got = y.numpy()[:oc, :g.ho * g.pitch].reshape(oc, g.ho, g.pitch)[:, :, :g.wo]
+    top, left, bottom, right = g.pads
+    centred = np.pad(x.astype(np.float64) - zp, [(0, 0), (0, 0), (top, bottom), (left, right)])
+    acc = torch.nn.functional.conv2d(torch.from_numpy(centred), torch.from_numpy(weight.astype(np.float64)),
+                                     stride=g.stride, groups=groups)
+    acc = F.wrap_int32(acc.numpy()[0].round().astype(np.int64))
+    want = F.requantize(acc, bias[:, None, None], mult[:, None, None], shift[:, None, None], out[0], out_type,
+                        out[1], out[2])
+    np.testing.assert_array_equal(got, want)
+
+
+def _conv_qdq(path, act_type: int, zp_x: int, seed: int = 0) -> str:
+    """x [1,5,9,11] -> Q/DQ (act_type) -> Conv 3x3 (pads 1,0,2,1) -> Conv 3x3 stride 2 -> depthwise
+    Conv 3x3 -> grouped Conv 1x1 (2 groups) -> ConvTranspose 4x4 stride 2 -> y, int4 weights, Q/DQ
+    uint8 between: four layers for the kernels and one (the grouped) they leave to Relax."""
+    rng = np.random.default_rng(seed)
+    act_np = np.int8 if act_type == TensorProto.INT8 else np.uint8
+    inits = [numpy_helper.from_array(np.float32(0.05), "s_x"), numpy_helper.from_array(np.array(zp_x, act_np), "zp_x")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["x_q"], name="qx"),
+             helper.make_node("DequantizeLinear", ["x_q", "s_x", "zp_x"], ["x_dq"], name="dqx")]
+    # name, op, weight shape, output-channel axis of the weight, attributes, output scale and zero point
+    layers = (("conv1", "Conv", (7, 5, 3, 3), 0, dict(pads=[1, 0, 2, 1]), 0.3, 128),
+              ("conv2", "Conv", (4, 7, 3, 3), 0, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 0.5, 120),
+              ("depthwise", "Conv", (4, 1, 3, 3), 0, dict(pads=[1, 1, 1, 1], group=4), 0.4, 100),
+              ("grouped", "Conv", (4, 2, 1, 1), 0, dict(group=2), 0.45, 110),
+              ("up", "ConvTranspose", (4, 3, 4, 4), 1, dict(pads=[1, 1, 1, 1], strides=[2, 2]), 0.6, 90))
+    src, s_in = "x_dq", 0.05
+    for name, kind, shape, axis, attrs, s_out, zp_out in layers:
+        oc = shape[axis]
+        s_w = rng.uniform(0.01, 0.05, oc).astype(np.float32)
+        inits += [helper.make_tensor(f"{name}_wq", TensorProto.INT4, shape,
+                                     F.pack_int4(rng.integers(-8, 8, int(np.prod(shape)))).tobytes(), raw=True),
+                  numpy_helper.from_array(s_w, f"{name}_sw"),
+                  numpy_helper.from_array(rng.integers(-300, 300, oc).astype(np.int32), f"{name}_bq"),
+                  numpy_helper.from_array((s_in * s_w).astype(np.float32), f"{name}_sb"),
+                  numpy_helper.from_array(np.float32(s_out), f"{name}_so"),
+                  numpy_helper.from_array(np.array(zp_out, np.uint8), f"{name}_zo")]
+        out = "y" if name == "up" else f"{name}_dq"
+        nodes += [helper.make_node("DequantizeLinear", [f"{name}_wq", f"{name}_sw"], [f"{name}_w"], axis=axis),
+                  helper.make_node("DequantizeLinear", [f"{name}_bq", f"{name}_sb"], [f"{name}_b"], axis=0),
+                  helper.make_node(kind, [src, f"{name}_w", f"{name}_b"], [f"{name}_out"], name=name, **attrs),
+                  helper.make_node("QuantizeLinear", [f"{name}_out", f"{name}_so", f"{name}_zo"], [f"{name}_q"]),
+                  helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_so", f"{name}_zo"], [out])]
+        src, s_in = out, s_out
+    return _save(path, nodes, inits, [1, 5, 9, 11], [1, 3, 10, 12])
+
+
+@pytest.mark.parametrize("act_type,zp_x", [(TensorProto.UINT8, 131), (TensorProto.INT8, -3)], ids=["u8", "s8"])
+def test_convolutions_run_on_vpdpbusd_bit_exactly(tmp_path, act_type, zp_x):
+    """The stride-1, stride-2, depthwise and transposed convolutions go to the kernels, the grouped
+    one stays Relax conv2d; both builds give the integer reference's codes."""
+    from edgekit.compile import compile_model
+    from edgekit.quant import intref
+    from edgekit.runtime import open_session
+
+    src = _conv_qdq(tmp_path / "convs.onnx", act_type, zp_x)
+    x = np.random.default_rng(2).standard_normal((1, 5, 9, 11)).astype(np.float32) * 4
+    want = intref.run(src, {"x": x})["y"]
+    for dot in (True, False):
+        meta = compile_model(src, "x86-64", tmp_path / str(dot), committed_db=False, int8_dot=dot)
+        assert meta["integer_ops"] == {"conv": 4, "conv_transpose": 1}
+        assert meta["tuning"]["kernels_int8_dot"] == (4 if dot else 0)
+        with open_session(tmp_path / str(dot)) as session:
+            np.testing.assert_array_equal(session.run({"x": x})["y"], want)
+
+
+@pytest.mark.parametrize("k,s,pads,out_pad", [(4, 2, (1, 1, 1, 1), (0, 0)), (3, 2, (1, 2, 0, 1), (1, 0)),
+                                              (2, 2, (0, 0, 0, 0), (0, 0)), (5, 3, (2, 2, 2, 2), (2, 2))])
+def test_transposed_convolution_is_a_convolution_and_a_pixel_shuffle(k, s, pads, out_pad):
+    import torch
+
+    rng = np.random.default_rng(k)
+    c, oc, h, w = 3, 4, 5, 6
+    wt = rng.integers(-8, 8, (c, oc, k, k)).astype(np.float64)
+    x = rng.standard_normal((1, c, h, w))
+    ho, wo = s * (h - 1) + k - pads[0] - pads[2] + out_pad[0], s * (w - 1) + k - pads[1] - pads[3] + out_pad[1]
+    full = torch.nn.functional.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(wt), stride=s).numpy()
+    full = np.pad(full, [(0, 0), (0, 0), (0, max(0, pads[0] + ho - full.shape[2])),
+                         (0, max(0, pads[1] + wo - full.shape[3]))])
+    want = full[:, :, pads[0]:pads[0] + ho, pads[1]:pads[1] + wo]
+    corr, (top, left, bottom, right), (mh, mw), size = vnni.transpose_as_conv(wt, (h, w), (s, s), pads, out_pad)
+    assert size == (ho, wo) and corr.shape[2] <= -(-k // s) + 1
+    y = torch.nn.functional.conv2d(torch.from_numpy(np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)])),
+                                   torch.from_numpy(corr)).numpy()[:, :, :mh, :mw]
+    y = y.reshape(s, s, oc, mh, mw).transpose(2, 3, 0, 4, 1).reshape(1, oc, mh * s, mw * s)[:, :, :ho, :wo]
+    np.testing.assert_allclose(y, want, atol=1e-9)
+
+
+@pytest.mark.parametrize("c,h,w,k,pads,stride", [(5, 9, 11, 3, (1, 1, 1, 1), 1), (17, 12, 12, 7, (3, 3, 3, 3), 1),
+                                                 (6, 13, 10, 7, (3, 3, 3, 3), 2), (4, 8, 9, 5, (2, 1, 2, 0), 2)])
+def test_depthwise_kernel_equals_the_reference_requantization(c, h, w, k, pads, stride):
+    """The row-interleaving layout kernel and the depthwise kernel: requantize(depthwise conv(x - zp,
+    W) + bias), strides 1 and 2, padding with the zero point, int8 output."""
+    g = vnni.DepthwiseGeometry(c, h, w, k, k, pads, stride)
+    weight = np.random.default_rng(c + k).integers(-8, 8, (c, 1, k, k))
+    _check_lanes_kernel(g, vnni.depthwise_func, vnni.pack_depthwise_weight(weight, g), weight, groups=c,
+                        zp=201, out=(-3, -100, 120), out_type=F.INT8)
+
+
+def test_conv_tiles_stay_on_the_stack():
+    for channels, positions in ((1, 1), (17, 64), (96, 4096), (7, 99)):
+        mr, nr = vnni.conv_tiles(channels, positions)
+        assert mr * nr * 16 * 4 < vnni.STACK_LIMIT
