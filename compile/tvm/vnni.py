@@ -145,10 +145,10 @@ def pack_weight(w_kn: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
 
 
-def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: int = -1):
+def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: int = -1, shape=None):
     """formats.requantize as a TE expression builder: int32 wrap of acc + bias, int64 product,
     right shift rounding ties to even, zero point, clamp. bias, mult, shift: per index of `axis`
-    of acc; qparams = [zero point, lo, hi] (int32)."""
+    of acc; qparams = [zero point, lo, hi] (int32); `shape`: the part of acc written (default all)."""
     def y(*index):
         j = index[axis]
         total = (acc[index] + bias[j]).astype("int64")          # int32 addition wraps, as the reference
@@ -164,14 +164,15 @@ def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: i
         v = shifted + qparams[0].astype("int64")
         v = tirx.min(tirx.max(v, qparams[1].astype("int64")), qparams[2].astype("int64"))
         return v.astype(out_dtype)
-    return te.compute(acc.shape, y, name="Y")
+    return te.compute(shape or acc.shape, y, name="Y")
 
 
-def dense_func(rows: int, k: int, n: int, out_dtype: str):
-    """The scheduled kernel Y[rows, n] = requantize(A[rows, k] (u8) x packed W (s8) + bias), rows a
-    multiple of the tile's MR, k of 4, n of 16. Every number of the layer is an argument (bias,
-    multiplier and shift per column, [zero point, lo, hi]), so one kernel serves every layer of its
-    shape."""
+def dense_func(rows: int, k: int, n: int, out_dtype: str, rows_out: int | None = None):
+    """The scheduled kernel Y[rows_out, n] = requantize(A[rows, k] (u8) x packed W (s8) + bias), rows
+    a multiple of the tile's MR, k of 4, n of 16; the padding rows (past `rows_out`, default all
+    rows) are computed but not written, so the output needs no slice. Every number of the layer is
+    an argument (bias, multiplier and shift per column, [zero point, lo, hi]), so one kernel serves
+    every layer of its shape."""
     from tvm import s_tir, te, tirx
 
     _register()
@@ -186,7 +187,7 @@ def dense_func(rows: int, k: int, n: int, out_dtype: str):
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((rows, n), lambda i, j: te.sum(
         a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
-    y = _requantize_te(te, tirx, c, bias, mult, shift, qparams, out_dtype)
+    y = _requantize_te(te, tirx, c, bias, mult, shift, qparams, out_dtype, shape=(rows_out or rows, n))
     sch = s_tir.Schedule(te.create_prim_func([a, b, bias, mult, shift, qparams, y]))
     block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
     i, j, kk = sch.get_loops(block)
@@ -247,14 +248,14 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
     a = op.reshape(x, (rows, k))
     if rows_p != rows or kp != k:
         a = op.nn.pad(a, [0, rows_p - rows, 0, kp - k])
-    gv = _kernel(bb, f"edgekit_vnni_dense_{rows_p}x{kp}x{np_}_{out_dtype}",
-                 lambda: dense_func(rows_p, kp, np_, out_dtype))
+    gv = _kernel(bb, f"edgekit_vnni_dense_{rows_p}x{kp}x{np_}_to{rows}_{out_dtype}",
+                 lambda: dense_func(rows_p, kp, np_, out_dtype, rows_out=rows))
 
     args = [a, relax.const(pack_weight(w_kn), "int8"),
             *_requant_args(w_kn.astype(np.int64).sum(axis=0), zero_point, bias, mult, shift, out_zp, lo, hi, np_)]
-    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows_p, np_), out_dtype)))
-    if rows_p != rows or np_ != n:
-        y = op.strided_slice(y, axes=[0, 1], begin=[0, 0], end=[rows, n])
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, np_), out_dtype)))
+    if np_ != n:
+        y = op.strided_slice(y, axes=[1], begin=[0], end=[n])
     return op.reshape(y, shape[:-1] + [n])
 
 
