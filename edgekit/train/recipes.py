@@ -108,7 +108,7 @@ def tag_loss(tags: torch.Tensor, keypoints: torch.Tensor, stride: float, margin:
 
 
 class PoseRecipe(Recipe):
-    steps = 1000
+    steps = 6000   # 1000 steps gave AP 0.226 with the heatmap peaks still ~3 px off: longer, same recipe
     lr = 3e-3
     batch_size = 16
     pool_size = 384
