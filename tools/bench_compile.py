@@ -7,7 +7,9 @@ For each model, in one process, same inputs, same thread count:
   | TVM FP32 tuned | TVM integer with no record (default schedules) | TVM integer tuned
   | TVM integer tuned without the int8 dot-product kernels (--no-int8-dot)
 plus parity: TVM FP32 vs onnxruntime (max relative error) and TVM integer vs
-the integer reference (exact or not).
+the integer reference (exact or not). The runners take turns (--rounds, each running
+repeat/rounds times) so that the host's slow minutes fall on every column alike; the
+table gives each runner's median over all its runs.
 
 "tuned" means: compiled with the committed databases in
 compile/tvm/tuning_db/ (and --tuning-db DIR if given). The QDQ file is made
@@ -20,6 +22,8 @@ Writes bench/bench_compile.json and bench/bench_compile.md and prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
@@ -106,6 +110,20 @@ def compile_variant(src: Path, out: Path, **options) -> dict:
     return meta
 
 
+def interleaved(runners: dict, warmup: int, repeat: int, rounds: int) -> dict:
+    """Times of each runner (runner(n) -> n times in s), taken round by round in turn so that
+    the host's slow and fast minutes fall on every column alike: `repeat` in all per runner."""
+    for runner in runners.values():
+        runner(warmup)
+    times = {key: [] for key in runners}
+    per_round = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
+    for count in per_round:
+        for key, runner in runners.items():
+            if count:
+                times[key] += runner(count)
+    return times
+
+
 def _ms(value) -> str:
     return "failed" if value is None else f"{value:.2f}"
 
@@ -141,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="the runners take turns this many times")
     parser.add_argument("--weight-bits", type=int, default=4)
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--qdq-dir", default=None, help="use MODEL.q.onnx from here instead of quantizing")
@@ -169,26 +188,29 @@ def main(argv=None) -> int:
         row = {"model": name, "threads": args.threads, "fp32": str(fp32), "qdq": str(qdq)}
         feeds = None
         outputs = {}
-        for key, (src, opts) in variants.items():
-            log(f"{name}: compile {key}")
-            meta = compile_variant(src, out / f"{name}.{key}", **opts)
-            row[f"{key}_compile_s"] = meta["wall_seconds"]
-            row[f"{key}_kernels_tuned"] = f"{meta['tuning']['kernels_tuned']}/{meta['tuning']['kernels_total']}"
-            with open_session(out / f"{name}.{key}", num_threads=args.threads) as session:
+        runners = {}
+        with contextlib.ExitStack() as sessions:
+            for key, (src, opts) in variants.items():
+                log(f"{name}: compile {key}")
+                meta = compile_variant(src, out / f"{name}.{key}", **opts)
+                row[f"{key}_compile_s"] = meta["wall_seconds"]
+                row[f"{key}_kernels_tuned"] = f"{meta['tuning']['kernels_tuned']}/{meta['tuning']['kernels_total']}"
+                session = sessions.enter_context(open_session(out / f"{name}.{key}", num_threads=args.threads))
                 if feeds is None:  # one set of inputs for every runner (images in [0, 1))
                     feeds = random_inputs(session.artifact.inputs, 0)
                     feeds = {k: (np.abs(v) * 0.5).astype(v.dtype) if v.dtype.kind == "f" else v
                              for k, v in feeds.items()}
                 outputs[key] = session.run(feeds)
-                row[key + "_ms"] = summarize(session.time(feeds, args.warmup, args.repeat))["median_ms"]
-        log(f"{name}: onnxruntime")
-        row["ort_fp32_ms"] = summarize(
-            time_onnxruntime(str(fp32), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
-        row["ort_qdq_ms"] = summarize(
-            time_onnxruntime(str(qdq), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
-        for key, path in ort_int8(name, fp32, out).items():
-            row[key + "_ms"] = None if path is None else summarize(
-                time_onnxruntime(str(path), feeds, args.threads, args.warmup, args.repeat))["median_ms"]
+                runners[key] = functools.partial(session.time, feeds, 0)
+            ort_files = {"ort_fp32": fp32, "ort_qdq": qdq, **ort_int8(name, fp32, out)}
+            for key, path in ort_files.items():
+                if path is None:
+                    row[key + "_ms"] = None
+                else:  # a session per round: each round warms its own up
+                    runners[key] = functools.partial(time_onnxruntime, str(path), feeds, args.threads, 1)
+            log(f"{name}: timing {len(runners)} runners, interleaved over {args.rounds} rounds")
+            for key, times in interleaved(runners, args.warmup, args.repeat, args.rounds).items():
+                row[key + "_ms"] = summarize(times)["median_ms"]
         # parity
         import onnxruntime as ort
 
