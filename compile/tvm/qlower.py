@@ -402,9 +402,9 @@ class ConvTransposeHandler(ConvHandler):
 
     def emit(self, bb, inputs, attr, out):
         weight = _arr(attr, "weight")
-        pads_inside = all(p < k for p, k in zip(_ints(attr, "pads"), 2 * list(weight.shape[2:])))
-        if _dot(attr) != "vnni" or not pads_inside or not vnni.conv_supported(
-                vnni.static_shape(bb, inputs[0]), weight.shape, [1, 1], _ints(attr, "dilations"), int(attr["group"])):
+        if _dot(attr) != "vnni" or not vnni.conv_transpose_supported(
+                vnni.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "pads"), _ints(attr, "dilations"),
+                int(attr["group"])):
             return _Weighted.emit(self, bb, inputs, attr, out)
         return vnni.emit_conv_transpose(bb, inputs[0], weight, _ints(attr, "strides"), _ints(attr, "pads"),
                                         _ints(attr, "output_padding"), out.zps[0], _arr(attr, "bias"),

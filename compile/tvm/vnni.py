@@ -363,7 +363,7 @@ class ConvGeometry(_LanesGeometry):
                  pads: tuple[int, int, int, int], stride: int = 1):
         assert stride in STRIDES, stride
         top, left, bottom, right = pads
-        self.c, self.oc, self.h, self.w, self.kh, self.kw = channels_in, channels_out, height, width, kh, kw
+        self.c, self.oc, self.h, self.w = channels_in, channels_out, height, width
         self.pads, self.stride = tuple(pads), stride
         hp, wp = height + top + bottom, width + left + right
         self.ho, self.wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
@@ -528,11 +528,16 @@ def conv_func(g: ConvGeometry, out_dtype: str):
                          * _byte(p_in[rc, p + rr * g.pitch + rs], ri), axes, out_dtype)
 
 
-def conv_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
-    """What the convolution kernel runs: batch 1, 2-D, groups 1, the same stride 1 or 2 on both
-    axes, no dilation. (Depthwise convolutions reduce over no channels: no dot product to take.)"""
+def _lanes_shape(shape, weight_shape, strides, dilations) -> bool:
+    """What every convolution kernel here needs: batch 1, 2-D, the same stride 1 or 2 on both axes,
+    no dilation."""
     return (shape is not None and len(shape) == 4 and shape[0] == 1 and len(weight_shape) == 4
-            and group == 1 and len(set(strides)) == 1 and strides[0] in STRIDES and list(dilations) == [1, 1])
+            and len(set(strides)) == 1 and strides[0] in STRIDES and list(dilations) == [1, 1])
+
+
+def conv_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
+    """What the convolution kernel runs: groups 1 (`_lanes_shape` besides)."""
+    return group == 1 and _lanes_shape(shape, weight_shape, strides, dilations)
 
 
 def emit_conv(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
@@ -630,10 +635,9 @@ def depthwise_func(g: DepthwiseGeometry, out_dtype: str):
 
 
 def depthwise_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
-    """Batch 1, 2-D, one filter per channel (groups == channels), stride 1 or 2 on both axes."""
-    return (shape is not None and len(shape) == 4 and shape[0] == 1 and len(weight_shape) == 4
-            and weight_shape[1] == 1 and group == shape[1] == weight_shape[0] and len(set(strides)) == 1
-            and strides[0] in STRIDES and list(dilations) == [1, 1])
+    """What the depthwise kernel runs: one filter per channel, groups == channels (`_lanes_shape` besides)."""
+    return (_lanes_shape(shape, weight_shape, strides, dilations) and weight_shape[1] == 1
+            and group == shape[1] == weight_shape[0])
 
 
 def emit_depthwise(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
@@ -686,6 +690,13 @@ def transpose_as_conv(weight: np.ndarray, in_hw, strides, pads, output_padding) 
             corr[phase * oc:(phase + 1) * oc, :, rh, rw] = weight[:, :, kh_, kw_].T
     (top, bottom), (left, right) = pads1
     return corr, (top, left, bottom, right), tuple(grid), tuple(out_hw)
+
+
+def conv_transpose_supported(shape, weight_shape, pads, dilations, group: int) -> bool:
+    """What runs as a convolution: groups 1, batch 1, 2-D, no dilation, and each pad shorter than
+    the kernel (a longer one would need the convolution's input cropped, not padded)."""
+    return (group == 1 and _lanes_shape(shape, weight_shape, [1, 1], dilations)
+            and all(p < k for p, k in zip(pads, 2 * list(weight_shape[2:]))))
 
 
 def emit_conv_transpose(bb, x, weight: np.ndarray, strides, pads, output_padding, zero_point: int, bias, mult,
