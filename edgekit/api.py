@@ -97,6 +97,11 @@ def quantize(model_path, output, *, weights: int = 4, activations: int = 4, meth
                     step.iters = iters
         qdq, result = P.quantize(model, feeds, config)
         result.pop("_plan", None)
+        # what running softmax / layernorm / resize / element-wise regions on the integer grid
+        # costs against their float versions, on one sample the fits did not see
+        from edgekit.quant.intref import integer_cost
+
+        result["integer_nonlinear"] = integer_cost(qdq, feeds[-1:])
         onnx.save(qdq, str(model_tmp))
         result["output"] = str(output)
         result["size_bytes"] = {"float": os.path.getsize(model_path) if os.path.isfile(model_path) else None,

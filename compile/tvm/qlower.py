@@ -13,11 +13,12 @@ input tensors and producing the quantized output tensor:
     add:  acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b
     global_avgpool: acc = sum over H, W of (x_q - zp_x)
     then  y_q = clamp(rshift_half_even((acc + bias) * M, s) + zp_y, lo, hi)
+    lut / softmax / layernorm / resize: the integer definitions of edgekit.quant.nonlinear
 
 Weights, bias, M, s and [lo, hi] are taken from the QOp, so they are the
 reference's numbers by construction. Concat requantizes each input onto the
 output grid. Everything else (layout moves, max pools, float regions such as
-softmax or layernorm) stays QDQ-in-float, computed by the frontend's ops, as
+resize) stays QDQ-in-float, computed by the frontend's ops, as
 the reference computes it in float32.
 
 Each lowered kind has one handler in HANDLERS (`supports` / `attributes` build the node,
@@ -33,6 +34,7 @@ from edgekit.compile.tvm import vnni
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
 from edgekit.onnx_graph.model import consumers, static_dims
 from edgekit.quant import formats as F
+from edgekit.quant import nonlinear as NL
 from edgekit.quant.kinds import avgpool_multiplier
 
 
@@ -496,11 +498,130 @@ class GlobalAvgPoolHandler(KindHandler):
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 
 
+def _int64(value):
+    return _param(int(value), "int64")
+
+
+class _Nonlinear(KindHandler):
+    """The integer definitions of edgekit.quant.nonlinear, step for step in int64."""
+
+    op_multiplier = False
+
+    def finish(self, y, out):
+        op = _relax().op
+        y = op.add(y, _int64(out.zp_y))
+        return op.astype(op.minimum(op.maximum(y, _int64(out.lo)), _int64(out.hi)), out.dtype)
+
+
+class LutHandler(_Nonlinear):
+    """y_q = table[x_q - qmin]."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"table": _tensor_attr(op.params.table.astype(np.int64), "table"),
+                "in_qmin": int(op.in_q[0].qtype.qmin)}
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        index = relax.op.subtract(relax.op.astype(inputs[0], "int32"), _param(int(attr["in_qmin"]), "int32"))
+        table = relax.const(_arr(attr, "table").astype(out.dtype), out.dtype)
+        return relax.op.take(table, index, axis=0)
+
+
+class SoftmaxHandler(_Nonlinear):
+    """nonlinear.softmax: exp table by distance to the row max, integer normalisation."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"table": _tensor_attr(op.params.table.astype(np.int64), "table"), "softmax_mult": int(op.params.mult)}
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        op = relax.op
+        x = op.astype(inputs[0], "int64")
+        e = op.take(relax.const(_arr(attr, "table"), "int64"), op.subtract(op.max(x, axis=[-1], keepdims=True), x),
+                    axis=0)
+        total = op.sum(e, axis=[-1], keepdims=True)
+        num = op.add(op.multiply(e, _int64(attr["softmax_mult"])),
+                     op.left_shift(total, _int64(NL.SOFTMAX_BITS - 1)))
+        return self.finish(op.floor_divide(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS))), out)
+
+
+class LayerNormHandler(_Nonlinear):
+    """nonlinear.layernorm: integer mean and variance, isqrt, per-channel gain and offset."""
+
+    def attributes(self, op, input_names, shapes):
+        p = op.params
+        return {"n": int(p.n), "eps_codes": int(p.eps_codes), "gain": _tensor_attr(p.gain.astype(np.int64), "gain"),
+                "offset": _tensor_attr(p.offset.astype(np.int64), "offset")}
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        op = relax.op
+        n = _int64(attr["n"])
+        xc = _centered(inputs[0], out.zps[0], "int64")
+        dev = op.subtract(op.multiply(xc, n), op.sum(xc, axis=[-1], keepdims=True))
+        var = op.add(op.floor_divide(op.sum(op.multiply(dev, dev), axis=[-1], keepdims=True), n),
+                     _int64(attr["eps_codes"]))
+        root = op.maximum(_isqrt_relax(var), _int64(1))
+        norm = op.floor_divide(op.add(op.left_shift(dev, _int64(NL.NORM_BITS)), op.right_shift(root, _int64(1))),
+                               root)
+        bits = NL.NORM_BITS + NL.GAIN_BITS
+        y = op.add(op.add(op.multiply(norm, relax.const(_arr(attr, "gain"), "int64")),
+                          relax.const(_arr(attr, "offset"), "int64")), _int64(1 << (bits - 1)))
+        return self.finish(op.right_shift(y, _int64(bits)), out)
+
+
+class ResizeHandler(KindHandler):
+    """nonlinear.resize: integer taps gathered along each resized axis, one requantization.
+    The taps follow from the input's shape, so it must be static."""
+
+    def supports(self, op, input_names, shapes):
+        shape = shapes.get(input_names[0])
+        return bool(shape) and all(isinstance(d, int) and d > 0 for d in shape)
+
+    def attributes(self, op, input_names, shapes):
+        p = op.params
+        shape = shapes[input_names[0]]
+        plan = NL.resize_plan(op.attrs, shape, p.roi, p.scales, p.sizes)
+        attrs = {"in_shape": list(shape)}
+        if plan:   # (a Resize to the same size has no taps: a pure requantization)
+            attrs["resize_axes"] = [axis for axis, _, _ in plan]
+        for i, (_, index, weight) in enumerate(plan):
+            attrs[f"index{i}"] = _tensor_attr(index.astype(np.int64), f"index{i}")
+            attrs[f"weight{i}"] = _tensor_attr(weight.astype(np.int64), f"weight{i}")
+        return attrs
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        op = relax.op
+        shape = _ints(attr, "in_shape")
+        axes = _ints(attr, "resize_axes") if "resize_axes" in attr else []
+        acc = _centered(inputs[0], out.zps[0], "int64")
+        for i, axis in enumerate(axes):
+            index, weight = _arr(attr, f"index{i}"), _arr(attr, f"weight{i}")
+            gathered = op.take(acc, relax.const(index.reshape(-1), "int64"), axis=axis)
+            gathered = op.reshape(gathered, shape[:axis] + list(index.shape) + shape[axis + 1:])
+            w = weight.reshape((1,) * axis + weight.shape + (1,) * (len(shape) - axis - 1))
+            acc = op.sum(op.multiply(gathered, relax.const(w, "int64")), axis=[axis + 1])
+            shape[axis] = index.shape[0]
+        shift = _arr(attr, "shift").reshape((1,)) + NL.RESIZE_BITS * len(axes)
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), shift)
+
+
+def _isqrt_relax(v):
+    """nonlinear.isqrt: a float64 seed, then the same +-1 corrections."""
+    op = _relax().op
+    r = op.astype(op.floor(op.sqrt(op.astype(v, "float64"))), "int64")
+    r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), v), "int64"))
+    r1 = op.add(r, _int64(1))
+    return op.add(r, op.astype(op.less_equal(op.multiply(r1, r1), v), "int64"))
+
+
 # the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
 # regions) stays QDQ-in-float, computed by the frontend's ops as the reference computes it
 HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "gemm": GemmHandler(),
             "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "concat": ConcatHandler(),
-            "global_avgpool": GlobalAvgPoolHandler()}
+            "global_avgpool": GlobalAvgPoolHandler(), "lut": LutHandler(), "softmax": SoftmaxHandler(),
+            "layernorm": LayerNormHandler(), "resize": ResizeHandler()}
 
 
 class _EdgekitConverter:

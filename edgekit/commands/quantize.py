@@ -97,6 +97,12 @@ def run(args) -> int:
                     f"{v:.1f} dB" for v in step["rejected_sqnr_db"]["outputs"].values())
         print(f"  {step['step']:<12} " + ", ".join(f"{k} {v:.1f} dB" for k, v in step["sqnr_db"]["outputs"].items())
               + f"  ({step['seconds']:.1f} s){undone}")
+    cost = report.get("integer_nonlinear")
+    if cost:
+        print("  integer non-linear ops vs their float versions: " + ", ".join(
+            f"{kind} x{k['ops']} {100 * k['equal_fraction']:.1f}% codes equal (max diff {k['max_code_diff']})"
+            for kind, k in cost["kinds"].items()) + "; output SQNR " + ", ".join(
+            f"{v if isinstance(v, str) else f'{v:.1f} dB'}" for v in cost["output_sqnr_db"].values()))
     for step in report["steps"]:
         if step["step"] == "mixed-precision":  # its decision, and its gate on the finished model
             print_mixed(step["details"])

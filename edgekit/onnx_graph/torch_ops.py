@@ -1206,9 +1206,9 @@ def _resize_coeffs(mode, ratio, scale, a, antialias):
                      ((A * ((1 - r) + 1) - 5 * A) * ((1 - r) + 1) + 8 * A) * ((1 - r) + 1) - 4 * A], axis=-1)
 
 
-def _resize_axis(x, axis, scale, out_n, mode, a, roi):
-    """1-D resize of one axis (Resize is separable), following onnx's reference coordinate rules."""
-    n_in = x.shape[axis]
+def resize_taps(n_in: int, scale: float, out_n: int, mode: str, a: dict, roi):
+    """One axis of a Resize as taps: source indices [out_n, n], their coefficients [out_n, n]
+    (onnx's reference coordinate rules) and the extrapolated outputs (bool [out_n] or None)."""
     ctm = _s(a.get("coordinate_transformation_mode"), "half_pixel")
     out_w = scale * n_in
     y = np.arange(out_n, dtype=np.float64)
@@ -1248,7 +1248,13 @@ def _resize_axis(x, axis, scale, out_n, mode, a, roi):
         coeffs = np.where((nb < 0) | (nb >= n_in), 0.0, coeffs)
         total = coeffs.sum(axis=-1, keepdims=True)
         coeffs = coeffs / np.where(total == 0, 1.0, total)
-    nb = np.clip(nb, 0, n_in - 1)
+    return np.clip(nb, 0, n_in - 1), coeffs, extrap
+
+
+def _resize_axis(x, axis, scale, out_n, mode, a, roi):
+    """1-D resize of one axis (Resize is separable)."""
+    nb, coeffs, extrap = resize_taps(x.shape[axis], scale, out_n, mode, a, roi)
+    n = coeffs.shape[1]
     g = torch.index_select(x, axis, torch.as_tensor(nb.reshape(-1)))
     g = g.reshape(*x.shape[:axis], out_n, n, *x.shape[axis + 1:])
     w = torch.as_tensor(coeffs, dtype=x.dtype).reshape(*([1] * axis), out_n, n, *([1] * (x.dim() - axis - 1)))
@@ -1259,15 +1265,14 @@ def _resize_axis(x, axis, scale, out_n, mode, a, roi):
     return r
 
 
-@op("Resize")
-def resize(a, x, roi=None, scales=None, sizes=None):
-    mode = _s(a.get("mode"), "nearest")
-    r = x.dim()
+def resize_axes(a, shape, roi=None, scales=None, sizes=None) -> list:
+    """The axes a Resize changes: [(axis, scale, out_n, roi pair or None)], in axis order."""
+    r = len(shape)
     axes = [d % r for d in a.get("axes", range(r))]
     if scales is None and sizes is None and roi is not None:  # opset 10: (X, scales)
         scales, roi = roi, None
     policy = _s(a.get("keep_aspect_ratio_policy"), "stretch")
-    shape = list(x.shape)
+    shape = list(shape)
     if sizes is not None and sizes.numel():
         want = _ints(sizes)
         sc = [want[i] / shape[d] for i, d in enumerate(axes)]
@@ -1281,15 +1286,24 @@ def resize(a, x, roi=None, scales=None, sizes=None):
             sc = [sc[d] for d in axes]
         want = [int(s * shape[d]) for s, d in zip(sc, axes)]
     roi_v = _floats(roi) if roi is not None and roi.numel() else None
+    changed = []
+    for i, d in enumerate(axes):
+        rv = None if roi_v is None else (roi_v[i], roi_v[i + len(axes)])
+        if math.isclose(sc[i], 1.0) and want[i] == shape[d] and (
+                rv is None or (math.isclose(rv[0], 0.0) and math.isclose(rv[1], 1.0))):
+            continue
+        changed.append((d, sc[i], want[i], rv))
+    return changed
+
+
+@op("Resize")
+def resize(a, x, roi=None, scales=None, sizes=None):
+    mode = _s(a.get("mode"), "nearest")
     compute = x if x.is_floating_point() else x.double()
     if compute.dtype in (torch.float16, torch.bfloat16):
         compute = compute.float()
-    for i, d in enumerate(axes):
-        rv = None if roi_v is None else (roi_v[i], roi_v[i + len(axes)])
-        if math.isclose(sc[i], 1.0) and want[i] == compute.shape[d] and (
-                rv is None or (math.isclose(rv[0], 0.0) and math.isclose(rv[1], 1.0))):
-            continue
-        compute = _resize_axis(compute, d, sc[i], want[i], mode, a, rv)
+    for d, scale, out_n, rv in resize_axes(a, x.shape, roi, scales, sizes):
+        compute = _resize_axis(compute, d, scale, out_n, mode, a, rv)
     if not x.is_floating_point():
         info = torch.iinfo(x.dtype)
         compute = torch.round(compute).clamp(info.min, info.max)
@@ -2084,6 +2098,24 @@ def run_node(node: onnx.NodeProto, inputs: list, attributes: dict | None = None)
     while inputs and inputs[-1] is None:
         inputs = inputs[:-1]
     return fn(a, *inputs)
+
+
+def run_nodes(nodes, values: dict, constants: dict, output: str) -> torch.Tensor:
+    """Run `nodes` (graph order) on torch tensors: `values` by name, then `constants` (numpy) for
+    any other input; returns the tensor named `output`."""
+    env = dict(values)
+    for node in nodes:
+        ins = []
+        for name in node.input:
+            if not name:
+                ins.append(None)
+            elif name in env:
+                ins.append(env[name])
+            else:
+                ins.append(to_torch(constants[name]))
+        for name, v in zip(node.output, run_node(node, ins)):
+            env[name] = v
+    return env[output]
 
 
 def to_torch(arr: np.ndarray) -> torch.Tensor:

@@ -4,7 +4,8 @@ One small class per op kind, listed in KERNELS (kinds: edgekit.quant.kinds). Int
 (int64 numpy arrays holding int4/uint4/int8/uint8 values), accumulate exactly
 (products of small integers summed in float64 are exact below 2^53; the result
 is wrapped to int32 like a 32-bit accumulator) and requantize with
-formats.requantize. `float` ops (softmax, layernorm, gelu, resize...) dequantize
+formats.requantize; lut / softmax / layernorm / resize follow edgekit.quant.nonlinear.
+`float` ops (regions with no integer definition) dequantize
 their inputs, run their ONNX nodes in float32 (the torch op table), and
 quantize with ONNX QuantizeLinear semantics.
 """
@@ -17,6 +18,7 @@ from edgekit.errors import EdgekitError, require
 from edgekit.onnx_graph import torch_ops as T
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.quant import formats as F
+from edgekit.quant import nonlinear as NL
 from edgekit.quant.kinds import avgpool_multiplier
 from edgekit.quant.qgraph import QGraph, QOp, parse
 
@@ -142,23 +144,37 @@ class AvgPool:
         return torch.round(T.avg_pool(padded, ones)[0] * kernel_size)
 
 
+class Lut:
+    def run(self, op, args, consts):
+        return NL.lut(args[0], op.params.table, op.in_q[0].qtype.qmin)
+
+
+class Softmax:
+    def run(self, op, args, consts):
+        p = op.params
+        return NL.softmax(args[0], p.table, p.mult, op.out_q.zero_point, p.lo, p.hi)
+
+
+class LayerNorm:
+    def run(self, op, args, consts):
+        p = op.params
+        return NL.layernorm(args[0], op.in_q[0].zero_point, p.n, p.eps_codes, p.gain, p.offset,
+                            op.out_q.zero_point, p.lo, p.hi)
+
+
+class Resize:
+    def run(self, op, args, consts):
+        p = op.params
+        plan = NL.resize_plan(op.attrs, np.shape(args[0]), p.roi, p.scales, p.sizes)
+        return NL.resize(args[0], op.in_q[0].zero_point, plan, p.mult, p.shift, op.out_q.zero_point,
+                         op.out_q.qtype, p.lo, p.hi)
+
+
 class _RegionOp:
     """Runs the region's ONNX nodes in torch."""
 
     def region(self, op, values: dict, consts) -> torch.Tensor:
-        env = dict(values)
-        for node in op.nodes:
-            ins = []
-            for name in node.input:
-                if not name:
-                    ins.append(None)
-                elif name in env:
-                    ins.append(env[name])
-                else:
-                    ins.append(T.to_torch(consts[name]))
-            for name, v in zip(node.output, T.run_node(node, ins)):
-                env[name] = v
-        return env[op.region_output]
+        return T.run_nodes(op.nodes, values, consts, op.region_output)
 
 
 class MoveCodes(_RegionOp):
@@ -193,7 +209,7 @@ class FloatRegion(_RegionOp):
 KERNELS = {"quantize": Quantize(), "dequantize": Dequantize(), "conv": Conv(), "conv_transpose": ConvTranspose(),
            "gemm": Gemm(), "linear": Linear(), "matmul": MatMul(), "add": Add(), "concat": Concat(),
            "avgpool": AvgPool(), "global_avgpool": AvgPool(), "maxpool": MoveCodes(), "layout": MoveCodes(),
-           "float": FloatRegion()}
+           "lut": Lut(), "softmax": Softmax(), "layernorm": LayerNorm(), "resize": Resize(), "float": FloatRegion()}
 
 
 def constants(qg: QGraph) -> dict:
@@ -248,3 +264,51 @@ def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict
     if keep_intermediates:
         return env
     return {name: env[name] for name in qg.outputs}
+
+
+def nonlinear_pairs(qg: QGraph, float_qg: QGraph, feed: dict):
+    """(op, integer codes, float-definition codes) of every lut / softmax / layernorm / resize op
+    of `qg`, both fed the same input codes; `float_qg` is the same file parsed with
+    integer_nonlinear=False."""
+    from edgekit.quant.kinds import NONLINEAR_KINDS
+
+    float_ops = {op.outputs[0]: op for op in float_qg.ops}
+    consts = constants(qg)
+    env = run(qg, feed, keep_intermediates=True)
+    for op in qg.ops:
+        if op.kind in NONLINEAR_KINDS:
+            fop = float_ops[op.outputs[0]]
+            args = [env[n] if n in env else consts[n] for n in fop.inputs]
+            yield op, env[op.outputs[0]], KERNELS[fop.kind].run(fop, args, consts)
+
+
+def integer_cost(model, feeds: list[dict]) -> dict:
+    """What the integer definitions of the non-linear ops cost against their float definitions:
+    per kind, its ops and how many of their output codes equal the float definition's (each op
+    fed the same input codes), and the model outputs' SQNR (dB) of integer vs float definitions.
+    Empty when the model has none of these ops."""
+    qg, float_qg = parse(model), parse(model, integer_nonlinear=False)
+    kinds: dict = {}
+    for feed in feeds:
+        for op, got, want in nonlinear_pairs(qg, float_qg, feed):
+            diff = np.abs(np.asarray(got, np.int64) - np.asarray(want, np.int64))
+            k = kinds.setdefault(op.kind, {"ops": set(), "codes": 0, "codes_equal": 0, "max_code_diff": 0})
+            k["ops"].add(op.name)
+            k["codes"] += diff.size
+            k["codes_equal"] += int((diff == 0).sum())
+            k["max_code_diff"] = max(k["max_code_diff"], int(diff.max(initial=0)))
+    if not kinds:
+        return {}
+    for k in kinds.values():
+        k["ops"] = len(k["ops"])
+        k["equal_fraction"] = round(k["codes_equal"] / max(k["codes"], 1), 6)
+    outputs: dict = {}
+    for feed in feeds:
+        got, want = run(qg, feed), run(float_qg, feed)
+        for name in qg.outputs:
+            err = outputs.setdefault(name, [0.0, 0.0])
+            err[0] += float(np.sum(np.square(np.asarray(want[name], np.float64))))
+            err[1] += float(np.sum(np.square(np.asarray(got[name], np.float64) - np.asarray(want[name], np.float64))))
+    sqnr = {name: ("exact" if e == 0 else round(10 * float(np.log10(max(p, 1e-30) / e)), 2))
+            for name, (p, e) in outputs.items()}
+    return {"kinds": kinds, "output_sqnr_db": sqnr, "samples": len(feeds)}

@@ -168,6 +168,41 @@ class ConcatParams(Clamp):
     shifts: list[int]
 
 
+@dataclass(kw_only=True)
+class LutParams(Clamp):
+    """Output code of every input code: table[x_q - qmin] (edgekit.quant.nonlinear)."""
+
+    table: np.ndarray = _array("int64")
+
+
+@dataclass(kw_only=True)
+class SoftmaxParams(Clamp):
+    """Integer softmax over the last axis: exp table by code distance, output multiplier."""
+
+    table: np.ndarray = _array("int64")
+    mult: int
+
+
+@dataclass(kw_only=True)
+class ResizeParams(Requant):
+    """Resize's own constant inputs (the taps follow from them and the input shape) and the
+    requantization by s_x / s_y (nonlinear.resize adds the weights' fraction bits to the shift)."""
+
+    roi: np.ndarray = _array("float64")
+    scales: np.ndarray = _array("float64")
+    sizes: np.ndarray = _array("int64")
+
+
+@dataclass(kw_only=True)
+class LayerNormParams(Clamp):
+    """Integer LayerNorm over the last axis of `n` elements (edgekit.quant.nonlinear)."""
+
+    n: int
+    eps_codes: int
+    gain: np.ndarray = _array("int64")
+    offset: np.ndarray = _array("int64")
+
+
 # -- the kinds -----------------------------------------------------------------------------------
 
 class Kind:
@@ -179,6 +214,10 @@ class Kind:
     onnx_ops: frozenset = frozenset()
     params_type: type = Params
     takes_fused_activation = False   # may a Relu/Clip between the op and its Q be folded in
+
+    def accepts(self, r) -> bool:
+        """Whether `match` should look at region `r` (by default: its main node's op type)."""
+        return r.main.op_type in self.onnx_ops and (r.act is None or self.takes_fused_activation)
 
     def match(self, r):
         return None
@@ -351,6 +390,151 @@ class Layout(Kind):
         return r.fallback(self.name)
 
 
+# element-wise ops: a region of these reading one quantized tensor (and scalar constants) is a
+# function of that tensor's code alone, so a table over the codes computes it exactly
+ELEMENTWISE_OPS = frozenset({
+    "Abs", "Add", "And", "Cast", "Ceil", "Celu", "Clip", "Constant", "Cos", "Div", "Elu", "Equal", "Erf", "Exp",
+    "Floor", "Gelu", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN",
+    "LeakyRelu", "Less", "LessOrEqual", "Log", "Max", "Min", "Mish", "Mul", "Neg", "Not", "Or", "Pow",
+    "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin", "Softplus", "Softsign", "Sqrt", "Sub",
+    "Tanh", "ThresholdedRelu", "Where", "Xor"})
+
+
+class Lut(Kind):
+    """An element-wise region of one quantized input: a table over its codes (nonlinear.lut)."""
+
+    name = "lut"
+    params_type = LutParams
+
+    def accepts(self, r) -> bool:
+        return all(n.op_type in ELEMENTWISE_OPS for n in r.nodes)
+
+    def match(self, r):
+        from edgekit.onnx_graph import torch_ops as T
+        from edgekit.quant import nonlinear as NL
+
+        acts = [t for t in r.inputs if t in r.dq_act]
+        if len(acts) != 1 or r.out_q is None or r.dq_act[acts[0]][1].qtype.bits > 8:
+            return None
+        consts = {}
+        for node in r.nodes:
+            if node.op_type == "Constant" and np.size(r.node_constant(node)) > 1:
+                return None
+            for name in node.input:
+                if name and name != acts[0] and name not in r.produced:
+                    value = r.constant(name)
+                    if value is None or np.size(value) != 1:
+                        return None   # a per-channel or per-position operand: not one function of the code
+                    consts[name] = value
+        in_q = r.dq_act[acts[0]][1]
+        codes = NL.code_range(in_q)
+        x = F.dequantize(codes, in_q.scale, in_q.zero_point).astype(np.float32)
+        y = T.run_nodes(r.nodes, {acts[0]: T.to_torch(x)}, consts, r.output)
+        if not y.is_floating_point() or y.numel() != codes.size:
+            return None
+        table = NL.quantize_table(y.detach().reshape(-1).numpy(), r.out_q)
+        return r.int_op(self, acts=acts, table=table)
+
+
+class Softmax(Kind):
+    """Softmax over the last axis, optionally after a multiplication by a positive scalar
+    (attention's 1/sqrt(d)): integer softmax (nonlinear.softmax)."""
+
+    name = "softmax"
+    params_type = SoftmaxParams
+
+    def accepts(self, r) -> bool:
+        return r.nodes[-1].op_type == "Softmax" and len(r.nodes) <= 2 and r.act is None
+
+    def match(self, r):
+        from edgekit.quant import nonlinear as NL
+
+        softmax = r.nodes[-1]
+        axis = int(node_attrs(softmax).get("axis", -1 if r.opset >= 13 else 1))
+        if axis != -1 or r.out_q is None:
+            return None
+        x, factor = softmax.input[0], 1.0
+        if len(r.nodes) == 2:
+            scaled = _scaled_by_constant(r, r.nodes[0])
+            if scaled is None or r.nodes[0].output[0] != x:
+                return None
+            x, factor = scaled
+        if x not in r.dq_act or r.dq_act[x][1].qtype.bits > 8 or not factor > 0:
+            return None
+        in_q = r.dq_act[x][1]
+        return r.int_op(self, acts=[x], table=NL.exp_table(in_q, factor), mult=NL.softmax_multiplier(r.out_q))
+
+
+class Resize(Kind):
+    """Resize with constant scales or sizes (any mode but tf_crop_and_resize): integer taps
+    (nonlinear.resize)."""
+
+    name, onnx_ops = "resize", frozenset({"Resize"})
+    params_type = ResizeParams
+
+    def match(self, r):
+        node, a = r.main, r.attrs
+        ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+        if not r.single or node.input[0] not in r.dq_act or ctm in (b"tf_crop_and_resize", "tf_crop_and_resize"):
+            return None
+        if r.dq_act[node.input[0]][1].qtype.bits > 8:
+            return None
+        operands = []
+        for i in (1, 2, 3):
+            name = node.input[i] if len(node.input) > i else ""
+            value = r.constant(name) if name else np.zeros(0)
+            if value is None:
+                return None   # computed scales or sizes: the taps are not known before run time
+            operands.append(np.asarray(value).reshape(-1))
+        roi, scales, sizes = operands
+        mult, shift = F.quantize_multiplier(np.float64(r.dq_act[node.input[0]][1].scale) / np.float64(r.out_q.scale))
+        return r.int_op(self, acts=[node.input[0]], mult=mult, shift=shift, roi=roi.astype(np.float64),
+                        scales=scales.astype(np.float64), sizes=sizes.astype(np.int64))
+
+
+def _scaled_by_constant(r, node) -> tuple[str, float] | None:
+    """(tensor, c) when `node` computes tensor * c or tensor / c with a scalar constant c."""
+    if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+        return None
+    for i, name in enumerate(node.input):
+        other = r.constant(node.input[1 - i])
+        if name in r.dq_act and other is not None and np.size(other) == 1:
+            c = float(np.asarray(other).reshape(-1)[0])
+            if node.op_type == "Div":
+                if i != 0 or c == 0:
+                    return None
+                c = 1.0 / c
+            return name, c
+    return None
+
+
+class LayerNorm(Kind):
+    """LayerNormalization over the last axis with constant scale (and bias): integer LayerNorm
+    (nonlinear.layernorm)."""
+
+    name, onnx_ops = "layernorm", frozenset({"LayerNormalization"})
+    params_type = LayerNormParams
+
+    def match(self, r):
+        from edgekit.quant import nonlinear as NL
+
+        node = r.main
+        a = node_attrs(node)
+        if not r.single or r.out_q is None or int(a.get("axis", -1)) != -1 or node.input[0] not in r.dq_act:
+            return None
+        gamma = r.constant(node.input[1])
+        beta = r.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if gamma is None or np.ndim(gamma) != 1 or not 2 <= np.size(gamma) <= NL.MAX_ROW:
+            return None
+        if beta is None and len(node.input) > 2 and node.input[2]:
+            return None
+        in_q = r.dq_act[node.input[0]][1]
+        if in_q.qtype.bits > 8:
+            return None
+        return r.int_op(self, acts=[node.input[0]],
+                        **NL.layernorm_constants(in_q, r.out_q, gamma, beta, float(a.get("epsilon", 1e-5))))
+
+
 class Quantize(Kind):
     name, role = "quantize", "io"
 
@@ -365,7 +549,8 @@ class Float(Kind):
 
 # the order the parser tries them in (the first match wins)
 PARSE_ORDER = (Conv(), ConvTranspose(), Gemm(), Linear(), MatMul(), Add(), Concat(), AvgPool(), GlobalAvgPool(),
-               MaxPool(), Layout())
+               MaxPool(), Layout(), Softmax(), LayerNorm(), Resize(), Lut())
+NONLINEAR_KINDS = frozenset({"lut", "softmax", "layernorm", "resize"})   # integer definitions of float ops
 KINDS = {k.name: k for k in PARSE_ORDER + (Quantize(), Dequantize(), Float())}
 
 

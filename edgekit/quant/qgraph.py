@@ -26,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.onnx_graph.model import load_model
 from edgekit.quant import formats as F
-from edgekit.quant.kinds import MOVE_KINDS, MOVE_OPS, PARSE_ORDER, Clamp, Params, fused_activation
+from edgekit.quant.kinds import MOVE_KINDS, MOVE_OPS, NONLINEAR_KINDS, PARSE_ORDER, Clamp, Params, fused_activation
 
 
 @dataclass
@@ -156,13 +156,17 @@ def check_qdq_parameters(model) -> None:
             _check_zero_point(node, zp.astype(np.int64), F.qtype_of_onnx(weight.data_type))
 
 
-def parse(model_or_path) -> QGraph:
+def parse(model_or_path, integer_nonlinear: bool = True) -> QGraph:
     """QDQ ONNX -> QGraph. Phases: validate every Q/DQ parameter, classify the DequantizeLinear
     nodes (constants / activations), turn value-moving ops into integer moves, close each
-    QuantizeLinear's region into one integer op, then the graph outputs."""
+    QuantizeLinear's region into one integer op, then the graph outputs.
+
+    `integer_nonlinear=False` leaves softmax, layernorm and element-wise regions as float ops
+    (the float definition the integer ones are measured against)."""
     model = load_model(model_or_path)
     check_qdq_parameters(model)
     parser = _Parser(model)
+    parser.skip_kinds = frozenset() if integer_nonlinear else NONLINEAR_KINDS
     parser.classify_dequantizers()
     ops = parser.value_moves() + parser.closed_regions() + parser.graph_outputs()
     ops.sort(key=lambda t: t[0])
@@ -191,6 +195,8 @@ class _Parser:
         self.dq_const: dict[str, dict] = {}   # DQ output -> {codes, scale, zp, axis, type, init}
         self.dq_act: dict[str, tuple[str, QTensor]] = {}  # DQ output -> (quantized tensor name, params)
         self.constants: dict = {}
+        self.skip_kinds: frozenset = frozenset()
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
     def qtensor(self, node) -> QTensor:
         """The (per-tensor) grid of a Q or DQ node of an activation."""
@@ -288,7 +294,8 @@ class _Parser:
                 continue
             region, inputs = self.region_of(src)
             try:
-                op = _classify(region, inputs, src, node.output[0], out_q, self.dq_act, self.dq_const, self.floats)
+                op = _classify(region, inputs, src, node.output[0], out_q, self.dq_act, self.dq_const, self.floats,
+                               self.opset, self.skip_kinds)
             except F.ScaleRangeError as exc:
                 raise EdgekitError(f"node {node.name} ({node.op_type}): {exc}: its scale {node.input[1]} and the "
                                    "scales of its inputs give a ratio the integer kernels cannot represent") from None
@@ -352,6 +359,37 @@ class Region:
     act: str | None = None      # a fused Relu/Clip at the end of the region
     clip: tuple | None = None
     core: list = field(default_factory=list)  # the nodes before that activation
+    floats: dict = field(default_factory=dict)   # the model's initializers (numpy)
+    opset: int = 13             # the default domain's opset (attribute defaults change with it)
+
+    @property
+    def produced(self) -> set:
+        return {o for n in self.nodes for o in n.output}
+
+    def constant(self, name: str):
+        """The value of a constant operand: an initializer, a dequantized constant or a Constant
+        node's value; None for an activation."""
+        if name in self.dq_const:
+            c = self.dq_const[name]
+            if c["scale"].size != 1:
+                return None
+            zp = 0 if c["zp"] is None else int(np.asarray(c["zp"]).reshape(-1)[0])
+            return F.dequantize(c["codes"], float(c["scale"].reshape(-1)[0]), zp)
+        if name in self.floats:
+            return np.asarray(self.floats[name])
+        for node in self.nodes:
+            if node.op_type == "Constant" and node.output[0] == name:
+                return self.node_constant(node)
+        return None
+
+    @staticmethod
+    def node_constant(node):
+        a = node_attrs(node)
+        for key in ("value", "value_float", "value_int", "value_floats", "value_ints"):
+            if key in a:
+                v = a[key]
+                return numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else np.asarray(v)
+        return None
 
     @property
     def main(self):
@@ -385,9 +423,11 @@ class Region:
         return _float_op(self.nodes, self.inputs, self.output, self.out_name, self.out_q, self.dq_act, kind)
 
 
-def _classify(region, inputs, region_out, out_name, out_q, dq_act, dq_const, floats) -> QOp:
+def _classify(region, inputs, region_out, out_name, out_q, dq_act, dq_const, floats, opset: int = 13,
+              skip_kinds: frozenset = frozenset()) -> QOp:
     """The QOp of the first kind (kinds.PARSE_ORDER) matching the region; a float op otherwise."""
-    r = Region(region, inputs, region_out, out_name, out_q, dq_act, dq_const, core=region)
+    r = Region(region, inputs, region_out, out_name, out_q, dq_act, dq_const, core=region, floats=floats,
+               opset=opset)
     if not region:
         return r.fallback()
     if len(region) >= 2:
@@ -395,7 +435,7 @@ def _classify(region, inputs, region_out, out_name, out_q, dq_act, dq_const, flo
         if fused is not None and region[-1].input[0] == region[-2].output[0]:
             r.act, r.clip, r.core = fused[0], (fused[1] if fused[0] == "clip" else None), region[:-1]
     for kind in PARSE_ORDER:
-        if r.main.op_type in kind.onnx_ops and (r.act is None or kind.takes_fused_activation):
+        if kind.name not in skip_kinds and kind.accepts(r):
             op = kind.match(r)
             if op is not None:
                 return op

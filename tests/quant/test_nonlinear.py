@@ -1,0 +1,196 @@
+"""Integer definitions of the non-linear ops (edgekit.quant.nonlinear): each op against its float
+definition on the same input codes, the whole model against the float-region model, and the
+integer pieces they rest on."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from tiny_models import export, feeds
+
+from edgekit.quant import intref, kinds, nonlinear
+from edgekit.quant.qgraph import parse
+
+
+class Attention(nn.Module):
+    """LayerNorm, softmax(q k^T / sqrt(d)), GELU, SiLU and tanh: every non-linear kind."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.inp, self.ln = nn.Linear(dim, dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2, self.out = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.ln(self.inp(x))   # a quantized input: the graph input itself stays float
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
+        h = att @ self.v(h)
+        h = self.fc2(nn.functional.gelu(self.fc1(h)))
+        return self.out(torch.tanh(nn.functional.silu(h)))
+
+
+class Upsample(nn.Module):
+    """Bilinear resizes with both coordinate rules and a nearest one, between convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
+        self.c3, self.c4 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = nn.functional.interpolate(self.c1(x), scale_factor=2, mode="bilinear", align_corners=False)
+        h = nn.functional.interpolate(self.c2(h), size=(13, 11), mode="bilinear", align_corners=True)
+        return self.c4(nn.functional.interpolate(self.c3(h), scale_factor=2, mode="nearest"))
+
+
+SHAPE, IMAGE = (1, 12, 16), (1, 3, 8, 8)
+
+
+def _qdq(folder, model, shape, name) -> str:
+    import onnx
+
+    from edgekit.quant.pipeline import QuantConfig, quantize
+
+    src = export(model, shape, folder / f"{name}.onnx")
+    qdq, _ = quantize(src, feeds(shape, 8), QuantConfig.for_method("rtn", weight_bits=8, act_bits=8))
+    path = folder / f"{name}.w8a8.onnx"
+    onnx.save(qdq, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def attention_qdq(tmp_path_factory):
+    return _qdq(tmp_path_factory.mktemp("nonlinear"), Attention(), SHAPE, "att")
+
+
+@pytest.fixture(scope="module")
+def upsample_qdq(tmp_path_factory):
+    return _qdq(tmp_path_factory.mktemp("nonlinear"), Upsample(), IMAGE, "up")
+
+
+def _pairs(path, feed):
+    """(kind, integer codes, float-definition codes) of every non-linear op, on the same inputs."""
+    for op, got, want in intref.nonlinear_pairs(parse(path), parse(path, integer_nonlinear=False), feed):
+        yield op.kind, got, want
+
+
+def test_every_nonlinear_op_is_found(attention_qdq, upsample_qdq):
+    assert parse(upsample_qdq).summary().get("resize") == 3
+    counts = parse(attention_qdq).summary()
+    assert counts.get("layernorm") == 1 and counts.get("softmax") == 1
+    assert counts.get("lut", 0) >= 2   # gelu, silu -> tanh (one region or two)
+    assert "float" not in counts       # nothing left in float
+    float_counts = parse(attention_qdq, integer_nonlinear=False).summary()
+    assert not set(float_counts) & kinds.NONLINEAR_KINDS
+
+
+def test_each_integer_op_is_within_one_code_of_its_float_definition(attention_qdq, upsample_qdq):
+    seen = set()
+    runs = [(attention_qdq, f) for f in feeds(SHAPE, 3, seed=5)] + [(upsample_qdq, f) for f in feeds(IMAGE, 3, seed=5)]
+    for path, feed in runs:
+        for kind, got, want in _pairs(path, feed):
+            diff = np.abs(np.asarray(got, np.int64) - np.asarray(want, np.int64))
+            seen.add(kind)
+            if kind == "lut":   # the table is the float function on every code: exact
+                assert diff.max() == 0
+            else:
+                assert diff.max() <= 1, (kind, diff.max())
+                assert (diff == 0).mean() >= 0.9, (kind, (diff == 0).mean())
+    assert seen == set(kinds.NONLINEAR_KINDS)
+
+
+def test_integer_model_follows_the_float_region_model(attention_qdq):
+    x = feeds(SHAPE, 1, seed=9)[0]
+    out = parse(attention_qdq).outputs[0]
+    got = intref.run(parse(attention_qdq), x)[out]
+    want = intref.run(parse(attention_qdq, integer_nonlinear=False), x)[out]
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_params_survive_their_json_form(attention_qdq):
+    for op in parse(attention_qdq).ops:
+        if op.kind in kinds.NONLINEAR_KINDS:
+            back = kinds.KINDS[op.kind].params_type.from_json(op.params.to_json())
+            for key, value in vars(op.params).items():
+                np.testing.assert_array_equal(getattr(back, key), value, err_msg=f"{op.kind}.{key}")
+
+
+def test_isqrt_is_exact_up_to_two_to_the_52():
+    rng = np.random.default_rng(0)
+    roots = rng.integers(0, 1 << 26, 2000)
+    v = np.concatenate([roots * roots, roots * roots - 1, roots * roots + 1, rng.integers(0, 1 << 52, 2000)])
+    v = np.maximum(v, 0)
+    want = np.array([math.isqrt(int(a)) for a in v])
+    np.testing.assert_array_equal(nonlinear.isqrt(v), want)
+
+
+def test_softmax_rows_sum_to_one_and_follow_the_float_softmax():
+    from edgekit.quant import formats as F
+    from edgekit.quant.qgraph import QTensor
+
+    in_q, out_q = QTensor(0.05, 128, F.UINT8), QTensor(1 / 255, 0, F.UINT8)
+    x = np.random.default_rng(1).integers(0, 256, (64, 40))
+    y = nonlinear.softmax(x, nonlinear.exp_table(in_q, 1.0), nonlinear.softmax_multiplier(out_q), 0, 0, 255)
+    real = torch.softmax(torch.tensor((x - 128) * 0.05, dtype=torch.float64), -1).numpy()
+    assert np.abs(y / 255 - real).max() <= 1 / 255
+    assert np.abs((y / 255).sum(-1) - 1).max() <= 40 / 255 / 2
+
+
+def test_regions_that_are_not_one_function_of_a_code_stay_float(tmp_path):
+    """x * per-channel constant is element-wise but differs per channel: no table can compute it."""
+    from edgekit.quant.pipeline import QuantConfig, quantize
+
+    class PerChannel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.register_buffer("gain", torch.linspace(0.5, 2, 8))
+
+        def forward(self, x):
+            return self.fc2(torch.sigmoid(self.fc1(x)) * self.gain)
+
+    src = export(PerChannel(), (1, 4, 8), tmp_path / "pc.onnx")
+    qdq, _ = quantize(src, feeds((1, 4, 8), 4), QuantConfig.for_method("rtn", weight_bits=8, act_bits=8))
+    counts = parse(qdq).summary()
+    assert counts.get("float") == 1 and "lut" not in counts
+
+
+@pytest.mark.parametrize("which", ["attention", "upsample"])
+def test_tvm_integer_build_equals_the_reference_on_every_code(which, attention_qdq, upsample_qdq, tmp_path):
+    """The TVM lowering repeats the integer definitions step for step: no float op is left to
+    round differently, so every quantized tensor matches, bit for bit."""
+    import onnx
+    from onnx import helper
+
+    from edgekit.compile import compile_model
+    from edgekit.runtime import open_session
+
+    path, shape = (attention_qdq, SHAPE) if which == "attention" else (upsample_qdq, IMAGE)
+    model = onnx.load(path)
+    zp_types = {t.name: t.data_type for t in model.graph.initializer}
+    codes = [n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            model.graph.output.append(helper.make_tensor_value_info(node.output[0], zp_types[node.input[2]], None))
+    probe = tmp_path / "probe.onnx"
+    onnx.save(model, str(probe))
+    meta = compile_model(probe, "x86-64", tmp_path / "int", committed_db=False)
+    assert set(meta["integer_ops"]) >= ({"lut", "softmax", "layernorm"} if which == "attention" else {"resize"})
+    x = feeds(shape, 1, seed=3)[0]
+    ref = intref.run(path, x, keep_intermediates=True)
+    with open_session(tmp_path / "int") as s:
+        got = s.run(x)
+    for name in codes:
+        np.testing.assert_array_equal(got[name].astype(np.int64), np.asarray(ref[name], np.int64), err_msg=name)
+
+
+def test_the_quantize_report_gives_the_cost_of_each(attention_qdq):
+    cost = intref.integer_cost(attention_qdq, feeds(SHAPE, 2, seed=1))
+    assert set(cost["kinds"]) == {"lut", "softmax", "layernorm"}
+    assert cost["kinds"]["lut"]["equal_fraction"] == 1.0
+    assert all(k["max_code_diff"] <= 1 for k in cost["kinds"].values())
+    (sqnr,) = cost["output_sqnr_db"].values()
+    assert sqnr == "exact" or sqnr > 20
