@@ -159,6 +159,8 @@ class AddLowering:
             return "only element-wise adds of two equal-shape tensors are supported (no broadcasting)"
         if any(abs(k) >= 1 << 15 for k in op.params.k):
             return "add multipliers exceed 16 bits"
+        if min(op.params.k) < 0:
+            return "subtraction (a negative add multiplier) runs on the host"
         return None
 
 

@@ -10,7 +10,8 @@ input tensors and producing the quantized output tensor:
 
     conv / conv_transpose / gemm / linear / matmul:
         acc = op(x_q - zp_x, w_q)            int16 operands, int32 accumulation
-    add:  acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b
+    add:  acc = (a_q - zp_a) * k_a + (b_q - zp_b) * k_b     (sub: k_b < 0)
+    mul:  acc = (a_q - zp_a) * (b_q - zp_b)
     global_avgpool: acc = sum over H, W of (x_q - zp_x)
     then  y_q = clamp(rshift_half_even((acc + bias) * M, s) + zp_y, lo, hi)
     lut / softmax / layernorm / resize: the integer definitions of edgekit.quant.nonlinear
@@ -463,6 +464,14 @@ class AddHandler(KindHandler):
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 
 
+class MulHandler(KindHandler):
+    """acc = (a_q - zp_a) * (b_q - zp_b), element by element."""
+
+    def emit(self, bb, inputs, attr, out):
+        acc = _relax().op.multiply(_centered(inputs[0], out.zps[0], "int32"), _centered(inputs[1], out.zps[1], "int32"))
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
 class ConcatHandler(KindHandler):
     """Each input requantized onto the output grid, then concatenated."""
 
@@ -619,7 +628,8 @@ def _isqrt_relax(v):
 # the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
 # regions) stays QDQ-in-float, computed by the frontend's ops as the reference computes it
 HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "gemm": GemmHandler(),
-            "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "concat": ConcatHandler(),
+            "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "mul": MulHandler(),
+            "concat": ConcatHandler(),
             "global_avgpool": GlobalAvgPoolHandler(), "lut": LutHandler(), "softmax": SoftmaxHandler(),
             "layernorm": LayerNormHandler(), "resize": ResizeHandler()}
 

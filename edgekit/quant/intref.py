@@ -99,6 +99,14 @@ class MatMul:
         return F.requantize(acc, 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
 
 
+class Mul:
+    def run(self, op, args, consts):
+        p = op.params
+        a = np.asarray(args[0], np.int64) - op.in_q[0].zero_point
+        b = np.asarray(args[1], np.int64) - op.in_q[1].zero_point
+        return F.requantize(F.wrap_int32(a * b), 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
+
+
 class Add:
     def run(self, op, args, consts):
         p = op.params
@@ -207,7 +215,7 @@ class FloatRegion(_RegionOp):
 
 # one kernel per integer-op kind (edgekit.quant.kinds.KINDS): every kind runs here
 KERNELS = {"quantize": Quantize(), "dequantize": Dequantize(), "conv": Conv(), "conv_transpose": ConvTranspose(),
-           "gemm": Gemm(), "linear": Linear(), "matmul": MatMul(), "add": Add(), "concat": Concat(),
+           "gemm": Gemm(), "linear": Linear(), "matmul": MatMul(), "add": Add(), "mul": Mul(), "concat": Concat(),
            "avgpool": AvgPool(), "global_avgpool": AvgPool(), "maxpool": MoveCodes(), "layout": MoveCodes(),
            "lut": Lut(), "softmax": Softmax(), "layernorm": LayerNorm(), "resize": Resize(), "float": FloatRegion()}
 

@@ -319,9 +319,10 @@ class MatMul(Kind):
 
 
 class Add(Kind):
-    """Two activations brought onto a common accumulator scale by integer multipliers k_a, k_b."""
+    """Two activations brought onto a common accumulator scale by integer multipliers k_a, k_b
+    (a Sub is an add with k_b negated)."""
 
-    name, role, onnx_ops = "add", "binary", frozenset({"Add"})
+    name, role, onnx_ops = "add", "binary", frozenset({"Add", "Sub"})
     takes_fused_activation = True
     params_type = AddParams
 
@@ -332,8 +333,27 @@ class Add(Kind):
         qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
         s_u = max(qa.scale, qb.scale) * 2.0 ** -ADD_ACCUM_BITS
         ka, kb = int(np.rint(qa.scale / s_u)), int(np.rint(qb.scale / s_u))
+        if main.op_type == "Sub":
+            kb = -kb
         mult, shift = F.quantize_multiplier(s_u / r.out_q.scale)
         return r.int_op(self, acts=list(main.input), mult=mult, shift=shift, k=[ka, kb], accum_scale=float(s_u))
+
+
+class Mul(Kind):
+    """Element-wise product of two activations: acc = (a - zp_a) * (b - zp_b), one per-tensor
+    requantization by s_a * s_b / s_y (the matmul rule, element by element)."""
+
+    name, role, onnx_ops = "mul", "binary", frozenset({"Mul"})
+    takes_fused_activation = True
+    params_type = Requant
+
+    def match(self, r):
+        main = r.main
+        if not r.single or len(r.act_inputs) != 2 or len(main.input) != 2:
+            return None
+        qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
+        mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), r.out_q.scale))
+        return r.int_op(self, acts=list(main.input), mult=mult, shift=shift)
 
 
 class Concat(Kind):
@@ -548,7 +568,7 @@ class Float(Kind):
 
 
 # the order the parser tries them in (the first match wins)
-PARSE_ORDER = (Conv(), ConvTranspose(), Gemm(), Linear(), MatMul(), Add(), Concat(), AvgPool(), GlobalAvgPool(),
+PARSE_ORDER = (Conv(), ConvTranspose(), Gemm(), Linear(), MatMul(), Add(), Mul(), Concat(), AvgPool(), GlobalAvgPool(),
                MaxPool(), Layout(), Softmax(), LayerNorm(), Resize(), Lut())
 NONLINEAR_KINDS = frozenset({"lut", "softmax", "layernorm", "resize"})   # integer definitions of float ops
 KINDS = {k.name: k for k in PARSE_ORDER + (Quantize(), Dequantize(), Float())}

@@ -143,7 +143,7 @@ class PoseRecipe(Recipe):
 
 # ---------------------------------------------------------------- depth
 class DepthRecipe(Recipe):
-    steps = 1200
+    steps = 4000   # 1200 steps gave AbsRel 0.392 with the loss still falling
     lr = 1e-3
     weight_decay = 1e-4
     batch_size = 16

@@ -33,17 +33,23 @@ class Attention(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Bilinear resizes with both coordinate rules and a nearest one, between convolutions."""
+    """Bilinear resizes with both coordinate rules and a nearest one, between convolutions; and
+    a difference and a product of two activations."""
 
     def __init__(self):
         super().__init__()
         self.c1, self.c2 = nn.Conv2d(3, 8, 3, 1, 1), nn.Conv2d(8, 8, 3, 1, 1)
         self.c3, self.c4 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+        self.c5, self.c6, self.c7 = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1)
 
     def forward(self, x):
-        h = nn.functional.interpolate(self.c1(x), scale_factor=2, mode="bilinear", align_corners=False)
+        a = self.c1(x)
+        h = nn.functional.interpolate(a, scale_factor=2, mode="bilinear", align_corners=False)
         h = nn.functional.interpolate(self.c2(h), size=(13, 11), mode="bilinear", align_corners=True)
-        return self.c4(nn.functional.interpolate(self.c3(h), scale_factor=2, mode="nearest"))
+        h = self.c4(nn.functional.interpolate(self.c3(h), scale_factor=2, mode="nearest"))
+        b = self.c5(a)
+        d = self.c6(b - self.c6(a))   # a difference of two activations
+        return h, self.c7(d * b)       # an element-wise product of two activations
 
 
 SHAPE, IMAGE = (1, 12, 16), (1, 3, 8, 8)
@@ -178,7 +184,8 @@ def test_tvm_integer_build_equals_the_reference_on_every_code(which, attention_q
     probe = tmp_path / "probe.onnx"
     onnx.save(model, str(probe))
     meta = compile_model(probe, "x86-64", tmp_path / "int", committed_db=False)
-    assert set(meta["integer_ops"]) >= ({"lut", "softmax", "layernorm"} if which == "attention" else {"resize"})
+    assert set(meta["integer_ops"]) >= ({"lut", "softmax", "layernorm"} if which == "attention"
+                                         else {"resize", "add", "mul"})
     x = feeds(shape, 1, seed=3)[0]
     ref = intref.run(path, x, keep_intermediates=True)
     with open_session(tmp_path / "int") as s:
@@ -194,3 +201,19 @@ def test_the_quantize_report_gives_the_cost_of_each(attention_qdq):
     assert all(k["max_code_diff"] <= 1 for k in cost["kinds"].values())
     (sqnr,) = cost["output_sqnr_db"].values()
     assert sqnr == "exact" or sqnr > 20
+
+
+def test_activation_difference_and_product_are_integer_ops(upsample_qdq):
+    """Sub is an add with a negated multiplier, Mul an element-wise product requantized by
+    s_a * s_b / s_y: each within one code of the float op on the same input codes."""
+    from edgekit.quant import formats as F
+
+    qg = parse(upsample_qdq)
+    ops = {op.op_type: op for op in qg.ops if op.kind in ("add", "mul")}
+    assert ops["Sub"].kind == "add" and ops["Sub"].params.k[1] < 0 and ops["Mul"].kind == "mul"
+    env = intref.run(qg, feeds(IMAGE, 1, seed=2)[0], keep_intermediates=True)
+    for op_type, fn in (("Sub", np.subtract), ("Mul", np.multiply)):
+        op = ops[op_type]
+        a, b = (F.dequantize(env[n], q.scale, q.zero_point) for n, q in zip(op.inputs, op.in_q))
+        want = F.quantize(fn(a, b), op.out_q.scale, op.out_q.zero_point, op.out_q.qtype)
+        assert np.abs(np.asarray(env[op.outputs[0]], np.int64) - want).max() <= 1, op_type
