@@ -619,10 +619,12 @@ class ResizeHandler(KindHandler):
 def _isqrt_relax(v):
     """nonlinear.isqrt: a float64 seed, then the same +-1 corrections."""
     op = _relax().op
+    # selects, not bool -> int casts: TVM 0.27's vectorizer folds a cast of a boolx16 compare into
+    # an IntImm and fails ("IntImm can only take scalar") when the kernel is fused with a layout op
     r = op.astype(op.floor(op.sqrt(op.astype(v, "float64"))), "int64")
-    r = op.subtract(r, op.astype(op.greater(op.multiply(r, r), v), "int64"))
+    r = op.where(op.greater(op.multiply(r, r), v), op.subtract(r, _int64(1)), r)
     r1 = op.add(r, _int64(1))
-    return op.add(r, op.astype(op.less_equal(op.multiply(r1, r1), v), "int64"))
+    return op.where(op.less_equal(op.multiply(r1, r1), v), r1, r)
 
 
 # the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
