@@ -617,14 +617,9 @@ class ResizeHandler(KindHandler):
 
 
 def _isqrt_relax(v):
-    """nonlinear.isqrt: a float64 seed, then the same +-1 corrections."""
+    """nonlinear.isqrt: floor of the float64 square root (exact below 2^52)."""
     op = _relax().op
-    # selects, not bool -> int casts: TVM 0.27's vectorizer folds a cast of a boolx16 compare into
-    # an IntImm and fails ("IntImm can only take scalar") when the kernel is fused with a layout op
-    r = op.astype(op.floor(op.sqrt(op.astype(v, "float64"))), "int64")
-    r = op.where(op.greater(op.multiply(r, r), v), op.subtract(r, _int64(1)), r)
-    r1 = op.add(r, _int64(1))
-    return op.where(op.less_equal(op.multiply(r1, r1), v), r1, r)
+    return op.astype(op.floor(op.sqrt(op.astype(v, "float64"))), "int64")
 
 
 # the kinds TVM lowers to integer kernels; every other kind (layout moves, max pools, float
