@@ -6,6 +6,7 @@ For each model, in one process, same inputs, same thread count:
   | TVM FP32 with no tuning record (TVM's unscheduled loops, and edgekit's default schedules)
   | TVM FP32 tuned | TVM integer with no record (default schedules) | TVM integer tuned
   | TVM integer tuned without the int8 dot-product kernels (--no-int8-dot)
+  | TVM integer tuned with softmax / LayerNorm / Resize / GELU... in float (--float-nonlinear)
 plus parity: TVM FP32 vs onnxruntime (max relative error) and TVM integer vs
 the integer reference (exact or not). The runners take turns (--rounds, each running
 repeat/rounds times) so that the host's slow minutes fall on every column alike; the
@@ -133,21 +134,23 @@ def markdown(rows: list[dict]) -> str:
               "| TVM FP32 no record, unscheduled ms "
               "| TVM FP32 no record, default schedules ms | TVM FP32 tuned ms "
               "| TVM int no record, default schedules ms | TVM int tuned ms | TVM int tuned, no int8 dot ms "
+              "| TVM int tuned, float non-linear ms "
               "| ORT FP32 / TVM int tuned "
               "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT "
-              "| int == intref (tuned / default / no dot) | FP32 default vs unscheduled rel diff |")
-    lines = [header, "|" + "---|" * 17]
+              "| int == intref (tuned / default / no dot / float non-linear) | FP32 default vs unscheduled rel diff |")
+    lines = [header, "|" + "---|" * 18]
     for r in rows:
         lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} "
                      f"| {_ms(r['ort_w8a8_qdq_ms'])} | {_ms(r['ort_w8a8_qop_ms'])} "
                      f"| {r['tvm_fp32_unscheduled_ms']:.2f} | {r['tvm_fp32_default_ms']:.2f} "
                      f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_default_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
-                     f"| {r['tvm_int_no_dot_ms']:.2f} | {r['ort_fp32_ms'] / r['tvm_int_tuned_ms']:.2f}x "
+                     f"| {r['tvm_int_no_dot_ms']:.2f} | {_ms(r.get('tvm_int_float_nl_ms'))} "
+                     f"| {r['ort_fp32_ms'] / r['tvm_int_tuned_ms']:.2f}x "
                      f"| {r['tvm_fp32_tuned_kernels_tuned']} / {r['tvm_int_tuned_kernels_tuned']} "
                      f"| {r['tvm_fp32_tuned_compile_s']:.0f} / {r['tvm_int_tuned_compile_s']:.0f} "
                      f"| {r['fp32_max_rel_err_vs_ort']:.1e} "
                      f"| {r['tvm_int_tuned_equals_intref']} / {r['tvm_int_default_equals_intref']} "
-                     f"/ {r['tvm_int_no_dot_equals_intref']} "
+                     f"/ {r['tvm_int_no_dot_equals_intref']} / {r.get('tvm_int_float_nl_equals_intref')} "
                      f"| {r['fp32_default_vs_unscheduled_rel']:.1e} |")
     return "\n".join(lines)
 
@@ -184,6 +187,7 @@ def main(argv=None) -> int:
             "tvm_int_default": (qdq, dict(committed_db=False)),
             "tvm_int_tuned": (qdq, dict(tuning_db=args.tuning_db)),
             "tvm_int_no_dot": (qdq, dict(tuning_db=args.tuning_db, int8_dot=False)),
+            "tvm_int_float_nl": (qdq, dict(tuning_db=args.tuning_db, integer_nonlinear=False)),
         }
         row = {"model": name, "threads": args.threads, "fp32": str(fp32), "qdq": str(qdq)}
         feeds = None
@@ -220,7 +224,7 @@ def main(argv=None) -> int:
                                   ref))
         row["fp32_max_rel_err_vs_ort"] = rel
         iref = intref.run(str(qdq), feeds)
-        for key in ("tvm_int_tuned", "tvm_int_default", "tvm_int_no_dot"):
+        for key in ("tvm_int_tuned", "tvm_int_default", "tvm_int_no_dot", "tvm_int_float_nl"):
             row[f"{key}_equals_intref"] = all(np.array_equal(outputs[key][k], np.asarray(v)) for k, v in iref.items())
         row["fp32_default_vs_unscheduled_rel"] = max(  # FMA contraction of inlined epilogues, at most
             float(np.abs(outputs["tvm_fp32_default"][k] - v).max() / max(np.abs(v).max(), 1e-12))

@@ -119,7 +119,7 @@ def zoo_info(model, onnx_path: Path, inputs) -> dict:
 
 def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
                 committed_db: bool = True, default_schedules: bool = True, int8_dot: bool = True,
-                max_trials_per_task: int | None = None,
+                integer_nonlinear: bool = True, max_trials_per_task: int | None = None,
                 tune_workers: int | None = None, tune_top_tasks: int | None = None,
                 tune_tracker: str | None = None, tune_key: str | None = None,
                 tune_min_per_task: int | None = None, progress_log=None) -> dict:
@@ -148,7 +148,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
         if integer:
             # reads the int4 initializers (before widening); its qgraph.parse checks every Q/DQ parameter first
             dot = "vnni" if int8_dot and vnni.available(spec.tvm_target()) else None
-            lowered = qlower.lower(model, dot=dot)
+            lowered = qlower.lower(model, dot=dot, integer_nonlinear=integer_nonlinear)
         else:
             check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         clamps = importer.widen_int4(model)
@@ -225,6 +225,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             "quantized": quantized,
             "integer_ops": lowered,
             "int8_dot_product": dot,
+            "integer_nonlinear": bool(quantized and integer and integer_nonlinear),
             "tuning": {"databases": [str(p) for p in db_folders], "kernels_tuned": tuned,
                        "kernels_default_schedule": defaulted, "kernels_total": total,
                        "kernels_int8_dot": int8_kernels,

@@ -88,9 +88,11 @@ def _known_shapes(model) -> dict:
     return shapes
 
 
-def lower(model, dot: str | None = None) -> dict:
+def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict:
     """Rewrite the integer ops of QDQ `model` in place (before int4 widening). `dot`: "vnni" when
     the target has AVX-512 VNNI (linear / gemm layers then run on compile/tvm/vnni.py's kernel).
+    `integer_nonlinear=False` leaves softmax, layernorm, resize and element-wise regions in float
+    (as the QDQ file writes them; then not bit-exact with the integer reference).
 
     Returns {kind: count} of lowered ops (empty when nothing matched).
     """
@@ -98,7 +100,7 @@ def lower(model, dot: str | None = None) -> dict:
 
     from edgekit.quant.qgraph import parse
 
-    qgraph = parse(model)
+    qgraph = parse(model, integer_nonlinear=integer_nonlinear)
     graph = model.graph
     users = consumers(graph)
     outputs = {o.name for o in graph.output}

@@ -52,6 +52,10 @@ def register(subparsers):
     p.add_argument("--no-int8-dot", dest="int8_dot", action="store_false",
                    help="QDQ models: do not run linear / gemm layers and convolutions on the int8 dot-product "
                         "(AVX-512 VNNI) kernels even where the target has them (default: use them; for comparisons)")
+    p.add_argument("--float-nonlinear", dest="integer_nonlinear", action="store_false",
+                   help="QDQ models: run softmax, LayerNorm, Resize and element-wise regions (GELU, sigmoid...) "
+                        "in float as the file writes them (default: their integer definitions, bit-exact with "
+                        "the integer reference; for comparisons)")
     p.add_argument("--no-committed-db", dest="committed_db", action="store_false",
                    help="do not apply the committed tuning database of a zoo model (x86-64; chosen by the "
                         "file name: litepose.onnx or litepose.q.onnx gets compile/tvm/tuning_db/litepose)")
@@ -68,13 +72,14 @@ def register(subparsers):
 # other kind they would be ignored silently, which hides a wrong --target.
 ACCEL_FLAGS = {"array": None, "fusion": True, "fallback": None}
 TVM_FLAGS = {"target_opts": None, "num_cores": None, "tune": 0, "tuning_db": None, "integer": True,
-             "int8_dot": True, "committed_db": True, "max_trials_per_task": None, "tune_workers": None,
+             "int8_dot": True, "integer_nonlinear": True,
+             "committed_db": True, "max_trials_per_task": None, "tune_workers": None,
              "tune_top_tasks": None, "tracker": None, "key": None, "tune_min_per_task": None}
 
 
 def _flag(dest: str) -> str:
     return {"fusion": "--no-fusion", "integer": "--float", "committed_db": "--no-committed-db",
-            "int8_dot": "--no-int8-dot"}.get(
+            "int8_dot": "--no-int8-dot", "integer_nonlinear": "--float-nonlinear"}.get(
         dest, "--" + dest.replace("_", "-"))
 
 
@@ -104,7 +109,7 @@ def run(args) -> int:
     else:
         options = dict(target_opts=args.target_opts, num_cores=args.num_cores, tune=args.tune,
                        tuning_db=args.tuning_db, integer=args.integer, committed_db=args.committed_db,
-                       int8_dot=args.int8_dot,
+                       int8_dot=args.int8_dot, integer_nonlinear=args.integer_nonlinear,
                        max_trials_per_task=args.max_trials_per_task, tune_workers=args.tune_workers,
                        tune_top_tasks=args.tune_top_tasks, tune_tracker=args.tracker, tune_key=args.key,
                        tune_min_per_task=args.tune_min_per_task,

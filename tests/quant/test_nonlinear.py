@@ -225,3 +225,11 @@ def test_activation_difference_and_product_are_integer_ops(upsample_qdq):
         a, b = (F.dequantize(env[n], q.scale, q.zero_point) for n, q in zip(op.inputs, op.in_q))
         want = F.quantize(fn(a, b), op.out_q.scale, op.out_q.zero_point, op.out_q.qtype)
         assert np.abs(np.asarray(env[op.outputs[0]], np.int64) - want).max() <= 1, op_type
+
+
+def test_float_nonlinear_compiles_them_as_the_file_writes_them(attention_qdq, tmp_path):
+    from edgekit.compile import compile_model
+
+    meta = compile_model(attention_qdq, "x86-64", tmp_path / "f", committed_db=False, integer_nonlinear=False)
+    assert meta["integer_nonlinear"] is False
+    assert not set(meta["integer_ops"]) & kinds.NONLINEAR_KINDS and "gemm" in meta["integer_ops"]

@@ -99,7 +99,7 @@ def test_zoo_fp32_and_integer_parity(name, zoo_dir):
         assert not mismatched
     # the file as users compile it (no probe outputs: TVM fuses the integer ops with the layout
     # ops after them into larger kernels; a LayerNorm so fused once took 10+ minutes to lower)
-    meta = compile_model(qdq, "x86-64", zoo_dir / f"{name}_plain")
+    compile_model(qdq, "x86-64", zoo_dir / f"{name}_plain")
     with open_session(zoo_dir / f"{name}_plain") as s:
         plain = s.run(feeds)
     for out in model.graph.output:
