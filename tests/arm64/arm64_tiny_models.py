@@ -31,7 +31,8 @@ def fp32_convnet(path) -> None:
 
 
 def w4a8_convnet(path) -> None:
-    """x -Q(u8)-DQ- Conv(DQ(int4 per-channel weights), int32 bias) -Relu- Q(u8): integer path."""
+    """x -Q(u8)-DQ- Conv(DQ(int4 per-channel weights), int32 bias) -Relu- Q(u8): integer path; then
+    a bilinear Resize and a Sigmoid between quantizers (the integer resize and table kinds)."""
     rng = np.random.default_rng(1)
     out_ch = 8
     w_q = rng.integers(-8, 8, size=(out_ch, 3, 3, 3)).astype(np.int8)
@@ -54,10 +55,20 @@ def w4a8_convnet(path) -> None:
              helper.make_node("Conv", ["x_dq", "w_dq", "b_dq"], ["c"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"]),
              helper.make_node("QuantizeLinear", ["r", "s_y", "zp_y"], ["y_q"]),
-             helper.make_node("DequantizeLinear", ["y_q", "s_y", "zp_y"], ["y"])]
+             helper.make_node("DequantizeLinear", ["y_q", "s_y", "zp_y"], ["y"]),
+             helper.make_node("Resize", ["y", "", "scales"], ["up"], mode="linear",
+                              coordinate_transformation_mode="half_pixel"),
+             helper.make_node("QuantizeLinear", ["up", "s_y", "zp_y"], ["up_q"]),
+             helper.make_node("DequantizeLinear", ["up_q", "s_y", "zp_y"], ["up_dq"]),
+             helper.make_node("Sigmoid", ["up_dq"], ["sig"]),
+             helper.make_node("QuantizeLinear", ["sig", "s_sig", "zp_y"], ["sig_q"]),
+             helper.make_node("DequantizeLinear", ["sig_q", "s_sig", "zp_y"], ["z"])]
+    inits += [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+              numpy_helper.from_array(np.array(1 / 255, np.float32), "s_sig")]
     graph = helper.make_graph(
         nodes, "tiny_w4a8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_ch, 16, 16])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_ch, 16, 16]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, out_ch, 32, 32])], inits)
     _save(graph, path)
 
 
