@@ -192,7 +192,13 @@ def requantize_relax(acc, bias, mult, shift, zero_point: int, lo: int, hi: int, 
     op = relax.op
     total = acc if bias is None else op.add(acc, relax.const(bias, "int32"))
     prod = op.multiply(op.astype(total, "int64"), relax.const(mult, "int64"))
-    y = op.add(rshift_half_even_relax(prod, shift), _param(zero_point, "int64"))
+    return codes_relax(rshift_half_even_relax(prod, shift), zero_point, lo, hi, out_dtype)
+
+
+def codes_relax(y, zero_point: int, lo: int, hi: int, out_dtype: str):
+    """int64 values on the output grid -> codes: + zero point, clamp to [lo, hi], cast."""
+    op = _relax().op
+    y = op.add(y, _param(zero_point, "int64"))
     y = op.minimum(op.maximum(y, _param(lo, "int64")), _param(hi, "int64"))
     return op.astype(y, out_dtype)
 
@@ -518,10 +524,9 @@ class _Nonlinear(KindHandler):
 
     op_multiplier = False
 
-    def finish(self, y, out):
-        op = _relax().op
-        y = op.add(y, _int64(out.zp_y))
-        return op.astype(op.minimum(op.maximum(y, _int64(out.lo)), _int64(out.hi)), out.dtype)
+    @staticmethod
+    def finish(y, out):
+        return codes_relax(y, out.zp_y, out.lo, out.hi, out.dtype)
 
 
 class LutHandler(_Nonlinear):

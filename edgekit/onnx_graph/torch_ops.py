@@ -1206,9 +1206,10 @@ def _resize_coeffs(mode, ratio, scale, a, antialias):
                      ((A * ((1 - r) + 1) - 5 * A) * ((1 - r) + 1) + 8 * A) * ((1 - r) + 1) - 4 * A], axis=-1)
 
 
-def resize_taps(n_in: int, scale: float, out_n: int, mode: str, a: dict, roi):
-    """One axis of a Resize as taps: source indices [out_n, n], their coefficients [out_n, n]
-    (onnx's reference coordinate rules) and the extrapolated outputs (bool [out_n] or None)."""
+def resize_taps(n_in: int, scale: float, out_n: int, a: dict, roi):
+    """One axis of a Resize (attributes `a`) as taps: source indices [out_n, n], their coefficients
+    [out_n, n] (onnx's reference coordinate rules) and the extrapolated outputs (bool [out_n] or None)."""
+    mode = _s(a.get("mode"), "nearest")
     ctm = _s(a.get("coordinate_transformation_mode"), "half_pixel")
     out_w = scale * n_in
     y = np.arange(out_n, dtype=np.float64)
@@ -1251,9 +1252,9 @@ def resize_taps(n_in: int, scale: float, out_n: int, mode: str, a: dict, roi):
     return np.clip(nb, 0, n_in - 1), coeffs, extrap
 
 
-def _resize_axis(x, axis, scale, out_n, mode, a, roi):
+def _resize_axis(x, axis, scale, out_n, a, roi):
     """1-D resize of one axis (Resize is separable)."""
-    nb, coeffs, extrap = resize_taps(x.shape[axis], scale, out_n, mode, a, roi)
+    nb, coeffs, extrap = resize_taps(x.shape[axis], scale, out_n, a, roi)
     n = coeffs.shape[1]
     g = torch.index_select(x, axis, torch.as_tensor(nb.reshape(-1)))
     g = g.reshape(*x.shape[:axis], out_n, n, *x.shape[axis + 1:])
@@ -1298,12 +1299,11 @@ def resize_axes(a, shape, roi=None, scales=None, sizes=None) -> list:
 
 @op("Resize")
 def resize(a, x, roi=None, scales=None, sizes=None):
-    mode = _s(a.get("mode"), "nearest")
     compute = x if x.is_floating_point() else x.double()
     if compute.dtype in (torch.float16, torch.bfloat16):
         compute = compute.float()
     for d, scale, out_n, rv in resize_axes(a, x.shape, roi, scales, sizes):
-        compute = _resize_axis(compute, d, scale, out_n, mode, a, rv)
+        compute = _resize_axis(compute, d, scale, out_n, a, rv)
     if not x.is_floating_point():
         info = torch.iinfo(x.dtype)
         compute = torch.round(compute).clamp(info.min, info.max)

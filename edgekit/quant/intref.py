@@ -19,7 +19,7 @@ from edgekit.onnx_graph import torch_ops as T
 from edgekit.onnx_graph.model import attrs as node_attrs
 from edgekit.quant import formats as F
 from edgekit.quant import nonlinear as NL
-from edgekit.quant.kinds import avgpool_multiplier
+from edgekit.quant.kinds import NONLINEAR_KINDS, avgpool_multiplier
 from edgekit.quant.qgraph import QGraph, QOp, parse
 
 
@@ -274,15 +274,11 @@ def run(model_or_qgraph, inputs: dict, keep_intermediates: bool = False) -> dict
     return {name: env[name] for name in qg.outputs}
 
 
-def nonlinear_pairs(qg: QGraph, float_qg: QGraph, feed: dict):
+def nonlinear_pairs(qg: QGraph, float_qg: QGraph, env: dict, consts: dict):
     """(op, integer codes, float-definition codes) of every lut / softmax / layernorm / resize op
-    of `qg`, both fed the same input codes; `float_qg` is the same file parsed with
-    integer_nonlinear=False."""
-    from edgekit.quant.kinds import NONLINEAR_KINDS
-
+    of `qg`, both fed the same input codes: `env` is one run of `qg` (keep_intermediates=True),
+    `consts` its constants(qg); `float_qg` is the same file parsed with integer_nonlinear=False."""
     float_ops = {op.outputs[0]: op for op in float_qg.ops}
-    consts = constants(qg)
-    env = run(qg, feed, keep_intermediates=True)
     for op in qg.ops:
         if op.kind in NONLINEAR_KINDS:
             fop = float_ops[op.outputs[0]]
@@ -295,28 +291,29 @@ def integer_cost(model, feeds: list[dict]) -> dict:
     per kind, its ops and how many of their output codes equal the float definition's (each op
     fed the same input codes), and the model outputs' SQNR (dB) of integer vs float definitions.
     Empty when the model has none of these ops."""
-    qg, float_qg = parse(model), parse(model, integer_nonlinear=False)
+    qg = parse(model)
+    if not any(op.kind in NONLINEAR_KINDS for op in qg.ops):
+        return {}
+    float_qg, consts = parse(model, integer_nonlinear=False), constants(qg)
     kinds: dict = {}
+    outputs: dict = {}
     for feed in feeds:
-        for op, got, want in nonlinear_pairs(qg, float_qg, feed):
+        env = run(qg, feed, keep_intermediates=True)
+        for op, got, want in nonlinear_pairs(qg, float_qg, env, consts):
             diff = np.abs(np.asarray(got, np.int64) - np.asarray(want, np.int64))
             k = kinds.setdefault(op.kind, {"ops": set(), "codes": 0, "codes_equal": 0, "max_code_diff": 0})
             k["ops"].add(op.name)
             k["codes"] += diff.size
             k["codes_equal"] += int((diff == 0).sum())
             k["max_code_diff"] = max(k["max_code_diff"], int(diff.max(initial=0)))
-    if not kinds:
-        return {}
-    for k in kinds.values():
-        k["ops"] = len(k["ops"])
-        k["equal_fraction"] = round(k["codes_equal"] / max(k["codes"], 1), 6)
-    outputs: dict = {}
-    for feed in feeds:
-        got, want = run(qg, feed), run(float_qg, feed)
+        want = run(float_qg, feed)
         for name in qg.outputs:
             err = outputs.setdefault(name, [0.0, 0.0])
             err[0] += float(np.sum(np.square(np.asarray(want[name], np.float64))))
-            err[1] += float(np.sum(np.square(np.asarray(got[name], np.float64) - np.asarray(want[name], np.float64))))
+            err[1] += float(np.sum(np.square(np.asarray(env[name], np.float64) - np.asarray(want[name], np.float64))))
+    for k in kinds.values():
+        k["ops"] = len(k["ops"])
+        k["equal_fraction"] = round(k["codes_equal"] / max(k["codes"], 1), 6)
     sqnr = {name: ("exact" if e == 0 else round(10 * float(np.log10(max(p, 1e-30) / e)), 2))
             for name, (p, e) in outputs.items()}
     return {"kinds": kinds, "output_sqnr_db": sqnr, "samples": len(feeds)}

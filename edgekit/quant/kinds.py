@@ -434,7 +434,7 @@ class Lut(Kind):
         from edgekit.quant import nonlinear as NL
 
         acts = [t for t in r.inputs if t in r.dq_act]
-        if len(acts) != 1 or r.out_q is None or r.dq_act[acts[0]][1].qtype.bits > 8:
+        if len(acts) != 1:
             return None
         consts = {}
         for node in r.nodes:
@@ -464,14 +464,14 @@ class Softmax(Kind):
     params_type = SoftmaxParams
 
     def accepts(self, r) -> bool:
-        return r.nodes[-1].op_type == "Softmax" and len(r.nodes) <= 2 and r.act is None
+        return r.nodes[-1].op_type == "Softmax" and len(r.nodes) <= 2
 
     def match(self, r):
         from edgekit.quant import nonlinear as NL
 
         softmax = r.nodes[-1]
         axis = int(node_attrs(softmax).get("axis", -1 if r.opset >= 13 else 1))
-        if axis != -1 or r.out_q is None:
+        if axis != -1:
             return None
         x, factor = softmax.input[0], 1.0
         if len(r.nodes) == 2:
@@ -479,7 +479,7 @@ class Softmax(Kind):
             if scaled is None or r.nodes[0].output[0] != x:
                 return None
             x, factor = scaled
-        if x not in r.dq_act or r.dq_act[x][1].qtype.bits > 8 or not factor > 0:
+        if x not in r.dq_act or not factor > 0:
             return None
         in_q = r.dq_act[x][1]
         return r.int_op(self, acts=[x], table=NL.exp_table(in_q, factor), mult=NL.softmax_multiplier(r.out_q))
@@ -496,8 +496,6 @@ class Resize(Kind):
         node, a = r.main, r.attrs
         ctm = a.get("coordinate_transformation_mode", b"half_pixel")
         if not r.single or node.input[0] not in r.dq_act or ctm in (b"tf_crop_and_resize", "tf_crop_and_resize"):
-            return None
-        if r.dq_act[node.input[0]][1].qtype.bits > 8:
             return None
         operands = []
         for i in (1, 2, 3):
@@ -540,17 +538,16 @@ class LayerNorm(Kind):
 
         node = r.main
         a = node_attrs(node)
-        if not r.single or r.out_q is None or int(a.get("axis", -1)) != -1 or node.input[0] not in r.dq_act:
+        if not r.single or int(a.get("axis", -1)) != -1 or node.input[0] not in r.dq_act:
             return None
         gamma = r.constant(node.input[1])
-        beta = r.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        beta_name = node.input[2] if len(node.input) > 2 else ""
+        beta = r.constant(beta_name) if beta_name else None
         if gamma is None or np.ndim(gamma) != 1 or not 2 <= np.size(gamma) <= NL.MAX_ROW:
             return None
-        if beta is None and len(node.input) > 2 and node.input[2]:
+        if beta_name and beta is None:   # a computed bias: not a constant the kernel can fold
             return None
         in_q = r.dq_act[node.input[0]][1]
-        if in_q.qtype.bits > 8:
-            return None
         return r.int_op(self, acts=[node.input[0]],
                         **NL.layernorm_constants(in_q, r.out_q, gamma, beta, float(a.get("epsilon", 1e-5))))
 

@@ -36,7 +36,7 @@ EXP_BITS = 16          # softmax: exp table entries in Q.16 (1.0 = 65536)
 SOFTMAX_BITS = 16      # softmax: P, the fraction bits of the output multiplier
 NORM_BITS = 12         # layernorm: F, fraction bits of the normalized value
 GAIN_BITS = 16         # layernorm: G, fraction bits of the per-channel gain
-MAX_ROW = 1 << 12      # layernorm / softmax rows longer than this stay float (int64 headroom)
+MAX_ROW = 1 << 12      # layernorm rows longer than this stay float (int64 headroom for sum(D^2))
 RESIZE_BITS = 10       # resize: fraction bits of the interpolation weights
 
 
@@ -83,11 +83,9 @@ def resize_plan(attrs: dict, shape, roi=None, scales=None, sizes=None) -> list[t
     def tensor(v):
         return None if v is None or np.size(v) == 0 else T.to_torch(np.asarray(v))
 
-    mode = attrs.get("mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
     plan = []
     for axis, scale, out_n, rv in T.resize_axes(attrs, list(shape), tensor(roi), tensor(scales), tensor(sizes)):
-        index, coeffs, _ = T.resize_taps(int(shape[axis]), scale, out_n, mode, attrs, rv)
+        index, coeffs, _ = T.resize_taps(int(shape[axis]), scale, out_n, attrs, rv)
         plan.append((axis, index, integer_taps(coeffs)))
     return plan
 

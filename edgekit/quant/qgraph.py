@@ -165,8 +165,7 @@ def parse(model_or_path, integer_nonlinear: bool = True) -> QGraph:
     (the float definition the integer ones are measured against)."""
     model = load_model(model_or_path)
     check_qdq_parameters(model)
-    parser = _Parser(model)
-    parser.skip_kinds = frozenset() if integer_nonlinear else NONLINEAR_KINDS
+    parser = _Parser(model, skip_kinds=frozenset() if integer_nonlinear else NONLINEAR_KINDS)
     parser.classify_dequantizers()
     ops = parser.value_moves() + parser.closed_regions() + parser.graph_outputs()
     ops.sort(key=lambda t: t[0])
@@ -178,7 +177,7 @@ def parse(model_or_path, integer_nonlinear: bool = True) -> QGraph:
 class _Parser:
     """The state `parse` builds up phase by phase over one QDQ graph."""
 
-    def __init__(self, model):
+    def __init__(self, model, skip_kinds: frozenset = frozenset()):
         graph = model.graph
         self.nodes = list(graph.node)
         self.protos = {i.name: i for i in graph.initializer}
@@ -195,7 +194,7 @@ class _Parser:
         self.dq_const: dict[str, dict] = {}   # DQ output -> {codes, scale, zp, axis, type, init}
         self.dq_act: dict[str, tuple[str, QTensor]] = {}  # DQ output -> (quantized tensor name, params)
         self.constants: dict = {}
-        self.skip_kinds: frozenset = frozenset()
+        self.skip_kinds = skip_kinds   # kinds the regions are not matched against
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
     def qtensor(self, node) -> QTensor:

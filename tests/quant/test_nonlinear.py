@@ -81,7 +81,9 @@ def upsample_qdq(tmp_path_factory):
 
 def _pairs(path, feed):
     """(kind, integer codes, float-definition codes) of every non-linear op, on the same inputs."""
-    for op, got, want in intref.nonlinear_pairs(parse(path), parse(path, integer_nonlinear=False), feed):
+    qg = parse(path)
+    env = intref.run(qg, feed, keep_intermediates=True)
+    for op, got, want in intref.nonlinear_pairs(qg, parse(path, integer_nonlinear=False), env, intref.constants(qg)):
         yield op.kind, got, want
 
 
@@ -118,8 +120,10 @@ def test_integer_model_follows_the_float_region_model(attention_qdq):
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 
 
-def test_params_survive_their_json_form(attention_qdq):
-    for op in parse(attention_qdq).ops:
+def test_params_survive_their_json_form(attention_qdq, upsample_qdq):
+    ops = parse(attention_qdq).ops + parse(upsample_qdq).ops
+    assert {op.kind for op in ops} >= kinds.NONLINEAR_KINDS
+    for op in ops:
         if op.kind in kinds.NONLINEAR_KINDS:
             back = kinds.KINDS[op.kind].params_type.from_json(op.params.to_json())
             for key, value in vars(op.params).items():
