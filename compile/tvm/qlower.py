@@ -453,7 +453,18 @@ class GemmHandler(LinearHandler):
 
 
 class MatMulHandler(KindHandler):
+    """matmul: the product of two activations (attention). With `dot` = "vnni" and static shapes
+    of 8-bit codes with the same batch dimensions, one kernel of compile/tvm/vnni.py."""
+
+    dot_product = True
+
     def emit(self, bb, inputs, attr, out):
+        a, b = inputs
+        if _dot(attr) == "vnni" and vnni.matmul_supported(
+                vnni.static_shape(bb, a), vnni.static_shape(bb, b), str(bb.normalize(a).ty.dtype),
+                str(bb.normalize(b).ty.dtype)):
+            return vnni.emit_matmul(bb, a, b, out.zps, _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y,
+                                    out.lo, out.hi, out.dtype)
         acc = matmul_acc(bb, inputs[0], inputs[1], out.zps)
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 
@@ -519,6 +530,27 @@ def _int64(value):
     return _param(int(value), "int64")
 
 
+FLOAT64_EXACT = 1 << 53   # float64 holds every integer below this exactly
+
+
+def floor_divide_relax(num, den, bound: int):
+    """num // den for int64 `num` and positive `den` (a per-row divisor, broadcast). x86 has no
+    vector integer division, so int64 `floor_divide` runs one scalar `idiv` per element (depth's
+    attention softmax spent 0.3 ms per block in it). When |num| and den stay below `bound` <=
+    2^53, floor(num / den) in float64 is the integer quotient, in vector instructions: both are
+    exact in float64, and for a quotient x that is not an integer the next integer lies at least
+    1/den away while rounding moves x by at most |x| 2^-53 < 1/den, so no rounding crosses it."""
+    op = _relax().op
+    if bound > FLOAT64_EXACT:
+        return op.floor_divide(num, den)
+    return op.astype(op.floor(op.divide(op.astype(num, "float64"), op.astype(den, "float64"))), "int64")
+
+
+def _row_length(bb, x) -> int | None:
+    dims = vnni.static_shape(bb, x)
+    return dims[-1] if dims else None
+
+
 class _Nonlinear(KindHandler):
     """The integer definitions of edgekit.quant.nonlinear, step for step in int64."""
 
@@ -547,18 +579,32 @@ class SoftmaxHandler(_Nonlinear):
     """nonlinear.softmax: exp table by distance to the row max, integer normalisation."""
 
     def attributes(self, op, input_names, shapes):
-        return {"table": _tensor_attr(op.params.table.astype(np.int64), "table"), "softmax_mult": int(op.params.mult)}
+        attrs = {"table": _tensor_attr(op.params.table.astype(np.int64), "table"), "softmax_mult": int(op.params.mult)}
+        if op.params.mask.size:
+            attrs["mask"] = _tensor_attr(op.params.mask.astype(np.bool_), "mask")
+        return attrs
 
     def emit(self, bb, inputs, attr, out):
         relax = _relax()
         op = relax.op
         x = op.astype(inputs[0], "int64")
-        e = op.take(relax.const(_arr(attr, "table"), "int64"), op.subtract(op.max(x, axis=[-1], keepdims=True), x),
-                    axis=0)
+        table = relax.const(_arr(attr, "table"), "int64")
+        if "mask" not in attr:
+            e = op.take(table, op.subtract(op.max(x, axis=[-1], keepdims=True), x), axis=0)
+        else:   # masked entries: out of the row max, weight 0 (nonlinear.softmax)
+            keep = relax.const(np.logical_not(_arr(attr, "mask")), "bool")
+            top = op.max(op.where(keep, x, _int64(np.iinfo(np.int64).min)), axis=[-1], keepdims=True)
+            distance = op.where(keep, op.subtract(top, x), _int64(0))
+            e = op.where(keep, op.take(table, distance, axis=0), _int64(0))
         total = op.sum(e, axis=[-1], keepdims=True)
         num = op.add(op.multiply(e, _int64(attr["softmax_mult"])),
                      op.left_shift(total, _int64(NL.SOFTMAX_BITS - 1)))
-        return self.finish(op.floor_divide(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS))), out)
+        # the table holds e <= 2^EXP_BITS, so total <= row * 2^EXP_BITS
+        length = _row_length(bb, inputs[0])
+        unit = 1 << NL.EXP_BITS
+        bound = FLOAT64_EXACT + 1 if length is None else (unit * abs(int(attr["softmax_mult"]))
+                                                          + (length * unit << (NL.SOFTMAX_BITS + 1)))
+        return self.finish(floor_divide_relax(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS)), bound), out)
 
 
 class LayerNormHandler(_Nonlinear):
@@ -578,8 +624,11 @@ class LayerNormHandler(_Nonlinear):
         var = op.add(op.floor_divide(op.sum(op.multiply(dev, dev), axis=[-1], keepdims=True), n),
                      _int64(attr["eps_codes"]))
         root = op.maximum(_isqrt_relax(var), _int64(1))
-        norm = op.floor_divide(op.add(op.left_shift(dev, _int64(NL.NORM_BITS)), op.right_shift(root, _int64(1))),
-                               root)
+        # |dev| <= 2 n max|x - zp|, root <= that too (the square root of a mean of dev^2, + eps)
+        lo, hi = _input_range(bb, inputs[0])
+        spread = 2 * int(attr["n"]) * max(abs(lo - out.zps[0]), abs(hi - out.zps[0])) + int(attr["eps_codes"]) + 1
+        norm = floor_divide_relax(op.add(op.left_shift(dev, _int64(NL.NORM_BITS)), op.right_shift(root, _int64(1))),
+                                  root, spread << (NL.NORM_BITS + 1))
         bits = NL.NORM_BITS + NL.GAIN_BITS
         y = op.add(op.add(op.multiply(norm, relax.const(_arr(attr, "gain"), "int64")),
                           relax.const(_arr(attr, "offset"), "int64")), _int64(1 << (bits - 1)))

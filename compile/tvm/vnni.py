@@ -151,20 +151,24 @@ def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: i
     of acc; qparams = [zero point, lo, hi] (int32); `shape`: the part of acc written (default all)."""
     def y(*index):
         j = index[axis]
-        total = (acc[index] + bias[j]).astype("int64")          # int32 addition wraps, as the reference
-        prod = total * mult[j]
-        s = tirx.max(shift[j], tirx.const(1, "int64"))
-        q = tirx.shift_right(prod, s)
-        rem = prod - tirx.shift_left(q, s)
-        half = tirx.shift_left(tirx.const(1, "int64"), s - 1)
-        odd = tirx.bitwise_and(q, tirx.const(1, "int64")) == 1
-        up = tirx.Select(tirx.Or(rem > half, tirx.And(rem == half, odd)), tirx.const(1, "int64"),
-                         tirx.const(0, "int64"))
-        shifted = tirx.Select(shift[j] > 0, q + up, prod)
-        v = shifted + qparams[0].astype("int64")
-        v = tirx.min(tirx.max(v, qparams[1].astype("int64")), qparams[2].astype("int64"))
-        return v.astype(out_dtype)
+        return _requantize_value(tirx, acc[index] + bias[j], mult[j], shift[j], qparams, out_dtype)
     return te.compute(shape or acc.shape, y, name="Y")
+
+
+def _requantize_value(tirx, total, mult, shift, qparams, out_dtype):
+    """One int32 accumulator `total` (its additions wrap, as the reference's) -> its output code."""
+    prod = total.astype("int64") * mult
+    s = tirx.max(shift, tirx.const(1, "int64"))
+    q = tirx.shift_right(prod, s)
+    rem = prod - tirx.shift_left(q, s)
+    half = tirx.shift_left(tirx.const(1, "int64"), s - 1)
+    odd = tirx.bitwise_and(q, tirx.const(1, "int64")) == 1
+    up = tirx.Select(tirx.Or(rem > half, tirx.And(rem == half, odd)), tirx.const(1, "int64"),
+                     tirx.const(0, "int64"))
+    shifted = tirx.Select(shift > 0, q + up, prod)
+    v = shifted + qparams[0].astype("int64")
+    v = tirx.min(tirx.max(v, qparams[1].astype("int64")), qparams[2].astype("int64"))
+    return v.astype(out_dtype)
 
 
 def dense_func(rows: int, k: int, n: int, out_dtype: str, rows_out: int | None = None):
@@ -298,6 +302,106 @@ def _requant_args(weight_sums: np.ndarray, zero_point: int, bias, mult, shift, o
                            - int(zero_point) * weight_sums)
     return [column(corrected, np.int32), column(mult, np.int64), column(shift, np.int64),
             relax.const(np.array([out_zp, lo, hi], np.int32), "int32")]
+
+
+# --------------------------------------------------------------------------- activation x activation
+# The matrix products of attention (Q x K^T, probabilities x V) multiply two quantized activations:
+#
+#     C[b, i, j] = sum_k (A[b, i, k] - za) (B[b, k, j] - zb)
+#                = sum_k A B  -  zb * rowsum(A)[b, i]  -  za * colsum(B)[b, j]  +  K za zb
+#
+# A enters as uint8 (int8 codes + 128), B as int8 (uint8 codes - 128, zero points moved alike), so
+# sum A B is the dense kernel's vpdpbusd product; B is packed per call into the kernel's
+# [N/16, K/4, 16, 4] layout (one small layout kernel; B is an activation, not a constant). The two
+# sums are the per-row and per-column terms added before the requantization. In int32 every term
+# wraps alike, so the result is the reference's wrap_int32 of the exact product, bit for bit.
+
+def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out: int):
+    """The scheduled kernel Y[batch, rows_out, n] = requantize(A[batch, rows, k] (u8) x packed
+    B[batch] (s8) + col_bias[batch, n] + row_bias[batch, rows_out]) with one multiplier and shift;
+    rows a multiple of the tile's MR, k of 4, n of 16 (padding rows computed, not written)."""
+    from tvm import s_tir, te, tirx
+
+    _register()
+    mr, nr = tiles(rows, n // 16)
+    assert rows % mr == 0 and k % 4 == 0 and n % 16 == 0, (rows, k, n, mr)
+    a = te.placeholder((batch, rows, k), "uint8", name="A")
+    b = te.placeholder((batch, n // 16, k // 4, 16, 4), "int8", name="B")
+    col_bias = te.placeholder((batch, n), "int32", name="col_bias")
+    row_bias = te.placeholder((batch, rows_out), "int32", name="row_bias")
+    mult = te.placeholder((1,), "int64", name="mult")
+    shift = te.placeholder((1,), "int64", name="shift")
+    qparams = te.placeholder((3,), "int32", name="qparams")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((batch, rows, n), lambda h, i, j: te.sum(
+        a[h, i, r].astype("int32") * b[h, j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+    y = te.compute((batch, rows_out, n), lambda h, i, j: _requantize_value(
+        tirx, c[h, i, j] + col_bias[h, j] + row_bias[h, i], mult[0], shift[0], qparams, out_dtype), name="Y")
+    sch = s_tir.Schedule(te.create_prim_func([a, b, col_bias, row_bias, mult, shift, qparams, y]))
+    block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
+    h, i, j, kk = sch.get_loops(block)
+    io, ii = sch.split(i, [None, mr])
+    jo, jr, ji = sch.split(j, [None, nr, 16])
+    ko, ki = sch.split(kk, [None, 4])
+    return _register_tile(sch, block, epilogue, (h, jo, io), [ko], (ii, jr, ji, ki), DOT_16x4)
+
+
+def matmul_supported(a_shape, b_shape, a_dtype: str, b_dtype: str) -> bool:
+    """Static shapes, 8-bit codes, the same leading (batch) dimensions on both sides: no broadcast."""
+    return (a_shape is not None and b_shape is not None and len(a_shape) >= 2 and len(a_shape) == len(b_shape)
+            and a_shape[:-2] == b_shape[:-2] and a_shape[-1] == b_shape[-2]
+            and {a_dtype, b_dtype} <= {"uint8", "int8"})
+
+
+def _as_int8(x, x_ty, zero_point: int):
+    """uint8 activation codes enter as int8: x - 128, zero point - 128."""
+    from tvm import relax
+
+    if str(x_ty.dtype) != "uint8":
+        return x, zero_point
+    op = relax.op
+    shifted = op.subtract(op.astype(x, "int16"), relax.const(np.array([128], np.int16)))
+    return op.astype(shifted, "int8"), zero_point - 128
+
+
+def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: int, out_dtype: str):
+    """Codes y[..., M, N] = requantize(sum_k (a[..., M, K] - za) (b[..., K, N] - zb)) on the VNNI
+    kernel (see above); `matmul_supported` must hold for the operands."""
+    from tvm import relax
+
+    op = relax.op
+    a_shape, b_shape = static_shape(bb, a), static_shape(bb, b)
+    *lead, m, k = a_shape
+    n = b_shape[-1]
+    batch = int(np.prod(lead, dtype=np.int64))
+    a, za = _as_uint8(a, bb.normalize(a).ty, int(zero_points[0]))
+    b, zb = _as_int8(b, bb.normalize(b).ty, int(zero_points[1]))
+    kp, np_ = padded(k, n)
+    rows_p = padded_rows(m, np_)
+
+    def scalar(value):     # a kernel argument, not an immediate (see qlower._param)
+        return relax.const(np.array([value], np.int32), "int32")
+
+    a3, b3 = op.reshape(a, (batch, m, k)), op.reshape(b, (batch, k, n))
+    row_bias = op.multiply(op.sum(op.astype(a3, "int32"), axis=[2]), scalar(-zb))
+    col_bias = op.add(op.multiply(op.sum(op.astype(b3, "int32"), axis=[1]), scalar(-za)), scalar(k * za * zb))
+    if np_ != n:
+        col_bias = op.nn.pad(col_bias, [0, 0, 0, np_ - n])
+    if rows_p != m or kp != k:
+        a3 = op.nn.pad(a3, [0, 0, 0, rows_p - m, 0, kp - k])
+    if kp != k or np_ != n:
+        b3 = op.nn.pad(b3, [0, 0, 0, kp - k, 0, np_ - n])
+    packed = op.permute_dims(op.reshape(b3, (batch, kp // 4, 4, np_ // 16, 16)), [0, 3, 1, 4, 2])
+    gv = _kernel(bb, f"edgekit_vnni_matmul_{batch}x{rows_p}x{kp}x{np_}_to{m}_{out_dtype}",
+                 lambda: matmul_func(batch, rows_p, kp, np_, out_dtype, m))
+    args = [a3, packed, col_bias, row_bias,
+            relax.const(np.asarray(mult, np.int64).reshape(1), "int64"),
+            relax.const(np.asarray(shift, np.int64).reshape(1), "int64"),
+            relax.const(np.array([out_zp, lo, hi], np.int32), "int32")]
+    y = bb.emit(relax.call_tir(gv, args, relax.TensorType((batch, m, np_), out_dtype)))
+    if np_ != n:
+        y = op.strided_slice(y, axes=[2], begin=[0], end=[n])
+    return op.reshape(y, [*lead, m, n])
 
 
 # --------------------------------------------------------------------------- convolution

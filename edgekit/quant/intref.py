@@ -160,7 +160,7 @@ class Lut:
 class Softmax:
     def run(self, op, args, consts):
         p = op.params
-        return NL.softmax(args[0], p.table, p.mult, op.out_q.zero_point, p.lo, p.hi)
+        return NL.softmax(args[0], p.table, p.mult, op.out_q.zero_point, p.lo, p.hi, mask=p.mask)
 
 
 class LayerNorm:

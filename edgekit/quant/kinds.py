@@ -24,7 +24,7 @@ Roles, as the writer uses them:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 import onnx
@@ -111,6 +111,8 @@ class Params:
     def from_json(cls, doc: dict, codes: dict | None = None) -> "Params":
         values = {}
         for f in fields(cls):
+            if f.name not in doc and f.default_factory is not MISSING:
+                continue   # a field added later, with a default: documents written before it
             value = doc[f.name]
             if f.metadata.get("codes"):
                 value = np.asarray(codes[doc[f.metadata["codes"]]], np.int64).reshape(value["shape"])
@@ -177,10 +179,12 @@ class LutParams(Clamp):
 
 @dataclass(kw_only=True)
 class SoftmaxParams(Clamp):
-    """Integer softmax over the last axis: exp table by code distance, output multiplier."""
+    """Integer softmax over the last axis: exp table by code distance, output multiplier, and a
+    constant mask (1 = masked out, broadcast to the input; empty: none)."""
 
     table: np.ndarray = _array("int64")
     mult: int
+    mask: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), metadata={"array": "int64"})
 
 
 @dataclass(kw_only=True)
@@ -464,25 +468,41 @@ class Softmax(Kind):
     params_type = SoftmaxParams
 
     def accepts(self, r) -> bool:
-        return r.nodes[-1].op_type == "Softmax" and len(r.nodes) <= 2
+        return r.nodes[-1].op_type == "Softmax" and len(r.nodes) <= 3
 
     def match(self, r):
         from edgekit.quant import nonlinear as NL
 
-        softmax = r.nodes[-1]
+        softmax, *before = r.nodes[::-1]
         axis = int(node_attrs(softmax).get("axis", -1 if r.opset >= 13 else 1))
         if axis != -1:
             return None
-        x, factor = softmax.input[0], 1.0
-        if len(r.nodes) == 2:
-            scaled = _scaled_by_constant(r, r.nodes[0])
-            if scaled is None or r.nodes[0].output[0] != x:
+        x, factor, mask = softmax.input[0], 1.0, None
+        if before and before[0].op_type == "Where":
+            where = before.pop(0)
+            if where.output[0] != x or (masked := _constant_mask(r, where)) is None:
+                return None
+            x, mask, fill = masked
+        if len(before) > 1:
+            return None
+        if before:
+            scaled = _scaled_by_constant(r, before[0])
+            if scaled is None or before[0].output[0] != x:
                 return None
             x, factor = scaled
         if x not in r.dq_act or not factor > 0:
             return None
         in_q = r.dq_act[x][1]
-        return r.int_op(self, acts=[x], table=NL.exp_table(in_q, factor), mult=NL.softmax_multiplier(r.out_q))
+        extra = {}
+        if mask is not None:
+            lowest = factor * float(in_q.scale) * (in_q.qtype.qmin - int(in_q.zero_point))
+            # a masked entry weighs exp(fill - row max) in float: below e^-30 of the row max, it
+            # is 0 at any output step; and each row must keep an entry to normalize over
+            if not fill - lowest < -30 or not np.all(np.any(mask == 0, axis=-1)):
+                return None
+            extra["mask"] = mask
+        return r.int_op(self, acts=[x], table=NL.exp_table(in_q, factor), mult=NL.softmax_multiplier(r.out_q),
+                        **extra)
 
 
 class Resize(Kind):
@@ -508,6 +528,20 @@ class Resize(Kind):
         mult, shift = F.quantize_multiplier(np.float64(r.dq_act[node.input[0]][1].scale) / np.float64(r.out_q.scale))
         return r.int_op(self, acts=[node.input[0]], mult=mult, shift=shift, roi=roi.astype(np.float64),
                         scales=scales.astype(np.float64), sizes=sizes.astype(np.int64))
+
+
+def _constant_mask(r, where) -> tuple[str, np.ndarray, float] | None:
+    """(tensor, mask, fill) when `where` = Where(constant condition, ...) puts one constant scalar
+    `fill` where the mask (int64, 1 = filled) says and the tensor elsewhere."""
+    cond, a, b = where.input
+    condition = r.constant(cond)
+    if condition is None:
+        return None
+    for fill_name, tensor, filled in ((a, b, condition), (b, a, np.logical_not(condition))):
+        fill = r.constant(fill_name)
+        if fill is not None and np.size(fill) == 1 and r.constant(tensor) is None:
+            return tensor, np.asarray(filled, bool).astype(np.int64), float(np.asarray(fill).reshape(-1)[0])
+    return None
 
 
 def _scaled_by_constant(r, node) -> tuple[str, float] | None:

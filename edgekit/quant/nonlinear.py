@@ -103,9 +103,18 @@ def lut(x, table: np.ndarray, qmin: int) -> np.ndarray:
     return np.asarray(table, np.int64)[np.asarray(x, np.int64) - qmin]
 
 
-def softmax(x, table: np.ndarray, mult: int, zero_point: int, lo: int, hi: int, axis: int = -1) -> np.ndarray:
+def softmax(x, table: np.ndarray, mult: int, zero_point: int, lo: int, hi: int, axis: int = -1,
+            mask=None) -> np.ndarray:
+    """`mask` (optional, broadcast to x, non-zero = masked out, every row keeping one entry): the
+    masked entries weigh 0 and the row max is taken over the others (attention's causal mask)."""
     x = np.asarray(x, np.int64)
-    e = np.asarray(table, np.int64)[x.max(axis=axis, keepdims=True) - x]
+    table = np.asarray(table, np.int64)
+    if mask is None or np.size(mask) == 0:
+        e = table[x.max(axis=axis, keepdims=True) - x]
+    else:
+        keep = np.broadcast_to(np.asarray(mask) == 0, x.shape)
+        top = np.where(keep, x, np.iinfo(np.int64).min).max(axis=axis, keepdims=True)
+        e = np.where(keep, table[np.where(keep, top - x, 0)], 0)
     total = e.sum(axis=axis, keepdims=True)
     y = (e * int(mult) + (total << (SOFTMAX_BITS - 1))) // (total << SOFTMAX_BITS)
     return np.clip(y + zero_point, lo, hi)

@@ -16,7 +16,8 @@ from edgekit.quant.qgraph import parse
 
 
 class Attention(nn.Module):
-    """LayerNorm, softmax(q k^T / sqrt(d)), GELU, SiLU and tanh: every non-linear kind."""
+    """LayerNorm, softmax(q k^T / sqrt(d)) plain and causal (a constant mask filled with -inf),
+    GELU, SiLU and tanh: every non-linear kind."""
 
     def __init__(self, dim=16):
         super().__init__()
@@ -27,7 +28,11 @@ class Attention(nn.Module):
 
     def forward(self, x):
         h = self.ln(self.inp(x))   # a quantized input: the graph input itself stays float
-        att = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / math.sqrt(h.shape[-1]), dim=-1)
+        scores = self.q(h) @ self.k(h).transpose(1, 2)
+        causal = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+        d = math.sqrt(h.shape[-1])   # a Mul and a Div: each softmax region has its own (the exporter merges twins)
+        att = torch.softmax(scores * (1 / d), dim=-1) + torch.softmax((scores / d).masked_fill(causal, float("-inf")),
+                                                                      dim=-1)
         h = att @ self.v(h)
         h = self.fc2(nn.functional.gelu(self.fc1(h)))
         h = self.ln_out(self.out(torch.tanh(nn.functional.silu(h))))
@@ -90,7 +95,11 @@ def _pairs(path, feed):
 def test_every_nonlinear_op_is_found(attention_qdq, upsample_qdq):
     assert parse(upsample_qdq).summary().get("resize") == 3
     counts = parse(attention_qdq).summary()
-    assert counts.get("layernorm") == 2 and counts.get("softmax") == 1
+    assert counts.get("layernorm") == 2 and counts.get("softmax") == 2
+    masks = [op.params.mask for op in parse(attention_qdq).ops if op.kind == "softmax"]
+    assert sorted(m.size for m in masks) == [0, SHAPE[1] ** 2]   # the causal one: 1 above the diagonal
+    np.testing.assert_array_equal(max(masks, key=np.size).reshape(SHAPE[1], SHAPE[1]),
+                                  np.triu(np.ones((SHAPE[1], SHAPE[1]), np.int64), 1))
     assert counts.get("lut", 0) >= 2   # gelu, silu -> tanh (one region or two)
     assert "float" not in counts       # nothing left in float
     float_counts = parse(attention_qdq, integer_nonlinear=False).summary()
@@ -137,6 +146,33 @@ def test_isqrt_is_exact_up_to_two_to_the_52():
     v = np.maximum(v, 0)
     want = np.array([math.isqrt(int(a)) for a in v])
     np.testing.assert_array_equal(nonlinear.isqrt(v), want)
+
+
+def test_tvm_floor_division_in_float64_is_exact_below_two_to_the_53():
+    """The softmax and LayerNorm kernels divide in float64 (vector instructions): the integer
+    quotient for every numerator sign, exact multiples and their neighbours (k * den - 1 with den
+    above 2^32: the closest a quotient comes to an integer), and operands up to 2^53."""
+    import tvm
+    from tvm import relax
+
+    from edgekit.compile.tvm import qlower
+
+    rng = np.random.default_rng(0)
+    den = np.concatenate([rng.integers(1 << 32, 1 << 34, 4000), rng.integers(1, 1 << 20, 2000)])
+    k = rng.integers(-(1 << 52), 1 << 52, den.size) // den
+    num = k * den + rng.integers(-1, 2, den.size)
+    num[-1000:] = rng.integers(-(1 << 53) + 1, 1 << 53, 1000)
+    bb = relax.BlockBuilder()
+    a = relax.Var("num", relax.TensorType((den.size,), "int64"))
+    b = relax.Var("den", relax.TensorType((den.size,), "int64"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(qlower.floor_divide_relax(a, b, 1 << 53))
+        bb.emit_func_output(out)
+    exe = tvm.compile(bb.get(), target="llvm")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(num), tvm.runtime.tensor(den)).numpy()
+    np.testing.assert_array_equal(got, num // den)
 
 
 def test_softmax_rows_sum_to_one_and_follow_the_float_softmax():

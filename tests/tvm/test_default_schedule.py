@@ -105,3 +105,50 @@ def test_compile_warns_about_kernels_without_records(conv_onnx, tmp_path):
     assert len(warning) == 1, proc.stderr
     assert "have no tuning record" in warning[0] and "default schedules" in warning[0]
     assert "--tune" in warning[0] and "unscheduled" not in warning[0]
+
+
+def _scheduled_and_run(func, arrays, out_shape, out_dtype):
+    """(script of the default schedule of `func`, its output on `arrays`)."""
+    import tvm
+
+    from edgekit.compile.tvm import default_schedule, targets
+
+    target = targets.resolve("x86-64").tvm_target()
+    sch = default_schedule.schedule_func(func, target)
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in arrays], out)
+    return sch.mod["main"].script(), out.numpy()
+
+
+def test_rows_that_are_not_whole_vectors_run_in_parallel_along_the_row():
+    """A padding kernel over rows of 257: rows in parallel, no vector across a row boundary (whose
+    lanes would each divide to find their index), and the padded values."""
+    from tvm import te, tirx
+
+    x = te.placeholder((4, 257, 257), "uint8", name="x")
+    y = te.compute((4, 258, 260), lambda b, i, j: tirx.if_then_else(
+        tirx.all(i < 257, j < 257), x[b, tirx.min(i, 256), tirx.min(j, 256)], tirx.const(0, "uint8")), name="pad")
+    data = np.random.default_rng(0).integers(0, 256, (4, 257, 257)).astype(np.uint8)
+    script, got = _scheduled_and_run(te.create_prim_func([x, y]), [data], (4, 258, 260), np.uint8)
+    assert "T.parallel(" in script and "T.vectorized(" not in script and "T.where" not in script
+    np.testing.assert_array_equal(got, np.pad(data, [(0, 0), (0, 1), (0, 3)]))
+
+
+def test_per_row_values_are_computed_once_not_inlined_into_every_element():
+    """LayerNorm's shape: a square root per row, read by every element of the row. It stays its
+    own block (computed 33 times, not 33 x 20), and the results are exact."""
+    from tvm import te, tirx
+
+    x = te.placeholder((8, 33, 20), "int64", name="x")
+    total = te.placeholder((8, 33, 1), "int64", name="total")
+    root = te.compute((8, 33, 1), lambda b, i, _: tirx.max(
+        tirx.floor(tirx.sqrt((total[b, i, 0] // 20 + 1).astype("float64"))).astype("int64"), 1), name="row_root")
+    y = te.compute((8, 33, 20), lambda b, i, j: tirx.floordiv(x[b, i, j] * 4096, root[b, i, 0]), name="norm")
+    rng = np.random.default_rng(1)
+    xs, totals = rng.integers(-5000, 5000, (8, 33, 20)), rng.integers(0, 1 << 40, (8, 33, 1))
+    script, got = _scheduled_and_run(te.create_prim_func([x, total, y]), [xs, totals], (8, 33, 20), np.int64)
+    assert 'sblock("row_root")' in script
+    roots = np.maximum(np.floor(np.sqrt((totals // 20 + 1).astype(np.float64))).astype(np.int64), 1)
+    np.testing.assert_array_equal(got, (xs * 4096) // roots)

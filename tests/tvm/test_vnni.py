@@ -65,9 +65,12 @@ def _linear_qdq(path, rows: int, k: int, n: int, act_type: int, zp_x: int, seed:
     return _save(path, nodes, inits, [rows, k], [rows, n])
 
 
-def _save(path, nodes, inits, x_shape, y_shape) -> str:
-    """The graph x -> nodes -> y (float32) as a checked opset-21 model at `path`."""
-    graph = helper.make_graph(nodes, "layers", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+def _save(path, nodes, inits, x_shape, y_shape, inputs: dict | None = None) -> str:
+    """The graph x -> nodes -> y (float32) as a checked opset-21 model at `path`; `inputs`:
+    {name: shape} of the graph's inputs when they are not just x."""
+    inputs = inputs or {"x": x_shape}
+    values = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs.items()]
+    graph = helper.make_graph(nodes, "layers", values,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
@@ -249,3 +252,77 @@ def test_conv_tiles_stay_on_the_stack():
     for channels, positions in ((1, 1), (17, 64), (96, 4096), (7, 99)):
         mr, nr = vnni.conv_tiles(channels, positions)
         assert mr * nr * 16 * 4 < vnni.STACK_LIMIT
+
+
+@pytest.mark.parametrize("batch,rows,k,n", [(3, 7, 16, 32), (2, 13, 8, 16)])
+def test_activation_product_kernel_equals_the_reference_requantization(batch, rows, k, n):
+    """Y[b] = requantize(A[b] x B[b] + column terms + row terms), one multiplier: the kernel that
+    attention's products (two activations) run on."""
+    import tvm
+
+    rows_p = vnni.padded_rows(rows, n)
+    func = vnni.matmul_func(batch, rows_p, k, n, "int8", rows)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
+    rng = np.random.default_rng(rows)
+    a = rng.integers(0, 256, (batch, rows_p, k)).astype(np.uint8)
+    b = rng.integers(-128, 128, (batch, k, n)).astype(np.int8)
+    col = rng.integers(-2 ** 31, 2 ** 31, (batch, n)).astype(np.int32)   # big enough to wrap
+    row = rng.integers(-2 ** 20, 2 ** 20, (batch, rows)).astype(np.int32)
+    mult, shift = F.quantize_multiplier(np.array([3e-4]))
+    packed = np.stack([vnni.pack_weight(b[i]) for i in range(batch)])
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((batch, rows, n), np.int8), dev)
+    lib["main"](*[tvm.runtime.tensor(v, dev) for v in (a, packed, col, row, mult.astype(np.int64),
+                                                          shift.astype(np.int64), np.array([-5, -100, 110], np.int32))],
+                out)
+    acc = F.wrap_int32(np.einsum("bik,bkj->bij", a[:, :rows].astype(np.int64), b.astype(np.int64))
+                       + col[:, None, :].astype(np.int64) + row[:, :, None].astype(np.int64))
+    want = F.requantize(acc, 0, mult, shift, -5, F.INT8, -100, 110)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def _product_qdq(path, a_shape, b_shape, a_type: int, zp_a: int, b_type: int, zp_b: int) -> str:
+    """a, b -> Q/DQ each (their own types and zero points) -> MatMul -> Q/DQ (uint8) -> y."""
+    def np_type(t):
+        return np.int8 if t == TensorProto.INT8 else np.uint8
+
+    out_shape = list(np.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2]))) + [a_shape[-2], b_shape[-1]]
+    inits = [numpy_helper.from_array(np.float32(0.04), "s_a"),
+             numpy_helper.from_array(np.array(zp_a, np_type(a_type)), "zp_a"),
+             numpy_helper.from_array(np.float32(0.03), "s_b"),
+             numpy_helper.from_array(np.array(zp_b, np_type(b_type)), "zp_b"),
+             numpy_helper.from_array(np.float32(0.5), "s_y"), numpy_helper.from_array(np.array(120, np.uint8), "zp_y")]
+    nodes = [helper.make_node("QuantizeLinear", ["a", "s_a", "zp_a"], ["a_q"]),
+             helper.make_node("DequantizeLinear", ["a_q", "s_a", "zp_a"], ["a_dq"]),
+             helper.make_node("QuantizeLinear", ["b", "s_b", "zp_b"], ["b_q"]),
+             helper.make_node("DequantizeLinear", ["b_q", "s_b", "zp_b"], ["b_dq"]),
+             helper.make_node("MatMul", ["a_dq", "b_dq"], ["p"], name="product"),
+             helper.make_node("QuantizeLinear", ["p", "s_y", "zp_y"], ["y_q"]),
+             helper.make_node("DequantizeLinear", ["y_q", "s_y", "zp_y"], ["y"])]
+    return _save(path, nodes, inits, None, out_shape, inputs={"a": a_shape, "b": b_shape})
+
+
+@pytest.mark.parametrize("a_type,zp_a,b_type,zp_b,b_shape,on_kernel", [
+    (TensorProto.UINT8, 131, TensorProto.UINT8, 7, [2, 3, 37, 20], True),
+    (TensorProto.INT8, -3, TensorProto.INT8, 5, [2, 3, 37, 20], True),
+    (TensorProto.UINT8, 0, TensorProto.INT8, -9, [37, 20], False),     # broadcast batch: Relax matmul
+], ids=["u8u8", "s8s8", "broadcast"])
+def test_activation_products_run_on_vpdpbusd_bit_exactly(tmp_path, a_type, zp_a, b_type, zp_b, b_shape, on_kernel):
+    """A product of two activations (13 x 37 by 37 x 20 per batch: every dimension padded) compiled
+    with and without the int8 dot-product kernels: the integer reference's codes both ways; the
+    kernel takes same-batch products, a broadcast one stays Relax matmul."""
+    from edgekit.compile import compile_model
+    from edgekit.quant import intref
+    from edgekit.runtime import open_session
+
+    src = _product_qdq(tmp_path / "product.onnx", [2, 3, 13, 37], b_shape, a_type, zp_a, b_type, zp_b)
+    rng = np.random.default_rng(3)
+    feeds = {"a": rng.standard_normal((2, 3, 13, 37)).astype(np.float32) * 3,
+             "b": rng.standard_normal(b_shape).astype(np.float32) * 3}
+    want = intref.run(src, feeds)["y"]
+    for dot in (True, False):
+        meta = compile_model(src, "x86-64", tmp_path / str(dot), committed_db=False, int8_dot=dot)
+        assert meta["integer_ops"] == {"matmul": 1}
+        assert meta["tuning"]["kernels_int8_dot"] == (1 if dot and on_kernel else 0)
+        with open_session(tmp_path / str(dot)) as session:
+            np.testing.assert_array_equal(session.run(feeds)["y"], want)

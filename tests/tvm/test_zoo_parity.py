@@ -75,7 +75,7 @@ def test_zoo_fp32_and_integer_parity(name, zoo_dir):
         got = s.run(feeds)
     # Integer ops are bit-exact, softmax, layernorm, resize and element-wise regions included
     # (edgekit.quant.nonlinear). Float regions left (deblur's DFT products with float constants,
-    # the lm's rotary Mul and masked softmax) run TVM's float kernels where the reference runs
+    # the lm's rotary Mul) run TVM's float kernels where the reference runs
     # torch's: a rare last-bit difference there can change a code, and the difference travels
     # downstream. So: walking the ops in order, the first tensor that differs must come out of a
     # float op (the integer ops add no difference of their own), and most codes must still agree.
