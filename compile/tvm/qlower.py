@@ -660,13 +660,19 @@ class ResizeHandler(KindHandler):
         op = relax.op
         shape = _ints(attr, "in_shape")
         axes = _ints(attr, "resize_axes") if "resize_axes" in attr else []
-        acc = _centered(inputs[0], out.zps[0], "int64")
+        # int32 (twice the lanes of int64, and no 64-bit multiplies) when no sum can leave it
+        lo, hi = _input_range(bb, inputs[0])
+        bound = max(abs(lo - out.zps[0]), abs(hi - out.zps[0]))
+        for i in range(len(axes)):
+            bound *= int(np.abs(_arr(attr, f"weight{i}")).sum(axis=1).max(initial=1))
+        dtype = "int32" if bound < 2 ** 31 else "int64"
+        acc = _centered(inputs[0], out.zps[0], dtype)
         for i, axis in enumerate(axes):
             index, weight = _arr(attr, f"index{i}"), _arr(attr, f"weight{i}")
             gathered = op.take(acc, relax.const(index.reshape(-1), "int64"), axis=axis)
             gathered = op.reshape(gathered, shape[:axis] + list(index.shape) + shape[axis + 1:])
             w = weight.reshape((1,) * axis + weight.shape + (1,) * (len(shape) - axis - 1))
-            acc = op.sum(op.multiply(gathered, relax.const(w, "int64")), axis=[axis + 1])
+            acc = op.sum(op.multiply(gathered, relax.const(w, dtype)), axis=[axis + 1])
             shape[axis] = index.shape[0]
         shift = _arr(attr, "shift").reshape((1,)) + NL.RESIZE_BITS * len(axes)
         return out(acc, None, _arr(attr, "mult").reshape((1,)), shift)

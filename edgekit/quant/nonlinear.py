@@ -112,7 +112,8 @@ def softmax(x, table: np.ndarray, mult: int, zero_point: int, lo: int, hi: int, 
     if mask is None or np.size(mask) == 0:
         e = table[x.max(axis=axis, keepdims=True) - x]
     else:
-        keep = np.broadcast_to(np.asarray(mask) == 0, x.shape)
+        shape = np.broadcast_shapes(x.shape, np.shape(mask))   # Where broadcasts both sides
+        x, keep = np.broadcast_to(x, shape), np.broadcast_to(np.asarray(mask) == 0, shape)
         top = np.where(keep, x, np.iinfo(np.int64).min).max(axis=axis, keepdims=True)
         e = np.where(keep, table[np.where(keep, top - x, 0)], 0)
     total = e.sum(axis=axis, keepdims=True)

@@ -187,6 +187,24 @@ def test_softmax_rows_sum_to_one_and_follow_the_float_softmax():
     assert np.abs((y / 255).sum(-1) - 1).max() <= 40 / 255 / 2
 
 
+def test_masked_softmax_follows_the_float_one_and_broadcasts_like_where():
+    """A causal mask with a batch dimension x lacks: the output takes the broadcast shape (as
+    Where's would), masked entries are 0, the rest within one step of the float softmax."""
+    from edgekit.quant import formats as F
+    from edgekit.quant.qgraph import QTensor
+
+    in_q, out_q = QTensor(0.05, 128, F.UINT8), QTensor(1 / 255, 0, F.UINT8)
+    x = np.random.default_rng(2).integers(0, 256, (40, 40))
+    mask = np.stack([np.triu(np.ones((40, 40), np.int64), 1), np.tril(np.ones((40, 40), np.int64), -1)])
+    y = nonlinear.softmax(x, nonlinear.exp_table(in_q, 1.0), nonlinear.softmax_multiplier(out_q), 0, 0, 255,
+                          mask=mask)
+    scores = torch.tensor((x - 128) * 0.05, dtype=torch.float64).masked_fill(torch.from_numpy(mask).bool(),
+                                                                               float("-inf"))
+    real = torch.softmax(scores, -1).numpy()
+    assert y.shape == (2, 40, 40) and np.all(y[mask == 1] == 0)
+    assert np.abs(y / 255 - real).max() <= 1 / 255
+
+
 def test_regions_that_are_not_one_function_of_a_code_stay_float(tmp_path):
     """x * per-channel constant is element-wise but differs per channel: no table can compute it."""
     from edgekit.quant.pipeline import QuantConfig, quantize
