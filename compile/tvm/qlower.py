@@ -533,22 +533,18 @@ def _int64(value):
 FLOAT64_EXACT = 1 << 53   # float64 holds every integer below this exactly
 
 
-def floor_divide_relax(num, den, bound: int):
+def floor_divide_relax(num, den, bound: int | None):
     """num // den for int64 `num` and positive `den` (a per-row divisor, broadcast). x86 has no
     vector integer division, so int64 `floor_divide` runs one scalar `idiv` per element (depth's
     attention softmax spent 0.3 ms per block in it). When |num| and den stay below `bound` <=
     2^53, floor(num / den) in float64 is the integer quotient, in vector instructions: both are
     exact in float64, and for a quotient x that is not an integer the next integer lies at least
-    1/den away while rounding moves x by at most |x| 2^-53 < 1/den, so no rounding crosses it."""
+    1/den away while rounding moves x by at most |x| 2^-53 < 1/den, so no rounding crosses it.
+    `bound` None: not known (a dynamic shape), int64 division."""
     op = _relax().op
-    if bound > FLOAT64_EXACT:
+    if bound is None or bound > FLOAT64_EXACT:
         return op.floor_divide(num, den)
     return op.astype(op.floor(op.divide(op.astype(num, "float64"), op.astype(den, "float64"))), "int64")
-
-
-def _row_length(bb, x) -> int | None:
-    dims = vnni.static_shape(bb, x)
-    return dims[-1] if dims else None
 
 
 class _Nonlinear(KindHandler):
@@ -600,10 +596,9 @@ class SoftmaxHandler(_Nonlinear):
         num = op.add(op.multiply(e, _int64(attr["softmax_mult"])),
                      op.left_shift(total, _int64(NL.SOFTMAX_BITS - 1)))
         # the table holds e <= 2^EXP_BITS, so total <= row * 2^EXP_BITS
-        length = _row_length(bb, inputs[0])
-        unit = 1 << NL.EXP_BITS
-        bound = FLOAT64_EXACT + 1 if length is None else (unit * abs(int(attr["softmax_mult"]))
-                                                          + (length * unit << (NL.SOFTMAX_BITS + 1)))
+        dims, unit = vnni.static_shape(bb, inputs[0]), 1 << NL.EXP_BITS
+        bound = None if dims is None else (unit * abs(int(attr["softmax_mult"]))
+                                           + (dims[-1] * unit << (NL.SOFTMAX_BITS + 1)))
         return self.finish(floor_divide_relax(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS)), bound), out)
 
 
@@ -661,14 +656,14 @@ class ResizeHandler(KindHandler):
         shape = _ints(attr, "in_shape")
         axes = _ints(attr, "resize_axes") if "resize_axes" in attr else []
         # int32 (twice the lanes of int64, and no 64-bit multiplies) when no sum can leave it
+        taps = [(axis, _arr(attr, f"index{i}"), _arr(attr, f"weight{i}")) for i, axis in enumerate(axes)]
         lo, hi = _input_range(bb, inputs[0])
         bound = max(abs(lo - out.zps[0]), abs(hi - out.zps[0]))
-        for i in range(len(axes)):
-            bound *= int(np.abs(_arr(attr, f"weight{i}")).sum(axis=1).max(initial=1))
+        for _, _, weight in taps:
+            bound *= int(np.abs(weight).sum(axis=1).max(initial=1))
         dtype = "int32" if bound < 2 ** 31 else "int64"
         acc = _centered(inputs[0], out.zps[0], dtype)
-        for i, axis in enumerate(axes):
-            index, weight = _arr(attr, f"index{i}"), _arr(attr, f"weight{i}")
+        for axis, index, weight in taps:
             gathered = op.take(acc, relax.const(index.reshape(-1), "int64"), axis=axis)
             gathered = op.reshape(gathered, shape[:axis] + list(index.shape) + shape[axis + 1:])
             w = weight.reshape((1,) * axis + weight.shape + (1,) * (len(shape) - axis - 1))

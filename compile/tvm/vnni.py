@@ -265,12 +265,20 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
 
 def _as_uint8(x, x_ty, zero_point: int):
     """int8 activation codes enter the kernels as uint8: x + 128, zero point + 128."""
+    return _recoded(x, x_ty, zero_point, "uint8")
+
+
+def _recoded(x, x_ty, zero_point: int, dtype: str):
+    """8-bit codes `x` as `dtype` (uint8 or int8): shifted by 128 and their zero point with them
+    when they are of the other signedness (the value x - zero point is unchanged)."""
     from tvm import relax
 
-    if str(x_ty.dtype) != "int8":
+    if str(x_ty.dtype) == dtype:
         return x, zero_point
+    delta = 128 if dtype == "uint8" else -128
     op = relax.op
-    return op.astype(op.add(op.astype(x, "int16"), relax.const(np.array([128], np.int16))), "uint8"), zero_point + 128
+    shifted = op.add(op.astype(x, "int16"), relax.const(np.array([delta], np.int16)))
+    return op.astype(shifted, dtype), zero_point + delta
 
 
 def _kernel(bb, name: str, build):
@@ -353,21 +361,12 @@ def matmul_supported(a_shape, b_shape, a_dtype: str, b_dtype: str) -> bool:
             and {a_dtype, b_dtype} <= {"uint8", "int8"})
 
 
-def _as_int8(x, x_ty, zero_point: int):
-    """uint8 activation codes enter as int8: x - 128, zero point - 128."""
-    from tvm import relax
-
-    if str(x_ty.dtype) != "uint8":
-        return x, zero_point
-    op = relax.op
-    shifted = op.subtract(op.astype(x, "int16"), relax.const(np.array([128], np.int16)))
-    return op.astype(shifted, "int8"), zero_point - 128
-
-
 def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: int, out_dtype: str):
     """Codes y[..., M, N] = requantize(sum_k (a[..., M, K] - za) (b[..., K, N] - zb)) on the VNNI
     kernel (see above); `matmul_supported` must hold for the operands."""
     from tvm import relax
+
+    from edgekit.quant.formats import wrap_int32
 
     op = relax.op
     a_shape, b_shape = static_shape(bb, a), static_shape(bb, b)
@@ -375,7 +374,7 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
     n = b_shape[-1]
     batch = int(np.prod(lead, dtype=np.int64))
     a, za = _as_uint8(a, bb.normalize(a).ty, int(zero_points[0]))
-    b, zb = _as_int8(b, bb.normalize(b).ty, int(zero_points[1]))
+    b, zb = _recoded(b, bb.normalize(b).ty, int(zero_points[1]), "int8")
     kp, np_ = padded(k, n)
     rows_p = padded_rows(m, np_)
 
@@ -384,7 +383,8 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
 
     a3, b3 = op.reshape(a, (batch, m, k)), op.reshape(b, (batch, k, n))
     row_bias = op.multiply(op.sum(op.astype(a3, "int32"), axis=[2]), scalar(-zb))
-    col_bias = op.add(op.multiply(op.sum(op.astype(b3, "int32"), axis=[1]), scalar(-za)), scalar(k * za * zb))
+    col_bias = op.add(op.multiply(op.sum(op.astype(b3, "int32"), axis=[1]), scalar(-za)),
+                      scalar(int(wrap_int32(np.int64(k * za * zb)))))   # int32 terms wrap alike
     if np_ != n:
         col_bias = op.nn.pad(col_bias, [0, 0, 0, np_ - n])
     if rows_p != m or kp != k:

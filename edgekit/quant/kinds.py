@@ -477,7 +477,7 @@ class Softmax(Kind):
         axis = int(node_attrs(softmax).get("axis", -1 if r.opset >= 13 else 1))
         if axis != -1:
             return None
-        x, factor, mask = softmax.input[0], 1.0, None
+        x, factor, mask = softmax.input[0], 1.0, np.zeros(0, np.int64)
         if before and before[0].op_type == "Where":
             where = before.pop(0)
             if where.output[0] != x or (masked := _constant_mask(r, where)) is None:
@@ -493,16 +493,14 @@ class Softmax(Kind):
         if x not in r.dq_act or not factor > 0:
             return None
         in_q = r.dq_act[x][1]
-        extra = {}
-        if mask is not None:
+        if mask.size:
             lowest = factor * float(in_q.scale) * (in_q.qtype.qmin - int(in_q.zero_point))
             # a masked entry weighs exp(fill - row max) in float: below e^-30 of the row max, it
             # is 0 at any output step; and each row must keep an entry to normalize over
             if not fill - lowest < -30 or not np.all(np.any(mask == 0, axis=-1)):
                 return None
-            extra["mask"] = mask
         return r.int_op(self, acts=[x], table=NL.exp_table(in_q, factor), mult=NL.softmax_multiplier(r.out_q),
-                        **extra)
+                        mask=mask)
 
 
 class Resize(Kind):
