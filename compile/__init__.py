@@ -26,7 +26,7 @@ def compile_model(onnx_path, target: str, out_dir, **options) -> dict:
     True), committed_db (apply the committed database of a zoo model, default True),
     default_schedules (rule-based schedules for kernels without a tuning record, default
     True; False leaves them as TVM's unscheduled loops), int8_dot (linear / gemm layers of the
-    integer lowering on int8 dot-product kernels where the target has them, AVX-512 VNNI; default True),
+    integer lowering on int8 dot-product kernels where the target has them: AVX-512 VNNI, arm64 +dotprod; default True),
     integer_nonlinear (softmax, layernorm, resize and element-wise regions on their integer
     definitions, bit-exact with the integer reference; default True),
     log (callable receiving progress lines).

@@ -7,6 +7,8 @@ For each model, in one process, same inputs, same thread count:
   | TVM FP32 tuned | TVM integer with no record (default schedules) | TVM integer tuned
   | TVM integer tuned without the int8 dot-product kernels (--no-int8-dot)
   | TVM integer tuned with softmax / LayerNorm / Resize / GELU... in float (--float-nonlinear)
+  | TVM integer for an AVX2 CPU without AVX-512 (mcpu=haswell: the vpmaddubsw kernels), and the
+    same without the int8 dot-product kernels: what a user of such a CPU gets, run on this one
 plus parity: TVM FP32 vs onnxruntime (max relative error) and TVM integer vs
 the integer reference (exact or not). The runners take turns (--rounds, each running
 repeat/rounds times) so that the host's slow minutes fall on every column alike; the
@@ -18,6 +20,7 @@ with edgekit's quantizer (RTN, W4A8 by default) unless --qdq-dir holds
 MODEL.q.onnx.
 
     python tools/bench_compile.py --out bench/ [--models litepose deblur] [--repeat 50]
+    python tools/bench_compile.py --out bench/ --variants tvm_int_tuned tvm_int_avx2 tvm_int_avx2_no_dot
 Writes bench/bench_compile.json and bench/bench_compile.md and prints the table.
 """
 from __future__ import annotations
@@ -129,29 +132,35 @@ def _ms(value) -> str:
     return "failed" if value is None else f"{value:.2f}"
 
 
+# (column title, row key) of the timed runners, in table order
+TIMED = [("ORT FP32", "ort_fp32"), ("ORT QDQ", "ort_qdq"), ("ORT W8A8 QDQ", "ort_w8a8_qdq"),
+         ("ORT W8A8 QOperator", "ort_w8a8_qop"), ("TVM FP32 no record, unscheduled", "tvm_fp32_unscheduled"),
+         ("TVM FP32 no record, default schedules", "tvm_fp32_default"), ("TVM FP32 tuned", "tvm_fp32_tuned"),
+         ("TVM int no record, default schedules", "tvm_int_default"), ("TVM int tuned", "tvm_int_tuned"),
+         ("TVM int tuned, no int8 dot", "tvm_int_no_dot"), ("TVM int tuned, float non-linear", "tvm_int_float_nl"),
+         ("TVM int AVX2 (haswell)", "tvm_int_avx2"), ("TVM int AVX2 (haswell), no int8 dot", "tvm_int_avx2_no_dot")]
+TVM_VARIANTS = [key for _, key in TIMED if key.startswith("tvm_")]
+
+
 def markdown(rows: list[dict]) -> str:
-    header = ("| model | ORT FP32 ms | ORT QDQ ms | ORT W8A8 QDQ ms | ORT W8A8 QOperator ms "
-              "| TVM FP32 no record, unscheduled ms "
-              "| TVM FP32 no record, default schedules ms | TVM FP32 tuned ms "
-              "| TVM int no record, default schedules ms | TVM int tuned ms | TVM int tuned, no int8 dot ms "
-              "| TVM int tuned, float non-linear ms "
-              "| ORT FP32 / TVM int tuned "
-              "| kernels tuned (fp32 / int) | compile s with DBs (fp32 / int) | FP32 rel err vs ORT "
-              "| int == intref (tuned / default / no dot / float non-linear) | FP32 default vs unscheduled rel diff |")
-    lines = [header, "|" + "---|" * 18]
+    """The table of the columns that some row has; "-" where a row lacks one, "failed" where it failed."""
+    timed = [(title, key) for title, key in TIMED if any(key + "_ms" in r for r in rows)]
+    ints = [key for _, key in timed if key.startswith("tvm_int")]
+    titles = ([f"{title} ms" for title, _ in timed] + ["ORT FP32 / TVM int tuned", "kernels tuned (fp32 / int)",
+              "FP32 rel err vs ORT", "int == intref (" + " / ".join(k[8:] for k in ints) + ")"])
+    lines = ["| model | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 1)]
+
+    def cell(r, key, fmt="{}"):
+        return "-" if key not in r else ("failed" if r[key] is None else fmt.format(r[key]))
+
     for r in rows:
-        lines.append(f"| {r['model']} | {r['ort_fp32_ms']:.2f} | {r['ort_qdq_ms']:.2f} "
-                     f"| {_ms(r['ort_w8a8_qdq_ms'])} | {_ms(r['ort_w8a8_qop_ms'])} "
-                     f"| {r['tvm_fp32_unscheduled_ms']:.2f} | {r['tvm_fp32_default_ms']:.2f} "
-                     f"| {r['tvm_fp32_tuned_ms']:.2f} | {r['tvm_int_default_ms']:.2f} | {r['tvm_int_tuned_ms']:.2f} "
-                     f"| {r['tvm_int_no_dot_ms']:.2f} | {_ms(r.get('tvm_int_float_nl_ms'))} "
-                     f"| {r['ort_fp32_ms'] / r['tvm_int_tuned_ms']:.2f}x "
-                     f"| {r['tvm_fp32_tuned_kernels_tuned']} / {r['tvm_int_tuned_kernels_tuned']} "
-                     f"| {r['tvm_fp32_tuned_compile_s']:.0f} / {r['tvm_int_tuned_compile_s']:.0f} "
-                     f"| {r['fp32_max_rel_err_vs_ort']:.1e} "
-                     f"| {r['tvm_int_tuned_equals_intref']} / {r['tvm_int_default_equals_intref']} "
-                     f"/ {r['tvm_int_no_dot_equals_intref']} / {r.get('tvm_int_float_nl_equals_intref')} "
-                     f"| {r['fp32_default_vs_unscheduled_rel']:.1e} |")
+        ratio = (f"{r['ort_fp32_ms'] / r['tvm_int_tuned_ms']:.2f}x"
+                 if r.get("tvm_int_tuned_ms") and r.get("ort_fp32_ms") else "-")
+        cells = [cell(r, key + "_ms", "{:.2f}") for _, key in timed] + [
+            ratio, f"{cell(r, 'tvm_fp32_tuned_kernels_tuned')} / {cell(r, 'tvm_int_tuned_kernels_tuned')}",
+            cell(r, "fp32_max_rel_err_vs_ort", "{:.1e}"),
+            " / ".join(cell(r, f"{key}_equals_intref") for key in ints)]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -167,6 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--act-bits", type=int, default=8)
     parser.add_argument("--qdq-dir", default=None, help="use MODEL.q.onnx from here instead of quantizing")
     parser.add_argument("--tuning-db", default=None, help="extra tuning database applied to the tuned variants")
+    parser.add_argument("--variants", nargs="+", default=TVM_VARIANTS, choices=TVM_VARIANTS,
+                        help="the TVM builds to time (default: all); onnxruntime's are always timed")
     args = parser.parse_args(argv)
 
     from edgekit.commands.bench import random_inputs, summarize, time_onnxruntime
@@ -188,7 +199,10 @@ def main(argv=None) -> int:
             "tvm_int_tuned": (qdq, dict(tuning_db=args.tuning_db)),
             "tvm_int_no_dot": (qdq, dict(tuning_db=args.tuning_db, int8_dot=False)),
             "tvm_int_float_nl": (qdq, dict(tuning_db=args.tuning_db, integer_nonlinear=False)),
+            "tvm_int_avx2": (qdq, dict(target_opts="mcpu=haswell")),
+            "tvm_int_avx2_no_dot": (qdq, dict(target_opts="mcpu=haswell", int8_dot=False)),
         }
+        variants = {key: value for key, value in variants.items() if key in args.variants}
         row = {"model": name, "threads": args.threads, "fp32": str(fp32), "qdq": str(qdq)}
         feeds = None
         outputs = {}
@@ -218,17 +232,20 @@ def main(argv=None) -> int:
         # parity
         import onnxruntime as ort
 
-        ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
-        rel = max(float(np.abs(outputs["tvm_fp32_tuned"][o.name] - r).max() / max(np.abs(r).max(), 1e-12))
-                  for o, r in zip(ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_outputs(),
-                                  ref))
-        row["fp32_max_rel_err_vs_ort"] = rel
+        if "tvm_fp32_tuned" in outputs:
+            session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+            row["fp32_max_rel_err_vs_ort"] = max(
+                float(np.abs(outputs["tvm_fp32_tuned"][o.name] - r).max() / max(np.abs(r).max(), 1e-12))
+                for o, r in zip(session.get_outputs(), session.run(None, feeds)))
         iref = intref.run(str(qdq), feeds)
-        for key in ("tvm_int_tuned", "tvm_int_default", "tvm_int_no_dot", "tvm_int_float_nl"):
-            row[f"{key}_equals_intref"] = all(np.array_equal(outputs[key][k], np.asarray(v)) for k, v in iref.items())
-        row["fp32_default_vs_unscheduled_rel"] = max(  # FMA contraction of inlined epilogues, at most
-            float(np.abs(outputs["tvm_fp32_default"][k] - v).max() / max(np.abs(v).max(), 1e-12))
-            for k, v in outputs["tvm_fp32_unscheduled"].items())
+        for key in outputs:
+            if key.startswith("tvm_int"):
+                row[f"{key}_equals_intref"] = all(np.array_equal(outputs[key][k], np.asarray(v))
+                                                  for k, v in iref.items())
+        if {"tvm_fp32_default", "tvm_fp32_unscheduled"} <= outputs.keys():
+            row["fp32_default_vs_unscheduled_rel"] = max(  # FMA contraction of inlined epilogues, at most
+                float(np.abs(outputs["tvm_fp32_default"][k] - v).max() / max(np.abs(v).max(), 1e-12))
+                for k, v in outputs["tvm_fp32_unscheduled"].items())
         rows.append(row)
         log(f"{name}: {json.dumps(row)}")
     (out / "bench_compile.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -3,7 +3,7 @@
 
 One quantized layer y = requantize(x W + b), x [M, K] uint8 codes, W [K, N] int4 codes, built as a
 float ONNX MatMul + bias, quantized by edgekit (RTN, W4A8) and compiled for this CPU twice: with
-the int8 dot-product kernel (compile/tvm/vnni.py, AVX-512 VNNI) and without it (int16 or exact-float32
+the int8 dot-product kernel (compile/tvm/dotprod.py, AVX-512 VNNI) and without it (int16 or exact-float32
 operands, the lowering before it, default schedules). Beside them, torch on the same shapes:
 `torch._int_mm` (int8 x int8 -> int32, oneDNN/FBGEMM, no requantization) and float32 `torch.mm`;
 and the VNNI kernel alone on device arrays (the layer rows also quantize x, copy it in and
@@ -68,11 +68,11 @@ def kernel_run(m: int, k: int, n: int, threads: int):
     """The VNNI kernel by itself on device arrays (no input quantization, no output copy): a call."""
     import tvm
 
-    from edgekit.compile.tvm import targets, vnni
+    from edgekit.compile.tvm import dotprod, targets
 
-    kp, np_ = vnni.padded(k, n)
-    rows = vnni.padded_rows(m, np_)
-    func = vnni.dense_func(rows, kp, np_, "uint8")
+    kp, np_ = dotprod.padded(k, n)
+    rows = dotprod.padded_rows(m, np_)
+    func = dotprod.dense_func(rows, kp, np_, "uint8")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=targets.resolve("x86-64", num_cores=threads).tvm_target())
     rng = np.random.default_rng(0)
     dev = tvm.cpu()
@@ -98,11 +98,11 @@ def bench_shape(shape: str, args) -> dict:
     import torch
 
     from edgekit.compile import compile_model
-    from edgekit.compile.tvm import targets, vnni
+    from edgekit.compile.tvm import dotprod, targets
     from edgekit.runtime import open_session
 
     m, k, n = parse_shape(shape)
-    has_vnni = vnni.available(targets.resolve("x86-64", num_cores=args.threads).tvm_target())
+    has_vnni = dotprod.available(targets.resolve("x86-64", num_cores=args.threads).tvm_target())
     torch.set_num_threads(args.threads)
     runs, sessions = {}, []
     with tempfile.TemporaryDirectory(prefix="edgekit-gemm-") as tmp:

@@ -14,7 +14,7 @@ import platform
 import time
 from pathlib import Path
 
-from edgekit.compile.tvm import vnni
+from edgekit.compile.tvm import dotprod
 from edgekit.errors import EdgekitError
 from edgekit.runtime.artifact import FORMAT_VERSION, LIBRARY, METADATA, sha256_file  # the format's one home
 
@@ -55,27 +55,27 @@ def apply_databases(mod, target, folders: list[Path]):
 
 def count_scheduled(mod) -> tuple[int, int, int]:
     """(scheduled, total, int8 dot-product) TIR kernels of `mod`. Kernels that edgekit scheduled
-    itself (vnni.py) are counted apart: its dot-product kernels in the third number only, the
+    itself (dotprod.py) are counted apart: its dot-product kernels in the third number only, the
     layout kernels that feed them in none."""
     import tvm
 
     from edgekit.compile.tvm.default_schedule import is_scheduled
 
     kernels = [func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
-    own = [str((func.attrs or {}).get(vnni.KERNEL_ATTR, "")) for func in kernels]
+    own = [str((func.attrs or {}).get(dotprod.KERNEL_ATTR, "")) for func in kernels]
     rest = [func for func, tag in zip(kernels, own) if not tag]
-    return sum(is_scheduled(func) for func in rest), len(rest), own.count(vnni.DOT_KERNEL)
+    return sum(is_scheduled(func) for func in rest), len(rest), own.count(dotprod.DOT_KERNEL)
 
 
 def _report_schedules(log, spec, target, db_folders, tuned: int, defaulted: int, total: int,
-                      int8_kernels: int = 0) -> None:
+                      int8_kernels: int = 0, dot: str | None = None) -> None:
     """Say where each kernel's schedule came from; warn when any kernel runs untuned, since
     tuned code is typically several times faster and the user can get it with --tune."""
     from edgekit.errors import warn
 
     log(f"building for {spec.name} ({target.attrs.get('mcpu', 'generic')}): {tuned}/{total} kernels tuned"
         + (f" (records from {', '.join(p.name for p in db_folders)})" if db_folders else "")
-        + (f", {int8_kernels} int8 dot-product (VNNI) kernels" if int8_kernels else ""))
+        + (f", {int8_kernels} int8 dot-product ({dot}) kernels" if int8_kernels else ""))
     untuned = total - tuned
     if not untuned:
         return
@@ -127,7 +127,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     import tvm
 
     import edgekit
-    from edgekit.compile.tvm import default_schedule, importer, qlower, tuning, vnni
+    from edgekit.compile.tvm import default_schedule, dotprod, importer, qlower, tuning
     from edgekit.compile.tvm.converters import CONVERTERS
     from edgekit.fileio import atomic_dir, save_json
     from edgekit.runtime.session import reserve_threads
@@ -147,7 +147,8 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
 
         if integer:
             # reads the int4 initializers (before widening); its qgraph.parse checks every Q/DQ parameter first
-            dot = "vnni" if int8_dot and vnni.available(spec.tvm_target()) else None
+            isa = dotprod.detect(spec.tvm_target()) if int8_dot else None
+            dot = isa.name if isa else None
             lowered = qlower.lower(model, dot=dot, integer_nonlinear=integer_nonlinear)
         else:
             check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
@@ -199,7 +200,7 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
     defaulted = 0
     if default_schedules:  # kernels without a record: rule-based schedules instead of naive loops
         mod, defaulted = default_schedule.apply(mod, target)
-    _report_schedules(log, spec, target, db_folders, tuned, defaulted, total, int8_kernels)
+    _report_schedules(log, spec, target, db_folders, tuned, defaulted, total, int8_kernels, dot)
     executable = tvm.compile(mod, target=target)
 
     out_dir = Path(out_dir)

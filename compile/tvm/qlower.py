@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekit.compile.tvm import vnni
+from edgekit.compile.tvm import dotprod
 from edgekit.compile.tvm.importer import EDGEKIT_DOMAIN
 from edgekit.onnx_graph.model import consumers, static_dims
 from edgekit.quant import formats as F
@@ -52,7 +52,7 @@ def _tensor_attr(value, name):
 
 def _node_for(op, index: int, input_names: list[str], shapes: dict, dot: str | None = None) -> object | None:
     """The QLinearInteger node computing QOp `op`, or None when its kind's handler declines it.
-    `dot`: the int8 dot-product kernels the target has ("vnni"), for the kinds that use them."""
+    `dot`: the int8 dot-product kernels the target has (a dotprod.ISAS name), for the kinds that use them."""
     from onnx import helper
 
     handler = HANDLERS[op.kind]
@@ -89,8 +89,9 @@ def _known_shapes(model) -> dict:
 
 
 def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict:
-    """Rewrite the integer ops of QDQ `model` in place (before int4 widening). `dot`: "vnni" when
-    the target has AVX-512 VNNI (linear / gemm layers then run on compile/tvm/vnni.py's kernel).
+    """Rewrite the integer ops of QDQ `model` in place (before int4 widening). `dot`: the name of the
+    target's int8 dot-product instruction ("vnni": AVX-512 VNNI, "sdot": arm64 +dotprod; linear, gemm,
+    conv and activation-product layers then run on compile/tvm/dotprod.py's kernels).
     `integer_nonlinear=False` leaves softmax, layernorm, resize and element-wise regions in float
     (as the QDQ file writes them; then not bit-exact with the integer reference).
 
@@ -273,9 +274,10 @@ def _to_int32(acc, dtype: str):
     return acc if dtype == "int32" else relax.op.astype(acc, "int32")
 
 
-def _dot(attr) -> str:
+def _dot(attr):
+    """The dotprod.DotIsa the node's `dot` attribute names, or None."""
     dot = attr.get("dot", b"")
-    return dot.decode() if isinstance(dot, bytes) else dot
+    return dotprod.ISAS.get(dot.decode() if isinstance(dot, bytes) else dot)
 
 
 def conv_acc(bb, x, attr):
@@ -375,8 +377,8 @@ class _Weighted(KindHandler):
 
 
 class ConvHandler(_Weighted):
-    """conv: with `dot` = "vnni" and a batch-1 convolution of stride 1 or 2, of groups 1 or depthwise, the
-    product and its requantization are one kernel of compile/tvm/vnni.py; other convolutions
+    """conv: with a `dot` instruction and a batch-1 convolution of stride 1 or 2, of groups 1 or depthwise, the
+    product and its requantization are one kernel of compile/tvm/dotprod.py; other convolutions
     (grouped, dilated) stay Relax conv2d.
     conv_transpose (below) runs there too, as a stride-1 convolution and a pixel shuffle."""
 
@@ -392,16 +394,17 @@ class ConvHandler(_Weighted):
 
     def emit(self, bb, inputs, attr, out):
         weight = _arr(attr, "weight")
-        geometry = (vnni.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "strides"), _ints(attr, "dilations"),
+        geometry = (dotprod.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "strides"), _ints(attr, "dilations"),
                     int(attr["group"]))
-        emit = None
-        if _dot(attr) == "vnni":
-            emit = (vnni.emit_conv if vnni.conv_supported(*geometry)
-                    else vnni.emit_depthwise if vnni.depthwise_supported(*geometry) else None)
+        emit, isa = None, _dot(attr)
+        if isa is not None and isa.exact_for(weight):
+            emit = (dotprod.emit_conv if dotprod.conv_supported(*geometry)
+                    else dotprod.emit_depthwise if dotprod.depthwise_supported(*geometry) else None)
         if emit is None:
             return super().emit(bb, inputs, attr, out)
         return emit(bb, inputs[0], weight, _ints(attr, "pads"), _ints(attr, "strides")[0], out.zps[0],
-                    _arr(attr, "bias"), _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
+                    _arr(attr, "bias"), _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype,
+                    isa)
 
     def accumulate(self, bb, x, attr):
         return conv_acc(bb, x, attr)
@@ -412,14 +415,15 @@ class ConvTransposeHandler(ConvHandler):
         return super().supports(op, input_names, shapes) and op.attrs.get("output_shape") is None
 
     def emit(self, bb, inputs, attr, out):
-        weight = _arr(attr, "weight")
-        if _dot(attr) != "vnni" or not vnni.conv_transpose_supported(
-                vnni.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "pads"), _ints(attr, "dilations"),
+        weight, isa = _arr(attr, "weight"), _dot(attr)
+        if isa is None or not isa.exact_for(weight) or not dotprod.conv_transpose_supported(
+                dotprod.static_shape(bb, inputs[0]), weight.shape, _ints(attr, "pads"), _ints(attr, "dilations"),
                 int(attr["group"])):
             return _Weighted.emit(self, bb, inputs, attr, out)
-        return vnni.emit_conv_transpose(bb, inputs[0], weight, _ints(attr, "strides"), _ints(attr, "pads"),
-                                        _ints(attr, "output_padding"), out.zps[0], _arr(attr, "bias"),
-                                        _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
+        return dotprod.emit_conv_transpose(bb, inputs[0], weight, _ints(attr, "strides"), _ints(attr, "pads"),
+                                           _ints(attr, "output_padding"), out.zps[0], _arr(attr, "bias"),
+                                           _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype,
+                                           isa)
 
     def attributes(self, op, input_names, shapes):
         return super().attributes(op, input_names, shapes) | {
@@ -430,16 +434,17 @@ class ConvTransposeHandler(ConvHandler):
 
 
 class LinearHandler(_Weighted):
-    """linear: MatMul with a constant weight. With `dot` = "vnni" (the target has AVX-512 VNNI) and a
-    static shape, the product and its requantization are one kernel of compile/tvm/vnni.py."""
+    """linear: MatMul with a constant weight. With a `dot` instruction (the target has AVX-512 VNNI or
+    arm64's sdot) and a static shape, the product and its requantization are one kernel of compile/tvm/dotprod.py."""
 
     dot_product = True
 
     def emit(self, bb, inputs, attr, out):
-        if _dot(attr) != "vnni" or vnni.static_shape(bb, inputs[0]) is None:
+        isa, weight = _dot(attr), _weight_kn(attr)
+        if isa is None or not isa.exact_for(weight) or dotprod.static_shape(bb, inputs[0]) is None:
             return super().emit(bb, inputs, attr, out)
-        return vnni.emit_dense(bb, inputs[0], _weight_kn(attr), out.zps[0], _arr(attr, "bias"), _arr(attr, "mult"),
-                               _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype)
+        return dotprod.emit_dense(bb, inputs[0], weight, out.zps[0], _arr(attr, "bias"), _arr(attr, "mult"),
+                                  _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype, _dot(attr))
 
     def accumulate(self, bb, x, attr):
         return linear_acc(bb, x, attr)
@@ -453,18 +458,18 @@ class GemmHandler(LinearHandler):
 
 
 class MatMulHandler(KindHandler):
-    """matmul: the product of two activations (attention). With `dot` = "vnni" and static shapes
-    of 8-bit codes with the same batch dimensions, one kernel of compile/tvm/vnni.py."""
+    """matmul: the product of two activations (attention). With a `dot` instruction and static shapes
+    of 8-bit codes with the same batch dimensions, one kernel of compile/tvm/dotprod.py."""
 
     dot_product = True
 
     def emit(self, bb, inputs, attr, out):
         a, b = inputs
-        if _dot(attr) == "vnni" and vnni.matmul_supported(
-                vnni.static_shape(bb, a), vnni.static_shape(bb, b), str(bb.normalize(a).ty.dtype),
+        if _dot(attr) is not None and _dot(attr).exact_for_any_int8 and dotprod.matmul_supported(
+                dotprod.static_shape(bb, a), dotprod.static_shape(bb, b), str(bb.normalize(a).ty.dtype),
                 str(bb.normalize(b).ty.dtype)):
-            return vnni.emit_matmul(bb, a, b, out.zps, _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y,
-                                    out.lo, out.hi, out.dtype)
+            return dotprod.emit_matmul(bb, a, b, out.zps, _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y,
+                                       out.lo, out.hi, out.dtype, _dot(attr))
         acc = matmul_acc(bb, inputs[0], inputs[1], out.zps)
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 
@@ -488,6 +493,34 @@ class MulHandler(KindHandler):
 
     def emit(self, bb, inputs, attr, out):
         acc = _relax().op.multiply(_centered(inputs[0], out.zps[0], "int32"), _centered(inputs[1], out.zps[1], "int32"))
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
+class ScaleHandler(KindHandler):
+    """acc = (x_q - zp_x) * factor codes (int16 values, broadcast like the Mul), in int32."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"factor": _tensor_attr(op.params.factor.astype(np.int32), "factor")}
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        factor = relax.const(_arr(attr, "factor").astype(np.int32), "int32")
+        acc = relax.op.multiply(_centered(inputs[0], out.zps[0], "int32"), factor)
+        return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
+
+
+class PadHandler(KindHandler):
+    """(x_q - zp_x) padded with zeros in int32, then the requantization."""
+
+    def attributes(self, op, input_names, shapes):
+        return {"pads": [int(v) for v in op.params.pads]}
+
+    def emit(self, bb, inputs, attr, out):
+        relax = _relax()
+        pads = _ints(attr, "pads")
+        n = len(pads) // 2
+        centered = _centered(inputs[0], out.zps[0], "int32")
+        acc = relax.op.nn.pad(centered, [v for i in range(n) for v in (pads[i], pads[i + n])])
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 
 
@@ -596,7 +629,7 @@ class SoftmaxHandler(_Nonlinear):
         num = op.add(op.multiply(e, _int64(attr["softmax_mult"])),
                      op.left_shift(total, _int64(NL.SOFTMAX_BITS - 1)))
         # the table holds e <= 2^EXP_BITS, so total <= row * 2^EXP_BITS
-        dims, unit = vnni.static_shape(bb, inputs[0]), 1 << NL.EXP_BITS
+        dims, unit = dotprod.static_shape(bb, inputs[0]), 1 << NL.EXP_BITS
         bound = None if dims is None else (unit * abs(int(attr["softmax_mult"]))
                                            + (dims[-1] * unit << (NL.SOFTMAX_BITS + 1)))
         return self.finish(floor_divide_relax(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS)), bound), out)
@@ -685,7 +718,8 @@ HANDLERS = {"conv": ConvHandler(), "conv_transpose": ConvTransposeHandler(), "ge
             "linear": LinearHandler(), "matmul": MatMulHandler(), "add": AddHandler(), "mul": MulHandler(),
             "concat": ConcatHandler(),
             "global_avgpool": GlobalAvgPoolHandler(), "lut": LutHandler(), "softmax": SoftmaxHandler(),
-            "layernorm": LayerNormHandler(), "resize": ResizeHandler()}
+            "layernorm": LayerNormHandler(), "resize": ResizeHandler(), "scale": ScaleHandler(),
+            "pad": PadHandler()}
 
 
 class _EdgekitConverter:

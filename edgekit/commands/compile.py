@@ -8,12 +8,13 @@ from edgekit.commands import add_command, add_json_flags, check_json_file, emit_
 EXAMPLES = """\
   edgekit compile litepose.onnx --target x86-64 -o build/litepose
   edgekit compile litepose.q.onnx --target x86-64 -o build/litepose-int8
-  edgekit compile lm.q.onnx --target x86-64 --no-int8-dot -o build/lm-int16   (no VNNI kernel, to compare)
+  edgekit compile lm.q.onnx --target x86-64 --no-int8-dot -o build/lm-int16   (no int8 dot kernel, to compare)
+  edgekit compile lm.q.onnx --target x86-64 --target-opts mcpu=haswell -o build/lm-avx2   (for an AVX2 CPU)
   edgekit compile m.onnx --target x86-64 -o build/m --tune 2000 --tuning-db tuning/m
   edgekit compile m.onnx --target arm64 -o build/m-arm --tune 500 --tuning-db tuning/m-arm \\
       --tracker 127.0.0.1:9190 --key arm64
   edgekit compile m.onnx --target x86-64 -o build/m --tuning-db tuning/m   (reuse records)
-  edgekit compile m.onnx --target arm64 --target-opts cortex-a76,+dotprod,+i8mm -o build/m-arm
+  edgekit compile m.onnx --target arm64 --target-opts cortex-a76,+dotprod,+i8mm -o build/m-arm   (sdot kernels)
   ANDROID_NDK_HOME=/opt/ndk edgekit compile m.onnx --target android-arm64 -o build/m-android
   edgekit compile m.q.onnx --target accel -o build/m-accel
   edgekit compile m.q.onnx --target accel --no-fusion --fallback cpu -o build/m-accel-nofuse
@@ -50,8 +51,9 @@ def register(subparsers):
     p.add_argument("--float", dest="integer", action="store_false",
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
     p.add_argument("--no-int8-dot", dest="int8_dot", action="store_false",
-                   help="QDQ models: do not run linear / gemm layers and convolutions on the int8 dot-product "
-                        "(AVX-512 VNNI) kernels even where the target has them (default: use them; for comparisons)")
+                   help="QDQ models: do not run linear / gemm layers, convolutions and attention products on the "
+                        "int8 dot-product kernels (AVX-512 VNNI, AVX2, arm64 sdot or NEON, from the target's "
+                        "features) (default: use them; for comparisons)")
     p.add_argument("--float-nonlinear", dest="integer_nonlinear", action="store_false",
                    help="QDQ models: run softmax, LayerNorm, Resize and element-wise regions (GELU, sigmoid...) "
                         "in float as the file writes them (default: their integer definitions, bit-exact with "

@@ -107,6 +107,26 @@ class Mul:
         return F.requantize(F.wrap_int32(a * b), 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
 
 
+class Scale:
+    """acc = (x - zp_x) * factor codes (broadcast like the Mul), one requantization."""
+
+    def run(self, op, args, consts):
+        p = op.params
+        acc = F.wrap_int32((np.asarray(args[0], np.int64) - op.in_q[0].zero_point) * p.factor)
+        return F.requantize(acc, 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
+
+
+class Pad:
+    """(x - zp_x) padded with zeros, one requantization (the zeros become the output zero point)."""
+
+    def run(self, op, args, consts):
+        p = op.params
+        x = np.asarray(args[0], np.int64) - op.in_q[0].zero_point
+        n = x.ndim
+        x = np.pad(x, [(p.pads[i], p.pads[i + n]) for i in range(n)])
+        return F.requantize(x, 0, p.mult, p.shift, op.out_q.zero_point, op.out_q.qtype, p.lo, p.hi)
+
+
 class Add:
     def run(self, op, args, consts):
         p = op.params
@@ -217,7 +237,8 @@ class FloatRegion(_RegionOp):
 KERNELS = {"quantize": Quantize(), "dequantize": Dequantize(), "conv": Conv(), "conv_transpose": ConvTranspose(),
            "gemm": Gemm(), "linear": Linear(), "matmul": MatMul(), "add": Add(), "mul": Mul(), "concat": Concat(),
            "avgpool": AvgPool(), "global_avgpool": AvgPool(), "maxpool": MoveCodes(), "layout": MoveCodes(),
-           "lut": Lut(), "softmax": Softmax(), "layernorm": LayerNorm(), "resize": Resize(), "float": FloatRegion()}
+           "lut": Lut(), "softmax": Softmax(), "layernorm": LayerNorm(), "resize": Resize(), "scale": Scale(),
+           "pad": Pad(), "float": FloatRegion()}
 
 
 def constants(qg: QGraph) -> dict:

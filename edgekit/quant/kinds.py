@@ -163,6 +163,23 @@ class AddParams(Requant):
 
 
 @dataclass(kw_only=True)
+class ScaleParams(Requant):
+    """The constant factor as symmetric int16 codes (`factor`, shaped and broadcast like the Mul's
+    operand) on the grid `factor_scale`; (mult, shift) per tensor for s_x * factor_scale / s_y."""
+
+    factor: np.ndarray = _array("int64")
+    factor_scale: float
+
+
+@dataclass(kw_only=True)
+class PadParams(Requant):
+    """Zero padding in ONNX order (every axis's begin, then every axis's end), after the input's
+    requantization onto the output grid."""
+
+    pads: list[int]
+
+
+@dataclass(kw_only=True)
 class ConcatParams(Clamp):
     """Each input requantized onto the output grid by its own (mult, shift)."""
 
@@ -358,6 +375,67 @@ class Mul(Kind):
         qa, qb = r.dq_act[main.input[0]][1], r.dq_act[main.input[1]][1]
         mult, shift = F.quantize_multiplier(requant_scale(qa.scale, np.array([qb.scale]), r.out_q.scale))
         return r.int_op(self, acts=list(main.input), mult=mult, shift=shift)
+
+
+class Scale(Kind):
+    """An activation times a constant tensor (rotary embeddings' per-position sin / cos tables, a
+    per-channel gain): acc = (x - zp_x) * c with c the constant's symmetric int16 codes, one
+    requantization by s_x * s_c / s_y. int16 keeps the factor's rounding error under 2^-16 of its
+    largest value, and |acc| <= 255 * 32767 fits int32. A scalar factor is the table kind's (one
+    function of the code)."""
+
+    name = "scale"
+    params_type = ScaleParams
+    FACTOR_QMAX = (1 << 15) - 1
+
+    def accepts(self, r) -> bool:
+        return r.main.op_type == "Mul" and r.act is None
+
+    def match(self, r):
+        main = r.main
+        if not r.single or len(main.input) != 2:
+            return None
+        acts = [t for t in main.input if t in r.dq_act]
+        if len(acts) != 1 or main.input[0] == main.input[1]:
+            return None
+        factor = r.constant(main.input[1] if main.input[0] == acts[0] else main.input[0])
+        if factor is None or np.size(factor) <= 1 or not np.all(np.isfinite(factor)):
+            return None
+        factor = np.asarray(factor, np.float64)
+        s_c = float(np.abs(factor).max()) / self.FACTOR_QMAX or 1.0
+        codes = np.rint(factor / s_c).astype(np.int64)
+        q = r.dq_act[acts[0]][1]
+        mult, shift = F.quantize_multiplier(np.array([q.scale * s_c / r.out_q.scale]))
+        return r.int_op(self, acts=acts, mult=mult, shift=shift, factor=codes, factor_scale=s_c)
+
+
+class Pad(Kind):
+    """Constant zero padding (the LM's token shift): the input requantized onto the output grid by
+    s_x / s_y, padded with the output's zero point (a real 0). Other modes, non-zero values,
+    cropping (negative pads) and an `axes` input stay float."""
+
+    name = "pad"
+    params_type = PadParams
+
+    def accepts(self, r) -> bool:
+        return r.main.op_type == "Pad" and r.act is None
+
+    def match(self, r):
+        main = r.main
+        mode = node_attrs(main).get("mode", "constant")
+        if not r.single or main.input[0] not in r.dq_act or mode not in ("constant", b"constant"):
+            return None
+        operands = list(main.input[1:])
+        operands += [""] * (3 - len(operands))   # pads, constant value, axes
+        if not operands[0] or operands[2]:
+            return None   # opset < 11 (pads as an attribute) or an axes input
+        pads = r.constant(operands[0])
+        value = r.constant(operands[1]) if operands[1] else np.zeros(1)
+        if pads is None or value is None or np.any(np.asarray(pads) < 0) or np.any(np.asarray(value) != 0):
+            return None
+        mult, shift = F.quantize_multiplier(np.array([r.dq_act[main.input[0]][1].scale / r.out_q.scale]))
+        return r.int_op(self, acts=[main.input[0]], mult=mult, shift=shift,
+                        pads=[int(p) for p in np.asarray(pads).reshape(-1)])
 
 
 class Concat(Kind):
@@ -598,8 +676,9 @@ class Float(Kind):
 
 # the order the parser tries them in (the first match wins)
 PARSE_ORDER = (Conv(), ConvTranspose(), Gemm(), Linear(), MatMul(), Add(), Mul(), Concat(), AvgPool(), GlobalAvgPool(),
-               MaxPool(), Layout(), Softmax(), LayerNorm(), Resize(), Lut())
-NONLINEAR_KINDS = frozenset({"lut", "softmax", "layernorm", "resize"})   # integer definitions of float ops
+               MaxPool(), Layout(), Softmax(), LayerNorm(), Resize(), Scale(), Pad(), Lut())
+# integer definitions of ops the QDQ file computes in float (--float-nonlinear leaves them float)
+NONLINEAR_KINDS = frozenset({"lut", "softmax", "layernorm", "resize", "scale", "pad"})
 KINDS = {k.name: k for k in PARSE_ORDER + (Quantize(), Dequantize(), Float())}
 
 

@@ -72,6 +72,37 @@ def w4a8_convnet(path) -> None:
     _save(graph, path)
 
 
+def dot_net(path) -> None:
+    """A float net with every layer kind the int8 dot-product kernels run: Conv (stride 1 and 2),
+    depthwise Conv, ConvTranspose, MatMul with a weight, and a product of two activations (Q K^T)."""
+    rng = np.random.default_rng(2)
+
+    def weight(name, shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype("float32"), name)
+
+    inits = [weight("w1", (8, 3, 3, 3)), weight("w_dw", (8, 1, 3, 3)), weight("w2", (12, 8, 3, 3)),
+             weight("w_up", (12, 8, 2, 2)), weight("w_q", (8, 20)), weight("w_k", (8, 20)),
+             numpy_helper.from_array(np.array([1, 8, 64], np.int64), "tokens_shape")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w_dw"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], group=8),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w2"], ["c3"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c3"], ["r3"]),
+             helper.make_node("ConvTranspose", ["r3", "w_up"], ["feat"], strides=[2, 2]),
+             helper.make_node("Reshape", ["feat", "tokens_shape"], ["t"]),
+             helper.make_node("Transpose", ["t"], ["tokens"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["tokens", "w_q"], ["q"]),
+             helper.make_node("MatMul", ["tokens", "w_k"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["k_t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "k_t"], ["scores"])]
+    graph = helper.make_graph(
+        nodes, "tiny_dot", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(SHAPE))],
+        [helper.make_tensor_value_info("feat", TensorProto.FLOAT, [1, 8, 8, 8]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 64, 64])], inits)
+    _save(graph, path)
+
+
 def _save(graph, path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10

@@ -97,3 +97,42 @@ def test_cpu_features_and_wrong_arch_on_emulated_device(emulated_device, built, 
     # The refusal left the device free for the next client.
     with remote.open_session(built["fp32", "arm64"], device=emulated_device.address) as session:
         assert session.run({"x": x}).keys() == expected.keys()
+
+
+def test_int8_dot_kernels_use_sdot_or_neon_and_match_the_reference(emulated_device, tmp_path):
+    """A W4A8 net with every layer kind of the int8 dot-product kernels (convolutions of stride 1
+    and 2, depthwise, transposed, a weight product and Q K^T): compiled for arm64 +dotprod its
+    kernels are sdot ones, for plain arm64 NEON smull/saddlp/addp ones (in the library's
+    instructions), and on the emulated board both give the integer reference's codes."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import arm64_tiny_models
+
+    from edgekit.compile import compile_model
+    from edgekit.quant import intref
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tvm"))
+    import tiny
+
+    arm64_tiny_models.dot_net(tmp_path / "dot.onnx")
+    src = tiny.quantize(tmp_path / "dot.onnx", tmp_path / "dot.q.onnx", 4, 8)
+    x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
+    want = intref.run(src, {"x": x})
+    for opts, dot in (("+dotprod", "sdot"), (None, "neon")):
+        folder = tmp_path / dot
+        meta = compile_model(src, "arm64", folder, **({"target_opts": opts} if opts else {}))
+        assert meta["integer_ops"] == {"conv": 3, "conv_transpose": 1, "linear": 2, "matmul": 1}
+        assert meta["int8_dot_product"] == dot
+        assert meta["tuning"]["kernels_int8_dot"] == 6   # the two weight products share one
+        if shutil.which("aarch64-linux-gnu-objdump"):
+            asm = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(folder / "model.so")],
+                                 capture_output=True, text=True, check=True).stdout
+            assert ("\tsdot\t" in asm) == (dot == "sdot")
+            assert ("\tsmull\t" in asm and "\tsaddlp\t" in asm) == (dot == "neon")
+        with remote.open_session(folder, device=emulated_device.address) as session:
+            got = session.run({"x": x})
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=f"{dot}/{name}")

@@ -16,19 +16,24 @@ from edgekit.quant.qgraph import parse
 
 
 class Attention(nn.Module):
-    """LayerNorm, softmax(q k^T / sqrt(d)) plain and causal (a constant mask filled with -inf),
-    GELU, SiLU and tanh: every non-linear kind."""
+    """LayerNorm, a token shift (zero Pad) mixed in by a per-channel gain, softmax(q k^T / sqrt(d))
+    plain and causal (a constant mask filled with -inf) with q scaled by a per-position table (as
+    rotary embeddings do), GELU, SiLU and tanh: every non-linear kind."""
 
-    def __init__(self, dim=16):
+    def __init__(self, dim=16, tokens=12):
         super().__init__()
         self.inp, self.ln = nn.Linear(dim, dim), nn.LayerNorm(dim)
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.fc1, self.fc2, self.out = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim), nn.Linear(dim, dim)
         self.ln_out = nn.LayerNorm(dim)
+        self.register_buffer("mix", torch.linspace(-0.5, 1.0, dim))
+        position = torch.arange(tokens, dtype=torch.float32)[:, None] * torch.linspace(0.1, 1.0, dim)
+        self.register_buffer("table", torch.cos(position))
 
     def forward(self, x):
         h = self.ln(self.inp(x))   # a quantized input: the graph input itself stays float
-        scores = self.q(h) @ self.k(h).transpose(1, 2)
+        h = h + nn.functional.pad(h, (0, 0, 1, 0))[:, :-1] * self.mix
+        scores = (self.q(h) * self.table) @ self.k(h).transpose(1, 2)
         causal = torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
         d = math.sqrt(h.shape[-1])   # a Mul and a Div: each softmax region has its own (the exporter merges twins)
         att = torch.softmax(scores * (1 / d), dim=-1) + torch.softmax((scores / d).masked_fill(causal, float("-inf")),
@@ -96,6 +101,7 @@ def test_every_nonlinear_op_is_found(attention_qdq, upsample_qdq):
     assert parse(upsample_qdq).summary().get("resize") == 3
     counts = parse(attention_qdq).summary()
     assert counts.get("layernorm") == 2 and counts.get("softmax") == 2
+    assert counts.get("pad") == 1 and counts.get("scale") == 2   # the token shift; its gain and the table
     masks = [op.params.mask for op in parse(attention_qdq).ops if op.kind == "softmax"]
     assert sorted(m.size for m in masks) == [0, SHAPE[1] ** 2]   # the causal one: 1 above the diagonal
     np.testing.assert_array_equal(max(masks, key=np.size).reshape(SHAPE[1], SHAPE[1]),
@@ -206,7 +212,8 @@ def test_masked_softmax_follows_the_float_one_and_broadcasts_like_where():
 
 
 def test_regions_that_are_not_one_function_of_a_code_stay_float(tmp_path):
-    """x * per-channel constant is element-wise but differs per channel: no table can compute it."""
+    """sigmoid(x) * per-channel constant (one region: no quantizer between the two) is element-wise
+    but differs per channel: no table can compute it, and it is more than the scale kind's one Mul."""
     from edgekit.quant.pipeline import QuantConfig, quantize
 
     class PerChannel(nn.Module):
@@ -221,7 +228,18 @@ def test_regions_that_are_not_one_function_of_a_code_stay_float(tmp_path):
     src = export(PerChannel(), (1, 4, 8), tmp_path / "pc.onnx")
     qdq, _ = quantize(src, feeds((1, 4, 8), 4), QuantConfig.for_method("rtn", weight_bits=8, act_bits=8))
     counts = parse(qdq).summary()
-    assert counts.get("float") == 1 and "lut" not in counts
+    assert counts.get("float") == 1 and "lut" not in counts and "scale" not in counts
+
+
+def test_a_product_by_a_constant_tensor_is_a_scale_op(attention_qdq):
+    """The per-position table's factor on a symmetric int16 grid: its largest value at 32767,
+    every value within half a step of the float table."""
+    att = Attention()
+    ops = [op for op in parse(attention_qdq).ops if op.kind == "scale"]
+    factors = sorted((op.params.factor * op.params.factor_scale for op in ops), key=np.size)
+    for factor, want in zip(factors, (att.mix.numpy(), att.table.numpy())):
+        np.testing.assert_allclose(factor.reshape(want.shape), want, rtol=0, atol=np.abs(want).max() / 65534 + 1e-12)
+    assert all(np.abs(op.params.factor).max() == kinds.Scale.FACTOR_QMAX for op in ops)
 
 
 @pytest.mark.parametrize("which", ["attention", "upsample"])
@@ -262,7 +280,7 @@ def test_tvm_integer_build_equals_the_reference_on_every_code(which, attention_q
 
 def test_the_quantize_report_gives_the_cost_of_each(attention_qdq):
     cost = intref.integer_cost(attention_qdq, feeds(SHAPE, 2, seed=1))
-    assert set(cost["kinds"]) == {"lut", "softmax", "layernorm"}
+    assert set(cost["kinds"]) == {"lut", "softmax", "layernorm", "scale", "pad"}
     assert cost["kinds"]["lut"]["equal_fraction"] == 1.0
     assert all(k["max_code_diff"] <= 1 for k in cost["kinds"].values())
     (sqnr,) = cost["output_sqnr_db"].values()

@@ -1,5 +1,7 @@
-"""The int8 dot-product kernels (compile/tvm/vnni.py): bit-exact with the integer reference, and
-really made of vpdpbusd. Runs only on a CPU with AVX-512 VNNI (the kernel's instruction)."""
+"""The x86 int8 dot-product kernels (compile/tvm/dotprod.py): bit-exact with the integer reference,
+and really made of their instructions: vpdpbusd (AVX-512 VNNI) and vpmaddubsw/vpmaddwd (AVX2, as
+on a CPU without VNNI: the same code compiled for mcpu=haswell). Each runs only where this CPU
+executes it. The arm64 kernels (sdot, NEON) run on the emulated board: tests/arm64."""
 from __future__ import annotations
 
 import shutil
@@ -10,48 +12,96 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.compile.tvm import targets, vnni
+from edgekit.compile.tvm import dotprod, targets
 from edgekit.quant import formats as F
 
 HOST = targets.resolve("x86-64", num_cores=1) if targets.host_cpu() else None
-pytestmark = pytest.mark.skipif(HOST is None or not vnni.available(HOST.tvm_target()),
-                                reason="this CPU has no AVX-512 VNNI")
+TARGET_OPTS = {"vnni": None, "avx2": "mcpu=haswell"}   # x86 targets whose code uses each kernel
 
 
+def _runs_here(isa) -> bool:
+    from tvm.target import codegen
+
+    return HOST is not None and bool(codegen.target_has_features(list(isa.features), HOST.tvm_target()))
+
+
+def _spec(isa):
+    """The x86-64 target whose kernels are `isa`'s (skips where this CPU cannot run them)."""
+    if not _runs_here(isa):
+        pytest.skip(f"this CPU has no {'/'.join(isa.features)}")
+    spec = targets.resolve("x86-64", TARGET_OPTS[isa.name], num_cores=1)
+    assert dotprod.detect(spec.tvm_target()) is isa
+    return spec
+
+
+ISAS = [pytest.param(dotprod.VNNI, id="vnni"), pytest.param(dotprod.AVX2, id="avx2")]
+
+
+def _weights(rng, isa, shape):
+    """Random int8 weights over the whole range `isa` is exact for."""
+    bound = min(127, isa.max_weight)
+    return rng.integers(-bound, bound + 1, shape)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("rows,k,n", [(7, 16, 32), (30, 64, 48), (12, 8, 16)])
-def test_kernel_equals_the_reference_requantization(rows, k, n):
+def test_kernel_equals_the_reference_requantization(isa, rows, k, n):
     """Y = requantize(A x W + bias) for random codes and per-column (M, shift), wrap included."""
+    rng = np.random.default_rng(rows)
+    a = rng.integers(0, 256, (dotprod.padded_rows(rows, n, isa), k)).astype(np.uint8)
+    w = _weights(rng, isa, (k, n)).astype(np.int8)
+    bias = rng.integers(-2 ** 31, 2 ** 31, n).astype(np.int32)        # big enough to wrap
+    got, want = _run_dense(isa, a, w, bias, rng.uniform(1e-6, 2e-3, n))
+    np.testing.assert_array_equal(got, want)
+
+
+def _run_dense(isa, a, w, bias, scale):
+    """(kernel output, reference output) of the dense kernel of `isa` for codes a (uint8), w, the
+    int32 bias and the requantization scale per column."""
     import tvm
 
-    rows_p = vnni.padded_rows(rows, n)
-    func = vnni.dense_func(rows_p, k, n, "uint8")
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
-    rng = np.random.default_rng(rows)
-    a = rng.integers(0, 256, (rows_p, k)).astype(np.uint8)
-    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    bias = rng.integers(-2 ** 31, 2 ** 31, n).astype(np.int32)        # big enough to wrap
-    mult, shift = F.quantize_multiplier(rng.uniform(1e-6, 2e-3, n))
+    rows_p, k = a.shape
+    n = w.shape[1]
+    lib = tvm.compile(tvm.IRModule({"main": dotprod.dense_func(rows_p, k, n, "uint8", isa=isa)}),
+                      target=_spec(isa).tvm_target())
+    mult, shift = F.quantize_multiplier(np.broadcast_to(scale, (n,)))
     lo, hi, zp = 3, 250, 17
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((rows_p, n), np.uint8), dev)
-    lib["main"](*[tvm.runtime.tensor(v, dev) for v in (a, vnni.pack_weight(w), bias, mult, shift,
+    lib["main"](*[tvm.runtime.tensor(v, dev) for v in (a, dotprod.pack_weight(w, isa), bias, mult, shift,
                                                           np.array([zp, lo, hi], np.int32))], out)
     acc = F.wrap_int32(a.astype(np.int64) @ w.astype(np.int64))
-    want = F.requantize(acc, bias, mult, shift, zp, F.UINT8, lo, hi)
-    np.testing.assert_array_equal(out.numpy(), want)
+    return out.numpy(), F.requantize(acc, bias, mult, shift, zp, F.UINT8, lo, hi)
 
 
-def _linear_qdq(path, rows: int, k: int, n: int, act_type: int, zp_x: int, seed: int = 0) -> str:
-    """x -> Q/DQ (act_type, zp_x) -> MatMul(DQ(int4 W)) + DQ(int32 bias) -> Q/DQ (uint8) -> y."""
+def test_avx2_step_is_exact_up_to_its_weight_bound_and_no_further():
+    """vpmaddubsw saturates its int16 pair sums: at the bound (|w| = 64, every activation 255) the
+    kernel is still exact; one step past it (w = 65, 2 * 255 * 65 > 32767) it is not, which is
+    why layers with larger weights stay on the generic lowering."""
+    isa = dotprod.AVX2
+    a = np.full((dotprod.padded_rows(4, 16, isa), 8), 255, np.uint8)
+    for w_value, exact in ((64, True), (-64, True), (65, False), (-65, False)):
+        # the exact sum cancelled by the bias: any lost count shows, 16 counts per output step
+        bias = np.full(16, -8 * 255 * w_value, np.int32)
+        got, want = _run_dense(isa, a, np.full((8, 16), w_value, np.int8), bias, 1 / 16)
+        assert np.array_equal(got, want) == exact, w_value
+        assert isa.exact_for(np.array([w_value])) == exact
+
+
+def _linear_qdq(path, rows: int, k: int, n: int, act_type: int, zp_x: int, seed: int = 0,
+                wide: bool = False) -> str:
+    """x -> Q/DQ (act_type, zp_x) -> MatMul(DQ(int4 W), or int8 W over the whole range if `wide`)
+    + DQ(int32 bias) -> Q/DQ (uint8) -> y."""
     rng = np.random.default_rng(seed)
     s_x, s_y = np.float32(0.05), np.float32(0.2)
-    s_w = rng.uniform(0.01, 0.05, n).astype(np.float32)
-    w = rng.integers(-8, 8, (k, n))
+    s_w = rng.uniform(0.01, 0.05, n).astype(np.float32) / (16 if wide else 1)
+    w = rng.integers(-127, 128, (k, n)) if wide else rng.integers(-8, 8, (k, n))
+    w_init = (numpy_helper.from_array(w.astype(np.int8), "w_q") if wide else
+              helper.make_tensor("w_q", TensorProto.INT4, [k, n], F.pack_int4(w.reshape(-1)).tobytes(), raw=True))
     inits = [numpy_helper.from_array(s_x, "s_x"), numpy_helper.from_array(s_y, "s_y"),
              numpy_helper.from_array(np.array(zp_x, np.int8 if act_type == TensorProto.INT8 else np.uint8), "zp_x"),
              numpy_helper.from_array(np.array(128, np.uint8), "zp_y"),
-             helper.make_tensor("w_q", TensorProto.INT4, [k, n], F.pack_int4(w.reshape(-1)).tobytes(), raw=True),
-             numpy_helper.from_array(s_w, "s_w"),
+             w_init, numpy_helper.from_array(s_w, "s_w"),
              numpy_helper.from_array(rng.integers(-500, 500, n).astype(np.int32), "b_q"),
              numpy_helper.from_array((s_x * s_w).astype(np.float32), "s_b")]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s_x", "zp_x"], ["x_q"], name="qx"),
@@ -79,51 +129,68 @@ def _save(path, nodes, inits, x_shape, y_shape, inputs: dict | None = None) -> s
     return str(path)
 
 
-@pytest.mark.parametrize("act_type,zp_x", [(TensorProto.UINT8, 131), (TensorProto.INT8, -3)], ids=["u8", "s8"])
-def test_linear_layer_runs_on_vpdpbusd_bit_exactly(tmp_path, act_type, zp_x):
+INSTRUCTION = {"vnni": "vpdpbusd", "avx2": "vpmaddubsw"}   # what each kernel's library must hold
+
+
+def _compile(src, isa, folder, int8_dot: bool = True) -> dict:
+    from edgekit.compile import compile_model
+
+    return compile_model(src, "x86-64", folder, committed_db=False, int8_dot=int8_dot,
+                         **({"target_opts": TARGET_OPTS[isa.name]} if TARGET_OPTS[isa.name] else {}))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act_type,zp_x,wide", [(TensorProto.UINT8, 131, False), (TensorProto.INT8, -3, False),
+                                                (TensorProto.UINT8, 7, True)], ids=["u8", "s8", "int8-weights"])
+def test_linear_layer_runs_on_the_dot_kernel_bit_exactly(tmp_path, isa, act_type, zp_x, wide):
     """An awkward layer (13 rows, K 37, N 20: every dimension padded) compiled with and without the
     int8 dot-product kernel: the same codes as the integer reference both ways, and the library of
-    the first holds vpdpbusd."""
-    from edgekit.compile import compile_model
+    the first holds the kernel's instruction. 8-bit weights beyond AVX2's exact bound stay off its
+    kernel (and stay exact)."""
     from edgekit.quant import intref
     from edgekit.runtime import open_session
 
-    src = _linear_qdq(tmp_path / "linear.onnx", 13, 37, 20, act_type, zp_x)
+    _spec(isa)
+    src = _linear_qdq(tmp_path / "linear.onnx", 13, 37, 20, act_type, zp_x, wide=wide)
     x = np.random.default_rng(1).standard_normal((13, 37)).astype(np.float32) * 3
     want = intref.run(src, {"x": x})["y"]
+    on_kernel = not wide or isa.max_weight >= 127
     for dot in (True, False):
-        meta = compile_model(src, "x86-64", tmp_path / str(dot), committed_db=False, int8_dot=dot)
+        meta = _compile(src, isa, tmp_path / str(dot), int8_dot=dot)
         assert meta["integer_ops"] == {"linear": 1}
-        assert meta["int8_dot_product"] == ("vnni" if dot else None)
-        assert meta["tuning"]["kernels_int8_dot"] == (1 if dot else 0)
+        assert meta["int8_dot_product"] == (isa.name if dot else None)
+        assert meta["tuning"]["kernels_int8_dot"] == (1 if dot and on_kernel else 0)
         with open_session(tmp_path / str(dot)) as session:
             np.testing.assert_array_equal(session.run({"x": x})["y"], want)
     if shutil.which("objdump"):
         asm = subprocess.run(["objdump", "-d", str(tmp_path / "True" / "model.so")], capture_output=True,
                              text=True, check=True).stdout
-        assert "vpdpbusd" in asm
+        assert (INSTRUCTION[isa.name] in asm) == on_kernel
         plain = subprocess.run(["objdump", "-d", str(tmp_path / "False" / "model.so")], capture_output=True,
                                text=True, check=True).stdout
-        assert "vpdpbusd" not in plain
+        assert INSTRUCTION[isa.name] not in plain
 
 
-def test_tiles_stay_on_the_stack_and_pad_little():
+@pytest.mark.parametrize("isa", dotprod.ISAS.values(), ids=dotprod.ISAS.keys())
+def test_tiles_stay_on_the_stack_and_pad_little(isa):
     for rows, blocks in ((1, 1), (13, 2), (256, 8), (1024, 64), (1000, 63)):
-        mr, nr = vnni.tiles(rows, blocks)
-        assert blocks % nr == 0 and mr * nr * 16 * 4 < vnni.STACK_LIMIT
+        mr, nr = dotprod.tiles(rows, blocks, isa)
+        assert blocks % nr == 0 and mr * nr <= isa.accumulators
+        assert mr * nr * isa.lanes * 4 < dotprod.STACK_LIMIT
         assert -(-rows // mr) * mr - rows < mr
 
 
 @pytest.mark.parametrize("c,oc,h,w,k,pads,stride", [
     (13, 20, 9, 11, 3, (1, 1, 1, 1), 1), (16, 24, 8, 8, 1, (0, 0, 0, 0), 1), (5, 17, 7, 6, 5, (2, 0, 1, 3), 1),
     (3, 16, 13, 10, 3, (1, 1, 1, 1), 2), (6, 9, 9, 9, 4, (1, 2, 0, 1), 2), (8, 8, 8, 8, 1, (0, 0, 0, 0), 2)])
-def test_conv_kernel_equals_the_reference_requantization(c, oc, h, w, k, pads, stride):
+@pytest.mark.parametrize("isa", ISAS)
+def test_conv_kernel_equals_the_reference_requantization(isa, c, oc, h, w, k, pads, stride):
     """The layout kernel and the convolution kernel together: requantize(conv(x - zp, W) + bias) for
     random codes, asymmetric padding (padded with the zero point), strides 1 and 2 (odd and even
     sizes and taps) and a bias that wraps."""
-    g = vnni.ConvGeometry(c, oc, h, w, k, k, pads, stride)
+    g = dotprod.ConvGeometry(c, oc, h, w, k, k, pads, stride, isa)
     weight = np.random.default_rng(c).integers(-8, 8, (oc, c, k, k))
-    _check_lanes_kernel(g, vnni.conv_func, vnni.pack_conv_weight(weight, g), weight, groups=1,
+    _check_lanes_kernel(g, dotprod.conv_func, dotprod.pack_conv_weight(weight, g), weight, groups=1,
                         zp=37, out=(5, 2, 250), out_type=F.UINT8)
 
 
@@ -133,9 +200,9 @@ def _check_lanes_kernel(g, kernel_func, packed, weight, groups: int, zp: int, ou
     import torch
     import tvm
 
-    mod = tvm.IRModule({"layout": vnni.layout_func(g).with_attr("global_symbol", "layout"),
+    mod = tvm.IRModule({"layout": dotprod.layout_func(g).with_attr("global_symbol", "layout"),
                         "kernel": kernel_func(g, out_type.name).with_attr("global_symbol", "kernel")})
-    lib = tvm.compile(mod, target=HOST.tvm_target())
+    lib = tvm.compile(mod, target=_spec(g.isa).tvm_target())
     rng = np.random.default_rng(g.oc + g.h)
     oc = g.oc
     x = rng.integers(0, 256, (1, g.c, g.h, g.w)).astype(np.uint8)
@@ -196,19 +263,20 @@ def _conv_qdq(path, act_type: int, zp_x: int, seed: int = 0) -> str:
     return _save(path, nodes, inits, [1, 5, 9, 11], [1, 3, 10, 12])
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("act_type,zp_x", [(TensorProto.UINT8, 131), (TensorProto.INT8, -3)], ids=["u8", "s8"])
-def test_convolutions_run_on_vpdpbusd_bit_exactly(tmp_path, act_type, zp_x):
+def test_convolutions_run_on_the_dot_kernels_bit_exactly(tmp_path, isa, act_type, zp_x):
     """The stride-1, stride-2, depthwise and transposed convolutions go to the kernels, the grouped
     one stays Relax conv2d; both builds give the integer reference's codes."""
-    from edgekit.compile import compile_model
     from edgekit.quant import intref
     from edgekit.runtime import open_session
 
+    _spec(isa)
     src = _conv_qdq(tmp_path / "convs.onnx", act_type, zp_x)
     x = np.random.default_rng(2).standard_normal((1, 5, 9, 11)).astype(np.float32) * 4
     want = intref.run(src, {"x": x})["y"]
     for dot in (True, False):
-        meta = compile_model(src, "x86-64", tmp_path / str(dot), committed_db=False, int8_dot=dot)
+        meta = _compile(src, isa, tmp_path / str(dot), int8_dot=dot)
         assert meta["integer_ops"] == {"conv": 4, "conv_transpose": 1}
         assert meta["tuning"]["kernels_int8_dot"] == (4 if dot else 0)
         with open_session(tmp_path / str(dot)) as session:
@@ -229,7 +297,7 @@ def test_transposed_convolution_is_a_convolution_and_a_pixel_shuffle(k, s, pads,
     full = np.pad(full, [(0, 0), (0, 0), (0, max(0, pads[0] + ho - full.shape[2])),
                          (0, max(0, pads[1] + wo - full.shape[3]))])
     want = full[:, :, pads[0]:pads[0] + ho, pads[1]:pads[1] + wo]
-    corr, (top, left, bottom, right), (mh, mw), size = vnni.transpose_as_conv(wt, (h, w), (s, s), pads, out_pad)
+    corr, (top, left, bottom, right), (mh, mw), size = dotprod.transpose_as_conv(wt, (h, w), (s, s), pads, out_pad)
     assert size == (ho, wo) and corr.shape[2] <= -(-k // s) + 1
     y = torch.nn.functional.conv2d(torch.from_numpy(np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)])),
                                    torch.from_numpy(corr)).numpy()[:, :, :mh, :mw]
@@ -239,19 +307,22 @@ def test_transposed_convolution_is_a_convolution_and_a_pixel_shuffle(k, s, pads,
 
 @pytest.mark.parametrize("c,h,w,k,pads,stride", [(5, 9, 11, 3, (1, 1, 1, 1), 1), (17, 12, 12, 7, (3, 3, 3, 3), 1),
                                                  (6, 13, 10, 7, (3, 3, 3, 3), 2), (4, 8, 9, 5, (2, 1, 2, 0), 2)])
-def test_depthwise_kernel_equals_the_reference_requantization(c, h, w, k, pads, stride):
+@pytest.mark.parametrize("isa", ISAS)
+def test_depthwise_kernel_equals_the_reference_requantization(isa, c, h, w, k, pads, stride):
     """The row-interleaving layout kernel and the depthwise kernel: requantize(depthwise conv(x - zp,
     W) + bias), strides 1 and 2, padding with the zero point, int8 output."""
-    g = vnni.DepthwiseGeometry(c, h, w, k, k, pads, stride)
+    g = dotprod.DepthwiseGeometry(c, h, w, k, k, pads, stride, isa)
     weight = np.random.default_rng(c + k).integers(-8, 8, (c, 1, k, k))
-    _check_lanes_kernel(g, vnni.depthwise_func, vnni.pack_depthwise_weight(weight, g), weight, groups=c,
+    _check_lanes_kernel(g, dotprod.depthwise_func, dotprod.pack_depthwise_weight(weight, g), weight, groups=c,
                         zp=201, out=(-3, -100, 120), out_type=F.INT8)
 
 
-def test_conv_tiles_stay_on_the_stack():
+@pytest.mark.parametrize("isa", dotprod.ISAS.values(), ids=dotprod.ISAS.keys())
+def test_conv_tiles_stay_on_the_stack(isa):
     for channels, positions in ((1, 1), (17, 64), (96, 4096), (7, 99)):
-        mr, nr = vnni.conv_tiles(channels, positions)
-        assert mr * nr * 16 * 4 < vnni.STACK_LIMIT
+        for depthwise in (False, True):
+            mr, nr = dotprod.conv_tiles(channels, positions, depthwise, isa)
+            assert mr * nr <= isa.accumulators and mr * nr * isa.lanes * 4 < dotprod.STACK_LIMIT
 
 
 @pytest.mark.parametrize("batch,rows,k,n", [(3, 7, 16, 32), (2, 13, 8, 16)])
@@ -260,16 +331,16 @@ def test_activation_product_kernel_equals_the_reference_requantization(batch, ro
     attention's products (two activations) run on."""
     import tvm
 
-    rows_p = vnni.padded_rows(rows, n)
-    func = vnni.matmul_func(batch, rows_p, k, n, "int8", rows)
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=HOST.tvm_target())
+    rows_p = dotprod.padded_rows(rows, n)
+    func = dotprod.matmul_func(batch, rows_p, k, n, "int8", rows)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=_spec(dotprod.VNNI).tvm_target())
     rng = np.random.default_rng(rows)
     a = rng.integers(0, 256, (batch, rows_p, k)).astype(np.uint8)
     b = rng.integers(-128, 128, (batch, k, n)).astype(np.int8)
     col = rng.integers(-2 ** 31, 2 ** 31, (batch, n)).astype(np.int32)   # big enough to wrap
     row = rng.integers(-2 ** 20, 2 ** 20, (batch, rows)).astype(np.int32)
     mult, shift = F.quantize_multiplier(np.array([3e-4]))
-    packed = np.stack([vnni.pack_weight(b[i]) for i in range(batch)])
+    packed = np.stack([dotprod.pack_weight(b[i]) for i in range(batch)])
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((batch, rows, n), np.int8), dev)
     lib["main"](*[tvm.runtime.tensor(v, dev) for v in (a, packed, col, row, mult.astype(np.int64),
@@ -307,21 +378,25 @@ def _product_qdq(path, a_shape, b_shape, a_type: int, zp_a: int, b_type: int, zp
     (TensorProto.INT8, -3, TensorProto.INT8, 5, [2, 3, 37, 20], True),
     (TensorProto.UINT8, 0, TensorProto.INT8, -9, [37, 20], False),     # broadcast batch: Relax matmul
 ], ids=["u8u8", "s8s8", "broadcast"])
-def test_activation_products_run_on_vpdpbusd_bit_exactly(tmp_path, a_type, zp_a, b_type, zp_b, b_shape, on_kernel):
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_products_run_on_the_dot_kernel_bit_exactly(tmp_path, isa, a_type, zp_a, b_type, zp_b, b_shape,
+                                                               on_kernel):
     """A product of two activations (13 x 37 by 37 x 20 per batch: every dimension padded) compiled
     with and without the int8 dot-product kernels: the integer reference's codes both ways; the
-    kernel takes same-batch products, a broadcast one stays Relax matmul."""
-    from edgekit.compile import compile_model
+    kernel takes same-batch products, a broadcast one stays Relax matmul, and so do all of them on
+    AVX2 (its step would saturate for some pairs of activations)."""
     from edgekit.quant import intref
     from edgekit.runtime import open_session
 
+    _spec(isa)
     src = _product_qdq(tmp_path / "product.onnx", [2, 3, 13, 37], b_shape, a_type, zp_a, b_type, zp_b)
     rng = np.random.default_rng(3)
     feeds = {"a": rng.standard_normal((2, 3, 13, 37)).astype(np.float32) * 3,
              "b": rng.standard_normal(b_shape).astype(np.float32) * 3}
     want = intref.run(src, feeds)["y"]
+    on_kernel = on_kernel and isa.exact_for_any_int8
     for dot in (True, False):
-        meta = compile_model(src, "x86-64", tmp_path / str(dot), committed_db=False, int8_dot=dot)
+        meta = _compile(src, isa, tmp_path / str(dot), int8_dot=dot)
         assert meta["integer_ops"] == {"matmul": 1}
         assert meta["tuning"]["kernels_int8_dot"] == (1 if dot and on_kernel else 0)
         with open_session(tmp_path / str(dot)) as session:

@@ -1,148 +1,240 @@
-"""Int8 dot-product kernels for x86 CPUs with AVX-512 VNNI (`vpdpbusd`).
+"""Int8 dot-product kernels for the CPUs users have: x86 with AVX-512 VNNI (`vpdpbusd`) or AVX2
+only (`vpmaddubsw` + `vpmaddwd`), arm64 with the dot-product extension (`sdot`, `+dotprod`) or NEON
+only (`smull` + `saddlp` + `addp`). `detect` picks one from the target's features.
 
 The kernels of the integer lowering (`qlower`) on such CPUs: the dense product of linear / gemm
-layers (below), and convolutions ("convolution" further down: groups 1 at stride 1 or 2,
-depthwise, and ConvTranspose rewritten as a convolution). The dense product:
+layers (below), the products of two activations (attention), and convolutions ("convolution"
+further down: groups 1 at stride 1 or 2, depthwise, and ConvTranspose rewritten as a
+convolution). The dense product:
 
-    C[M, N] (int32) = A[M, K] (uint8 codes) x W[K, N] (int8 codes)
+    C[M, N] (int32) = A[M, K] (8-bit codes) x W[K, N] (int8 codes)
 
-with W packed once at compile time as [N/16, K/4, 16, 4] (16 output channels x 4 reduction steps
-per 64-byte row, the operand layout of vpdpbusd). The accumulation wraps in int32 like the
-instruction, so results are the integer reference's bit for bit.
+with W packed once at compile time as [N/L, K/4, L, 4] (L output channels x 4 reduction steps
+per vector, the operand layout of the instruction: L = 16 int32 lanes for vpdpbusd's 512-bit
+vectors, 8 for AVX2's 256-bit ones, 4 for arm64's 128-bit ones). The accumulation wraps in int32
+like the instruction, so results are the integer reference's bit for bit. One `DotIsa` per
+instruction says what differs: the lanes, the signedness activations enter with (vpdpbusd and
+vpmaddubsw multiply uint8 by int8, sdot and smull int8 by int8), the register budget, the largest
+weight the step is exact for, and the instruction sequence.
 
-Why our own tensor intrinsic: TVM 0.27 ships one (`dot_16x4_vnni`), but it calls
+Why our own tensor intrinsics: TVM 0.27 ships one for VNNI (`dot_16x4_vnni`), but it calls
 `llvm.x86.avx512.vpdpbusd.512` with <16 x i32> operands, and the LLVM 22 inside TVM 0.27 declares
 <64 x i8> ones: the call fails LLVM's verifier, so every MetaSchedule candidate that tensorizes
-with it fails to build (seen as "LocalBuilder: An exception occurred"). `DOT_16x4` below pairs TVM's
-description with the call LLVM 22 accepts.
+with it fails to build (seen as "LocalBuilder: An exception occurred"). `_register` pairs TVM's
+description with the call LLVM 22 accepts; the arm64 one follows TVM's `dot_4x4_i8i8s32_sdot`,
+and both have a second form whose lanes are words of 4 activation bytes (the convolutions).
 
 Why a fixed schedule instead of tuning: the kernel is one register tile (`tiles`), `MR` rows x
-`NR` vectors of 16 columns, accumulated over all of K with one vpdpbusd per accumulator and
+`NR` vectors of L columns, accumulated over all of K with one instruction per accumulator and
 step of 4, in a stack buffer of under 1 KiB. TVM lowers every "local" buffer, and "global" ones
 of 1 KiB or more, to heap workspaces that LLVM cannot keep in registers; under the limit it is an
-alloca, which LLVM promotes to zmm registers. `tools/bench_int8_gemm.py` compares it with
+alloca, which LLVM promotes to vector registers. `tools/bench_int8_gemm.py` compares it with
 `torch._int_mm`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-DOT_16x4 = "edgekit_vnni_dot_16x4"                      # 4 uint8 broadcast x 16 lanes of 4 int8
-DOT_16x4_WORDS = "edgekit_vnni_dot_16x4_words"          # 4 int8 broadcast x 16 uint32 words of 4 uint8
 KERNEL_ATTR = "edgekit.int8_dot"   # marks the kernels scheduled here (compile reports count them apart)
-DOT_KERNEL, LAYOUT_KERNEL = "vnni", "layout"   # its values: a dot-product kernel, or the layout one feeding it
+DOT_KERNEL, LAYOUT_KERNEL = "dot", "layout"   # its values: a dot-product kernel, or the layout one feeding it
 STACK_LIMIT = 1024          # bytes: TVM keeps smaller constant "global" buffers on the stack
-_registered = False
 
 
-def available(target) -> bool:
-    """Does `target` (a tvm.target.Target) generate AVX-512 VNNI code?"""
+@dataclass(frozen=True)
+class DotIsa:
+    """One int8 dot-product step: per int32 lane, the sum of 4 byte products added to the lane
+    (one instruction where the CPU has it, a short sequence where it does not)."""
+
+    name: str                 # what qlower's `dot` attribute and the compile report call it
+    lanes: int                # int32 accumulators per vector register
+    activation: str           # the dtype activation codes enter as ("uint8" / "int8"); weights are int8
+    features: tuple           # the LLVM target features it needs
+    accumulators: int         # vector registers the register tile may take (the rest: operands)
+    nr_choices: tuple         # vectors per tile row, largest first (the one dividing the columns wins)
+    step: str                 # the instruction sequence `_step_expression` emits
+    max_weight: int = 128     # |int8 operand| up to which the step is exact (pmaddubsw saturates)
+
+    @property
+    def dot(self) -> str:     # tensor intrinsic: 4 activation bytes broadcast x `lanes` x 4 int8 weights
+        return f"edgekit_{self.name}_dot_{self.lanes}x4"
+
+    @property
+    def words(self) -> str:   # tensor intrinsic: 4 int8 weights broadcast x `lanes` words of 4 activation bytes
+        return f"edgekit_{self.name}_dot_{self.lanes}x4_words"
+
+    def exact_for(self, weights: np.ndarray) -> bool:
+        """Does the step compute sum a*w exactly for int8 operands `weights` (and any activations)?"""
+        return weights.size == 0 or int(np.abs(weights.astype(np.int64)).max()) <= self.max_weight
+
+    @property
+    def exact_for_any_int8(self) -> bool:
+        """Exact whatever the int8 operand (an activation, as in the products of attention)?"""
+        return self.max_weight >= 128
+
+
+# vpdpbusd (AVX-512 VNNI): 32 zmm registers; a tile of 15 accumulators is the stack limit's (15 x 64 bytes)
+VNNI = DotIsa("vnni", 16, "uint8", ("avx512f", "avx512bw", "avx512vnni"), 15, (3, 2, 1), "vpdpbusd")
+# AVX2 (no VNNI): vpmaddubsw sums adjacent u8 x s8 products to int16 with saturation, exact while
+# 2 * 255 * |w| <= 32767, i.e. |w| <= 64 (every 4-bit weight; 8-bit layers beyond it, and the
+# products of two activations, stay on the generic lowering); vpmaddwd by ones sums the pairs to
+# int32. 16 ymm registers: 12 accumulators, the rest for the ones, the operands and the pairs.
+AVX2 = DotIsa("avx2", 8, "uint8", ("avx2",), 12, (3, 2, 1), "pmaddubsw", max_weight=64)
+# sdot (arm64 +dotprod): 32 q registers; 24 accumulators leave 8 for the weight vectors and the broadcast
+SDOT = DotIsa("sdot", 4, "int8", ("neon", "dotprod"), 24, (4, 2, 1), "sdot")
+# NEON without dotprod: smull (8 int16 products), saddlp and addp (pairs, then pairs of pairs, to int32);
+# int8 x int8 products fit int16, so the step is exact
+NEON = DotIsa("neon", 4, "int8", ("neon",), 20, (4, 2, 1), "smull")
+ISAS = {isa.name: isa for isa in (VNNI, AVX2, SDOT, NEON)}   # detect() takes the first the target has
+_registered: set = set()
+
+
+def _step_expression(isa: DotIsa, T, acc, activations, weights):
+    """acc (int32 x lanes) + per lane the 4 products of `activations` (bytes, isa.activation) and
+    `weights` (int8 bytes) at the same positions, as one TIR expression (intermediate names would
+    become buffers: TVM's FlattenBuffer)."""
+    lanes, act = isa.lanes, isa.activation
+
+    def call(name, *args, dtype):
+        return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+    acc_vector = f"int32x{lanes}"
+    if isa.step == "vpdpbusd":   # its first byte operand is the unsigned one
+        return call("llvm.x86.avx512.vpdpbusd.512", acc, activations, weights, dtype=acc_vector)
+    if isa.step == "sdot":
+        return call("llvm.aarch64.neon.sdot.v4i32.v16i8", acc, activations, weights, dtype=acc_vector)
+    if isa.step == "pmaddubsw":
+        pairs = call("llvm.x86.avx2.pmadd.ub.sw", activations, weights, dtype="int16x16")
+        return acc + call("llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16), dtype=acc_vector)
+    if isa.step == "smull":
+        def pair_sums(half):   # 2 lanes x 4 products -> 4 int32 sums of 2
+            return call("llvm.aarch64.neon.saddlp.v4i32.v8i16",
+                        call("llvm.aarch64.neon.smull.v8i16", half(activations, dtype=f"{act}x8"),
+                             half(weights, dtype="int8x8"), dtype="int16x8"), dtype=acc_vector)
+        return acc + call("llvm.aarch64.neon.addp.v4i32", pair_sums(T.vectorlow), pair_sums(T.vectorhigh),
+                          dtype=acc_vector)
+    raise ValueError(f"unknown dot-product step {isa.step!r}")
+
+
+def detect(target) -> DotIsa | None:
+    """The dot-product instruction `target` (a tvm.target.Target) generates code for, or None."""
     from tvm.target import codegen
 
     if target.kind.name != "llvm":
-        return False
-    try:
-        return bool(codegen.target_has_features(["avx512f", "avx512bw", "avx512vnni"], target))
-    except Exception:  # a target LLVM cannot describe: no VNNI
-        return False
+        return None
+    for isa in ISAS.values():
+        try:
+            if codegen.target_has_features(list(isa.features), target):
+                return isa
+        except Exception:  # a target LLVM cannot describe, or features of another architecture
+            continue
+    return None
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
+def available(target) -> bool:
+    """Does `target` generate AVX-512 VNNI code? (the x86 kernels' benchmarks and tests ask)"""
+    return detect(target) is VNNI
+
+
+def _register(isa: DotIsa) -> None:
+    if isa.name in _registered:
         return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    # TVM's own description (tvm.s_tir.tensor_intrin.x86), written out: importing that module
-    # imports every tensor_intrin module of TVM, 33 s on this machine
+    lanes, act = isa.lanes, isa.activation
+    act_vector, weight_vector, acc_vector = f"{act}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
+
+    def instruction(acc, activations, weights):
+        return _step_expression(isa, T, acc, activations, weights)
+
+    def broadcast(four_bytes, dtype):   # 4 bytes read as one int32, repeated in every lane
+        return T.reinterpret(T.broadcast(T.reinterpret(four_bytes, dtype="int32"), lanes), dtype=dtype)
+
+    # TVM's own description (tvm.s_tir.tensor_intrin.x86 / arm_cpu), written out: importing those
+    # modules imports every tensor_intrin module of TVM, 33 s on this machine
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def desc(A: T.Buffer((4,), act, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
-             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def impl(A: T.Buffer((4,), act, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            # one expression: intermediate names would become buffers (TVM's FlattenBuffer)
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
-                              dtype="uint8x64"),
-                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = instruction(
+                C.vload([0], dtype=acc_vector), broadcast(A.vload([0], f"{act}x4"), act_vector),
+                B.vload([0, 0], dtype=weight_vector))
 
-    TensorIntrin.register(DOT_16x4, desc, impl, override=True)
+    TensorIntrin.register(isa.dot, desc, impl, override=True)
 
-    # the convolutions' order: the 4 broadcast bytes are int8 weights; the 16 lanes are uint32
-    # words of 4 uint8 pixel codes each (byte i = code i), which the layout kernels write whole
+    # the convolutions' order: the 4 broadcast bytes are int8 weights; the lanes are uint32 words
+    # of 4 activation codes each (byte i = code i), which the layout kernels write whole
     @T.prim_func(s_tir=True)
-    def lanes_desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((16,), "uint32", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def lanes_desc(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((lanes,), "uint32", offset_factor=1),
+                   C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
-                        T.bitwise_and(T.shift_right(B[vi], T.cast(vk * 8, "uint32")), T.uint32(255)), "int32")
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * _byte(B[vi], vk, act)
 
     @T.prim_func(s_tir=True)
-    def lanes_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((16,), "uint32", offset_factor=1),
-                   C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+    def lanes_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((lanes,), "uint32", offset_factor=1),
+                   C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16])
-            T.writes(C[0:16])
-            # vpdpbusd's first byte operand is the unsigned one
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(B.vload([0], dtype="uint32x16"), dtype="uint8x64"),
-                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16),
-                              dtype="int8x64"), dtype="int32x16")
+            T.reads(C[0:lanes], A[0:4], B[0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(T.int32(0), 1, lanes)] = instruction(
+                C.vload([0], dtype=acc_vector),
+                T.reinterpret(B.vload([0], dtype=f"uint32x{lanes}"), dtype=act_vector),
+                broadcast(A.vload([0], "int8x4"), weight_vector))
 
-    TensorIntrin.register(DOT_16x4_WORDS, lanes_desc, lanes_impl, override=True)
-    _registered = True
+    TensorIntrin.register(isa.words, lanes_desc, lanes_impl, override=True)
+    _registered.add(isa.name)
 
 
-def tiles(rows: int, blocks: int) -> tuple[int, int]:
-    """(MR, NR) of the register tile for `rows` x `blocks` vectors of 16 columns: NR dividing
-    `blocks` (3, 2 or 1), MR as large as the stack limit allows, then the MR that pads `rows` least."""
-    nr = next(n for n in (3, 2, 1) if blocks % n == 0)
-    mr_max = max(1, (STACK_LIMIT - 1) // (nr * 16 * 4))
+def tiles(rows: int, blocks: int, isa: DotIsa = VNNI) -> tuple[int, int]:
+    """(MR, NR) of the register tile for `rows` x `blocks` vectors of `isa.lanes` columns: NR
+    dividing `blocks` (the largest of isa.nr_choices), MR as large as the register budget allows,
+    then the MR that pads `rows` least."""
+    nr = next(n for n in isa.nr_choices if blocks % n == 0)
+    mr_max = max(1, isa.accumulators // nr)
     candidates = range(mr_max, max(1, mr_max // 2) - 1, -1)
     mr = min(candidates, key=lambda m: (-(-rows // m) * m, -m))
     return mr, nr
 
 
-def padded(k: int, n: int) -> tuple[int, int]:
-    """(K, N) rounded up to the kernel's steps: K to 4, N to a whole number of 16-column vectors."""
-    return -(-k // 4) * 4, -(-n // 16) * 16
+def padded(k: int, n: int, isa: DotIsa = VNNI) -> tuple[int, int]:
+    """(K, N) rounded up to the kernel's steps: K to 4, N to a whole number of vectors."""
+    return -(-k // 4) * 4, -(-n // isa.lanes) * isa.lanes
 
 
-def padded_rows(rows: int, n: int) -> int:
+def padded_rows(rows: int, n: int, isa: DotIsa = VNNI) -> int:
     """`rows` rounded up to a whole number of register tiles for `n` (padded) columns."""
-    mr, _ = tiles(rows, n // 16)
+    mr, _ = tiles(rows, n // isa.lanes, isa)
     return -(-rows // mr) * mr
 
 
-def pack_weight(w_kn: np.ndarray) -> np.ndarray:
-    """int codes [K, N] -> int8 [N/16, K/4, 16, 4], zero-padded to the kernel's steps."""
+def pack_weight(w_kn: np.ndarray, isa: DotIsa = VNNI) -> np.ndarray:
+    """int codes [K, N] -> int8 [N/L, K/4, L, 4] (L = isa.lanes), zero-padded to the kernel's steps."""
     k, n = w_kn.shape
-    kp, np_ = padded(k, n)
+    kp, np_ = padded(k, n, isa)
+    lanes = isa.lanes
     w = np.zeros((kp, np_), np.int8)
     w[:k, :n] = w_kn
-    return np.ascontiguousarray(w.T.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(w.T.reshape(np_ // lanes, lanes, kp // 4, 4).transpose(0, 2, 1, 3))
 
 
 def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: int = -1, shape=None):
@@ -171,45 +263,46 @@ def _requantize_value(tirx, total, mult, shift, qparams, out_dtype):
     return v.astype(out_dtype)
 
 
-def dense_func(rows: int, k: int, n: int, out_dtype: str, rows_out: int | None = None):
-    """The scheduled kernel Y[rows_out, n] = requantize(A[rows, k] (u8) x packed W (s8) + bias), rows
-    a multiple of the tile's MR, k of 4, n of 16; the padding rows (past `rows_out`, default all
+def dense_func(rows: int, k: int, n: int, out_dtype: str, rows_out: int | None = None, isa: DotIsa = VNNI):
+    """The scheduled kernel Y[rows_out, n] = requantize(A[rows, k] (isa.activation) x packed W (s8) +
+    bias), rows a multiple of the tile's MR, k of 4, n of isa.lanes; the padding rows (past `rows_out`, default all
     rows) are computed but not written, so the output needs no slice. Every number of the layer is
     an argument (bias, multiplier and shift per column, [zero point, lo, hi]), so one kernel serves
     every layer of its shape."""
     from tvm import s_tir, te, tirx
 
-    _register()
-    mr, nr = tiles(rows, n // 16)
-    assert rows % mr == 0 and k % 4 == 0 and n % 16 == 0, (rows, k, n, mr)
-    a = te.placeholder((rows, k), "uint8", name="A")
-    b = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="B")
+    _register(isa)
+    lanes = isa.lanes
+    mr, nr = tiles(rows, n // lanes, isa)
+    assert rows % mr == 0 and k % 4 == 0 and n % lanes == 0, (rows, k, n, mr)
+    a = te.placeholder((rows, k), isa.activation, name="A")
+    b = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="B")
     bias = te.placeholder((n,), "int32", name="bias")
     mult = te.placeholder((n,), "int64", name="mult")
     shift = te.placeholder((n,), "int64", name="shift")
     qparams = te.placeholder((3,), "int32", name="qparams")
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((rows, n), lambda i, j: te.sum(
-        a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+        a[i, r].astype("int32") * b[j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
     y = _requantize_te(te, tirx, c, bias, mult, shift, qparams, out_dtype, shape=(rows_out or rows, n))
     sch = s_tir.Schedule(te.create_prim_func([a, b, bias, mult, shift, qparams, y]))
     block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
     i, j, kk = sch.get_loops(block)
     io, ii = sch.split(i, [None, mr])
-    jo, jr, ji = sch.split(j, [None, nr, 16])
+    jo, jr, ji = sch.split(j, [None, nr, lanes])
     ko, ki = sch.split(kk, [None, 4])
     # a column panel of W stays in cache across row tiles
-    return _register_tile(sch, block, epilogue, (jo, io), [ko], (ii, jr, ji, ki), DOT_16x4)
+    return _register_tile(sch, block, epilogue, (jo, io), [ko], (ii, jr, ji, ki), isa.dot)
 
 
 def _register_tile(sch, block, epilogue, outer, reduce, tile, intrinsic: str):
     """The schedule every kernel here shares, finished: loops `outer` (one parallel loop), the
-    `reduce` loops, then the register tile `tile` = (MR rows, NR vectors, 16 lanes, 4 bytes) of
-    int32 accumulators, one `intrinsic` per 16 x 4; the requantization `epilogue` straight from
+    `reduce` loops, then the register tile `tile` = (MR rows, NR vectors, L lanes, 4 bytes) of
+    int32 accumulators, one `intrinsic` per L x 4; the requantization `epilogue` straight from
     the tile. Returns the kernel, marked scheduled."""
     rows, vectors, lanes, _ = tile
     sch.reorder(*outer, *reduce, *tile)
-    sch.set_scope(block, 0, "global")            # the MR x NR*16 int32 tile < STACK_LIMIT: registers
+    sch.set_scope(block, 0, "global")            # the MR x NR*L int32 tile < STACK_LIMIT: registers
     sch.reverse_compute_at(epilogue, outer[-1])  # requantized straight from the registers
     sch.parallel(sch.fuse(*outer))
     init = sch.decompose_reduction(block, reduce[0])
@@ -233,11 +326,11 @@ def static_shape(bb, x) -> list[int] | None:
 
 
 def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_zp: int, lo: int, hi: int,
-               out_dtype: str):
-    """Codes y[..., N] = requantize(sum_k (x[..., k] - zero_point) * w_kn[k, :] + bias) on the VNNI kernel.
+               out_dtype: str, isa: DotIsa = VNNI):
+    """Codes y[..., N] = requantize(sum_k (x[..., k] - zero_point) * w_kn[k, :] + bias) on the `isa` kernel.
 
     The zero point leaves the product: sum (x - zp) w = sum x w - zp * colsum(w), folded into the
-    bias (int32 arithmetic wraps alike). int8 activations enter as uint8 (x + 128, zero point + 128).
+    bias (int32 arithmetic wraps alike). Activations enter as isa.activation (`_recoded`).
     `bias`, `mult`, `shift`: per output column or one value."""
     from tvm import relax
 
@@ -246,26 +339,21 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
     shape = static_shape(bb, x)
     k, n = w_kn.shape
     rows = int(np.prod(shape[:-1]))
-    x, zero_point = _as_uint8(x, x_ty, zero_point)
-    kp, np_ = padded(k, n)
-    rows_p = padded_rows(rows, np_)
+    x, zero_point = _recoded(x, x_ty, zero_point, isa.activation)
+    kp, np_ = padded(k, n, isa)
+    rows_p = padded_rows(rows, np_, isa)
     a = op.reshape(x, (rows, k))
     if rows_p != rows or kp != k:
         a = op.nn.pad(a, [0, rows_p - rows, 0, kp - k])
-    gv = _kernel(bb, f"edgekit_vnni_dense_{rows_p}x{kp}x{np_}_to{rows}_{out_dtype}",
-                 lambda: dense_func(rows_p, kp, np_, out_dtype, rows_out=rows))
+    gv = _kernel(bb, f"edgekit_{isa.name}_dense_{rows_p}x{kp}x{np_}_to{rows}_{out_dtype}",
+                 lambda: dense_func(rows_p, kp, np_, out_dtype, rows_out=rows, isa=isa))
 
-    args = [a, relax.const(pack_weight(w_kn), "int8"),
+    args = [a, relax.const(pack_weight(w_kn, isa), "int8"),
             *_requant_args(w_kn.astype(np.int64).sum(axis=0), zero_point, bias, mult, shift, out_zp, lo, hi, np_)]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, np_), out_dtype)))
     if np_ != n:
         y = op.strided_slice(y, axes=[1], begin=[0], end=[n])
     return op.reshape(y, shape[:-1] + [n])
-
-
-def _as_uint8(x, x_ty, zero_point: int):
-    """int8 activation codes enter the kernels as uint8: x + 128, zero point + 128."""
-    return _recoded(x, x_ty, zero_point, "uint8")
 
 
 def _recoded(x, x_ty, zero_point: int, dtype: str):
@@ -318,23 +406,25 @@ def _requant_args(weight_sums: np.ndarray, zero_point: int, bias, mult, shift, o
 #     C[b, i, j] = sum_k (A[b, i, k] - za) (B[b, k, j] - zb)
 #                = sum_k A B  -  zb * rowsum(A)[b, i]  -  za * colsum(B)[b, j]  +  K za zb
 #
-# A enters as uint8 (int8 codes + 128), B as int8 (uint8 codes - 128, zero points moved alike), so
-# sum A B is the dense kernel's vpdpbusd product; B is packed per call into the kernel's
-# [N/16, K/4, 16, 4] layout (one small layout kernel; B is an activation, not a constant). The two
+# A enters as the instruction's activation dtype (uint8 for vpdpbusd, int8 for sdot), B as int8
+# (codes of the other signedness move by 128, their zero points alike), so sum A B is the dense
+# kernel's product; B is packed per call into the kernel's [N/L, K/4, L, 4] layout (one small
+# layout kernel; B is an activation, not a constant). The two
 # sums are the per-row and per-column terms added before the requantization. In int32 every term
 # wraps alike, so the result is the reference's wrap_int32 of the exact product, bit for bit.
 
-def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out: int):
-    """The scheduled kernel Y[batch, rows_out, n] = requantize(A[batch, rows, k] (u8) x packed
-    B[batch] (s8) + col_bias[batch, n] + row_bias[batch, rows_out]) with one multiplier and shift;
-    rows a multiple of the tile's MR, k of 4, n of 16 (padding rows computed, not written)."""
+def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out: int, isa: DotIsa = VNNI):
+    """The scheduled kernel Y[batch, rows_out, n] = requantize(A[batch, rows, k] (isa.activation) x
+    packed B[batch] (s8) + col_bias[batch, n] + row_bias[batch, rows_out]) with one multiplier and
+    shift; rows a multiple of the tile's MR, k of 4, n of isa.lanes (padding rows computed, not written)."""
     from tvm import s_tir, te, tirx
 
-    _register()
-    mr, nr = tiles(rows, n // 16)
-    assert rows % mr == 0 and k % 4 == 0 and n % 16 == 0, (rows, k, n, mr)
-    a = te.placeholder((batch, rows, k), "uint8", name="A")
-    b = te.placeholder((batch, n // 16, k // 4, 16, 4), "int8", name="B")
+    _register(isa)
+    lanes = isa.lanes
+    mr, nr = tiles(rows, n // lanes, isa)
+    assert rows % mr == 0 and k % 4 == 0 and n % lanes == 0, (rows, k, n, mr)
+    a = te.placeholder((batch, rows, k), isa.activation, name="A")
+    b = te.placeholder((batch, n // lanes, k // 4, lanes, 4), "int8", name="B")
     col_bias = te.placeholder((batch, n), "int32", name="col_bias")
     row_bias = te.placeholder((batch, rows_out), "int32", name="row_bias")
     mult = te.placeholder((1,), "int64", name="mult")
@@ -342,16 +432,16 @@ def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out:
     qparams = te.placeholder((3,), "int32", name="qparams")
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((batch, rows, n), lambda h, i, j: te.sum(
-        a[h, i, r].astype("int32") * b[h, j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+        a[h, i, r].astype("int32") * b[h, j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
     y = te.compute((batch, rows_out, n), lambda h, i, j: _requantize_value(
         tirx, c[h, i, j] + col_bias[h, j] + row_bias[h, i], mult[0], shift[0], qparams, out_dtype), name="Y")
     sch = s_tir.Schedule(te.create_prim_func([a, b, col_bias, row_bias, mult, shift, qparams, y]))
     block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
     h, i, j, kk = sch.get_loops(block)
     io, ii = sch.split(i, [None, mr])
-    jo, jr, ji = sch.split(j, [None, nr, 16])
+    jo, jr, ji = sch.split(j, [None, nr, lanes])
     ko, ki = sch.split(kk, [None, 4])
-    return _register_tile(sch, block, epilogue, (h, jo, io), [ko], (ii, jr, ji, ki), DOT_16x4)
+    return _register_tile(sch, block, epilogue, (h, jo, io), [ko], (ii, jr, ji, ki), isa.dot)
 
 
 def matmul_supported(a_shape, b_shape, a_dtype: str, b_dtype: str) -> bool:
@@ -361,8 +451,9 @@ def matmul_supported(a_shape, b_shape, a_dtype: str, b_dtype: str) -> bool:
             and {a_dtype, b_dtype} <= {"uint8", "int8"})
 
 
-def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: int, out_dtype: str):
-    """Codes y[..., M, N] = requantize(sum_k (a[..., M, K] - za) (b[..., K, N] - zb)) on the VNNI
+def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: int, out_dtype: str,
+                isa: DotIsa = VNNI):
+    """Codes y[..., M, N] = requantize(sum_k (a[..., M, K] - za) (b[..., K, N] - zb)) on the `isa`
     kernel (see above); `matmul_supported` must hold for the operands."""
     from tvm import relax
 
@@ -373,10 +464,10 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
     *lead, m, k = a_shape
     n = b_shape[-1]
     batch = int(np.prod(lead, dtype=np.int64))
-    a, za = _as_uint8(a, bb.normalize(a).ty, int(zero_points[0]))
+    a, za = _recoded(a, bb.normalize(a).ty, int(zero_points[0]), isa.activation)
     b, zb = _recoded(b, bb.normalize(b).ty, int(zero_points[1]), "int8")
-    kp, np_ = padded(k, n)
-    rows_p = padded_rows(m, np_)
+    kp, np_ = padded(k, n, isa)
+    rows_p = padded_rows(m, np_, isa)
 
     def scalar(value):     # a kernel argument, not an immediate (see qlower._param)
         return relax.const(np.array([value], np.int32), "int32")
@@ -391,9 +482,10 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
         a3 = op.nn.pad(a3, [0, 0, 0, rows_p - m, 0, kp - k])
     if kp != k or np_ != n:
         b3 = op.nn.pad(b3, [0, 0, 0, kp - k, 0, np_ - n])
-    packed = op.permute_dims(op.reshape(b3, (batch, kp // 4, 4, np_ // 16, 16)), [0, 3, 1, 4, 2])
-    gv = _kernel(bb, f"edgekit_vnni_matmul_{batch}x{rows_p}x{kp}x{np_}_to{m}_{out_dtype}",
-                 lambda: matmul_func(batch, rows_p, kp, np_, out_dtype, m))
+    lanes = isa.lanes
+    packed = op.permute_dims(op.reshape(b3, (batch, kp // 4, 4, np_ // lanes, lanes)), [0, 3, 1, 4, 2])
+    gv = _kernel(bb, f"edgekit_{isa.name}_matmul_{batch}x{rows_p}x{kp}x{np_}_to{m}_{out_dtype}",
+                 lambda: matmul_func(batch, rows_p, kp, np_, out_dtype, m, isa))
     args = [a3, packed, col_bias, row_bias,
             relax.const(np.asarray(mult, np.int64).reshape(1), "int64"),
             relax.const(np.asarray(shift, np.int64).reshape(1), "int64"),
@@ -407,11 +499,11 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
 # --------------------------------------------------------------------------- convolution
 # A convolution as one product over the flattened, padded image ("pixels in lanes"): with the
 # input padded to Hp x Wp and read as one row of Hp*Wp pixels, output pixel (oh, ow) of a stride-1
-# convolution sits at p = oh*Wp + ow and tap (r, s) reads pixel p + r*Wp + s. So 16 consecutive
-# outputs read 16 consecutive input pixels for every tap, and the last kw-1 columns of each output
+# convolution sits at p = oh*Wp + ow and tap (r, s) reads pixel p + r*Wp + s. So L consecutive
+# outputs read L consecutive input pixels for every tap, and the last kw-1 columns of each output
 # row are computed and dropped. The operand is uint32 words of 4 channels' codes ([C/4, pixels],
-# written by the layout kernel) so one 64-byte load gives vpdpbusd its 16 lanes x 4 channels; the
-# 4 weights of a tap are broadcast. The output comes out channel-major (NCHW) with no transpose.
+# written by the layout kernel) so one vector load gives the instruction its L lanes x 4 channels;
+# the 4 weights of a tap are broadcast. The output comes out channel-major (NCHW) with no transpose.
 #
 # A stride-2 convolution becomes a stride-1 one over the 4 phase images x[c, 2i + a, 2j + b]
 # (space-to-depth): tap (r, s) is tap (r // 2, s // 2) of phase (r % 2, s % 2). The 4 phases of a
@@ -420,16 +512,16 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
 STRIDES = (1, 2)   # the convolution strides the kernel runs (4 interleaved bytes: channels or phases)
 
 
-def conv_tiles(channels: int, positions: int, depthwise: bool = False) -> tuple[int, int]:
-    """(MR output channels, NR vectors of 16 pixels) of the register tile under the stack limit
-    with the fewest instructions in all: per tile and step, MR*NR vpdpbusd, MR broadcasts and NR
+def conv_tiles(channels: int, positions: int, depthwise: bool = False, isa: DotIsa = VNNI) -> tuple[int, int]:
+    """(MR output channels, NR vectors of L pixels) of the register tile within the register budget
+    with the fewest instructions in all: per tile and step, MR*NR dot products, MR broadcasts and NR
     loads (MR*NR for a depthwise convolution, whose channels read their own pixels); padded
     channels and pixels count as work."""
     def cost(mr, nr):
         loads = mr * nr if depthwise else nr
-        return -(-channels // mr) * -(-positions // (16 * nr)) * (mr * nr + mr + loads)
+        return -(-channels // mr) * -(-positions // (isa.lanes * nr)) * (mr * nr + mr + loads)
 
-    shapes = [(mr, nr) for nr in (3, 2, 1) for mr in range(1, (STACK_LIMIT - 1) // (nr * 64) + 1)]
+    shapes = [(mr, nr) for nr in isa.nr_choices for mr in range(1, isa.accumulators // nr + 1)]
     return min(shapes, key=lambda t: (cost(*t), -t[0] * t[1]))
 
 
@@ -441,20 +533,21 @@ class _LanesGeometry:
     kind = layout_kind = ""
 
     def _tile(self, depthwise: bool) -> None:
-        self.mr, self.nr = conv_tiles(self.oc, self.ho * self.pitch, depthwise)
+        self.mr, self.nr = conv_tiles(self.oc, self.ho * self.pitch, depthwise, self.isa)
         self.oc_p = -(-self.oc // self.mr) * self.mr
-        step = 16 * self.nr
+        step = self.isa.lanes * self.nr
         self.positions = -(-(self.ho * self.pitch) // step) * step
 
     def dims(self) -> str:
         raise NotImplementedError
 
     def name(self, out_dtype: str) -> str:
-        return f"edgekit_vnni_{self.kind}_{self.dims()}_p{self.positions}_w{self.pitch}_l{self.length}_{out_dtype}"
+        return (f"edgekit_{self.isa.name}_{self.kind}_{self.dims()}_p{self.positions}_w{self.pitch}_l{self.length}"
+                f"_{out_dtype}")
 
     def layout_name(self) -> str:
-        return (f"edgekit_vnni_{self.layout_kind}_{self.layout_shape[0]}x{self.c}x{self.h}x{self.w}_s{self.stride}"
-                f"_p{'_'.join(map(str, self.pads))}_w{self.pitch}_l{self.length}")
+        return (f"edgekit_{self.isa.name}_{self.layout_kind}_{self.layout_shape[0]}x{self.c}x{self.h}x{self.w}"
+                f"_s{self.stride}_p{'_'.join(map(str, self.pads))}_w{self.pitch}_l{self.length}")
 
 
 class ConvGeometry(_LanesGeometry):
@@ -464,8 +557,9 @@ class ConvGeometry(_LanesGeometry):
     row pitch `pitch`, `positions` outputs per channel (padded to whole tiles), `length` pixels."""
 
     def __init__(self, channels_in: int, channels_out: int, height: int, width: int, kh: int, kw: int,
-                 pads: tuple[int, int, int, int], stride: int = 1):
+                 pads: tuple[int, int, int, int], stride: int = 1, isa: DotIsa = VNNI):
         assert stride in STRIDES, stride
+        self.isa = isa
         top, left, bottom, right = pads
         self.c, self.oc, self.h, self.w = channels_in, channels_out, height, width
         self.pads, self.stride = tuple(pads), stride
@@ -502,7 +596,8 @@ def _whole_rows(length: int, pitch: int) -> int:
 
 
 def layout_func(g):
-    """The kernel writing the operand of a convolution kernel from NCHW codes X[1, C, H, W]:
+    """The kernel writing the operand of a convolution kernel from NCHW codes X[1, C, H, W] (of the
+    instruction's activation dtype):
     uint32 words (g.layout_shape, see g.word_planes), the input zero point wherever a byte falls
     in the padding or past the channels.
 
@@ -517,8 +612,8 @@ def layout_func(g):
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name("main")
-            x = T.match_buffer(T.arg("X", T.handle()), (1, g.c, g.h, g.w), "uint8")
-            zp = T.match_buffer(T.arg("zero_point", T.handle()), (1,), "uint8")
+            x = T.match_buffer(T.arg("X", T.handle()), (1, g.c, g.h, g.w), g.isa.activation)
+            zp = T.match_buffer(T.arg("zero_point", T.handle()), (1,), g.isa.activation)
             out = T.match_buffer(T.arg("P", T.handle()), g.layout_shape, "uint32")
             with T.parallel(0, g.layout_shape[0] * rows) as task:
                 group, row = task // rows, task % rows
@@ -541,7 +636,7 @@ def _layout_row(T, g, x, zp, out, index, start, srcs) -> None:
         T.buffer_store(out, _layout_word(g, x, zp, srcs, col, inside), [*index, start + col])
 
     done = first
-    for lanes in (16, 4):   # vectors of 16 words, then of 4 for small images
+    for lanes in (16, 4):   # stores of 16 words, then of 4 for small images
         vectors = (last - done) // lanes
         if vectors:
             with T.serial(0, vectors) as vo:
@@ -567,17 +662,21 @@ def _layout_word(g, x, zp, srcs, col, inside: bool):
             ok = tirx.all(ok, column >= 0, column < g.w)
             column = tirx.max(tirx.min(column, g.w - 1), 0)
         code = x[0, tirx.min(ch, g.c - 1), tirx.max(tirx.min(row, g.h - 1), 0), column]
-        byte = tirx.Select(ok, code, zp[0]).astype("uint32") << tirx.const(8 * i, "uint32")
+        code = tirx.Select(ok, code, zp[0])
+        if g.isa.activation != "uint8":   # int8 codes: their two's-complement byte, not a sign-extended word
+            code = code.astype("uint8")
+        byte = code.astype("uint32") << tirx.const(8 * i, "uint32")
         total = byte if total is None else total | byte
     return total
 
 
-def _byte(word, i):
-    """Byte i of a uint32 operand word, as int32: the lanes intrinsic's description."""
+def _byte(word, i, dtype: str):
+    """Byte i of a uint32 operand word read as a `dtype` (uint8 or int8) code, as int32: the lanes
+    intrinsic's description."""
     from tvm import tirx
 
-    return tirx.Cast("int32", tirx.bitwise_and(tirx.shift_right(word, tirx.Cast("uint32", i * 8)),
-                                               tirx.const(255, "uint32")))
+    byte = tirx.bitwise_and(tirx.shift_right(word, tirx.Cast("uint32", i * 8)), tirx.const(255, "uint32"))
+    return tirx.Cast("int32", byte if dtype == "uint8" else tirx.Cast(dtype, byte))
 
 
 def pack_conv_weight(w: np.ndarray, g: ConvGeometry) -> np.ndarray:
@@ -598,11 +697,11 @@ def pack_conv_weight(w: np.ndarray, g: ConvGeometry) -> np.ndarray:
 
 def _lanes_kernel(g, operand, weight, product, reduce_axes, out_dtype: str):
     """The scheduled kernel Y[oc, p] = requantize(C[oc, p] + bias[oc]) with C = sum over
-    `reduce_axes` of `product(o, p)`, the last reduce axis being the 4 bytes of one vpdpbusd: an
-    MR x NR*16 register tile of C, 16 pixels per vector."""
+    `reduce_axes` of `product(o, p)`, the last reduce axis being the 4 bytes of one instruction: an
+    MR x NR*L register tile of C, L pixels per vector."""
     from tvm import s_tir, te, tirx
 
-    _register()
+    _register(g.isa)
     bias = te.placeholder((g.oc_p,), "int32", name="bias")
     mult = te.placeholder((g.oc_p,), "int64", name="mult")
     shift = te.placeholder((g.oc_p,), "int64", name="shift")
@@ -613,14 +712,14 @@ def _lanes_kernel(g, operand, weight, product, reduce_axes, out_dtype: str):
     block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
     o, p, *taps, ki = sch.get_loops(block)
     oo, oi = sch.split(o, [None, g.mr])
-    po, pr, pi = sch.split(p, [None, g.nr, 16])
+    po, pr, pi = sch.split(p, [None, g.nr, g.isa.lanes])
     # a pixel panel stays in cache across channel tiles
-    return _register_tile(sch, block, epilogue, (po, oo), taps, (oi, pr, pi, ki), DOT_16x4_WORDS)
+    return _register_tile(sch, block, epilogue, (po, oo), taps, (oi, pr, pi, ki), g.isa.words)
 
 
 def conv_func(g: ConvGeometry, out_dtype: str):
     """The convolution kernel: C[oc, p] = sum over (group, r, s, i) of W[oc, group, r, s, i] *
-    P[group, p + r*pitch + s, i], P uint8 [groups, length, 4], W int8 packed."""
+    P[group, p + r*pitch + s, i], P [groups, length] words of 4 codes, W int8 packed."""
     from tvm import te
 
     p_in = te.placeholder(g.layout_shape, "uint32", name="P")
@@ -629,7 +728,7 @@ def conv_func(g: ConvGeometry, out_dtype: str):
             te.reduce_axis((0, g.taps[1]), name="s"), te.reduce_axis((0, 4), name="i")]
     rc, rr, rs, ri = axes
     return _lanes_kernel(g, p_in, w, lambda o, p: w[o, rc, rr, rs, ri].astype("int32")
-                         * _byte(p_in[rc, p + rr * g.pitch + rs], ri), axes, out_dtype)
+                         * _byte(p_in[rc, p + rr * g.pitch + rs], ri, g.isa.activation), axes, out_dtype)
 
 
 def _lanes_shape(shape, weight_shape, strides, dilations) -> bool:
@@ -645,13 +744,13 @@ def conv_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
 
 
 def emit_conv(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
-              lo: int, hi: int, out_dtype: str):
-    """Codes y[1, OC, Ho, Wo] = requantize(conv(x - zero_point, weight) + bias) on the VNNI kernel.
+              lo: int, hi: int, out_dtype: str, isa: DotIsa = VNNI):
+    """Codes y[1, OC, Ho, Wo] = requantize(conv(x - zero_point, weight) + bias) on the `isa` kernel.
 
     pads: ONNX order (top, left, bottom, right); padding takes the input zero point (a real 0)."""
     _, c, h, w_in = static_shape(bb, x)
     oc, _, kh, kw = weight.shape
-    g = ConvGeometry(c, oc, h, w_in, kh, kw, tuple(int(v) for v in pads), stride)
+    g = ConvGeometry(c, oc, h, w_in, kh, kw, tuple(int(v) for v in pads), stride, isa)
     return _emit_on_lanes(bb, x, g, conv_func, pack_conv_weight(weight, g), weight.astype(np.int64).sum(axis=(1, 2, 3)),
                           zero_point, bias, mult, shift, out_zp, lo, hi, out_dtype)
 
@@ -662,9 +761,10 @@ def _emit_on_lanes(bb, x, g, kernel_func, packed: np.ndarray, weight_sums: np.nd
     from tvm import relax
 
     op = relax.op
-    x, zero_point = _as_uint8(x, bb.normalize(x).ty, zero_point)
+    x, zero_point = _recoded(x, bb.normalize(x).ty, zero_point, g.isa.activation)
     layout = _kernel(bb, g.layout_name(), lambda: layout_func(g))
-    operand = bb.emit(relax.call_tir(layout, [x, relax.const(np.array([zero_point], np.uint8), "uint8")],
+    zp = relax.const(np.array([zero_point], g.isa.activation), g.isa.activation)
+    operand = bb.emit(relax.call_tir(layout, [x, zp],
                                      relax.TensorType(g.layout_shape, "uint32")))
     gv = _kernel(bb, g.name(out_dtype), lambda: kernel_func(g, out_dtype))
     args = [operand, relax.const(packed, "int8"),
@@ -687,8 +787,10 @@ def _emit_on_lanes(bb, x, g, kernel_func, packed: np.ndarray, weight_sums: np.nd
 class DepthwiseGeometry(_LanesGeometry):
     """Sizes of one depthwise convolution (stride 1 or 2) on its row-interleaved operand."""
 
-    def __init__(self, channels: int, height: int, width: int, kh: int, kw: int, pads, stride: int = 1):
+    def __init__(self, channels: int, height: int, width: int, kh: int, kw: int, pads, stride: int = 1,
+                 isa: DotIsa = VNNI):
         assert stride in STRIDES, stride
+        self.isa = isa
         top, left, bottom, right = pads
         self.c = self.oc = channels
         self.h, self.w, self.kh, self.kw, self.pads, self.stride = height, width, kh, kw, tuple(pads), stride
@@ -735,7 +837,8 @@ def depthwise_func(g: DepthwiseGeometry, out_dtype: str):
             te.reduce_axis((0, g.stride), name="b"), te.reduce_axis((0, 4), name="i")]
     rr, rs, rb, ri = axes
     return _lanes_kernel(g, q, w, lambda o, p: w[o, rr, rs, rb, ri].astype("int32")
-                         * _byte(q[o, rb, p + rr * g.row_step * g.pitch + rs], ri), axes, out_dtype)
+                         * _byte(q[o, rb, p + rr * g.row_step * g.pitch + rs], ri, g.isa.activation), axes,
+                         out_dtype)
 
 
 def depthwise_supported(shape, weight_shape, strides, dilations, group: int) -> bool:
@@ -745,10 +848,10 @@ def depthwise_supported(shape, weight_shape, strides, dilations, group: int) -> 
 
 
 def emit_depthwise(bb, x, weight: np.ndarray, pads, stride: int, zero_point: int, bias, mult, shift, out_zp: int,
-                   lo: int, hi: int, out_dtype: str):
-    """Codes y[1, C, Ho, Wo] of a depthwise convolution on the VNNI kernel (see above)."""
+                   lo: int, hi: int, out_dtype: str, isa: DotIsa = VNNI):
+    """Codes y[1, C, Ho, Wo] of a depthwise convolution on the `isa` kernel (see above)."""
     _, c, h, w_in = static_shape(bb, x)
-    g = DepthwiseGeometry(c, h, w_in, weight.shape[2], weight.shape[3], tuple(int(v) for v in pads), stride)
+    g = DepthwiseGeometry(c, h, w_in, weight.shape[2], weight.shape[3], tuple(int(v) for v in pads), stride, isa)
     return _emit_on_lanes(bb, x, g, depthwise_func, pack_depthwise_weight(weight, g),
                           weight.astype(np.int64).sum(axis=(1, 2, 3)), zero_point, bias, mult, shift, out_zp, lo, hi,
                           out_dtype)
@@ -804,7 +907,7 @@ def conv_transpose_supported(shape, weight_shape, pads, dilations, group: int) -
 
 
 def emit_conv_transpose(bb, x, weight: np.ndarray, strides, pads, output_padding, zero_point: int, bias, mult,
-                        shift, out_zp: int, lo: int, hi: int, out_dtype: str):
+                        shift, out_zp: int, lo: int, hi: int, out_dtype: str, isa: DotIsa = VNNI):
     """Codes y[1, OC, H_out, W_out] of a ConvTranspose (groups 1) on the convolution kernel (see above)."""
     from tvm import relax
 
@@ -819,7 +922,7 @@ def emit_conv_transpose(bb, x, weight: np.ndarray, strides, pads, output_padding
         return np.tile(np.broadcast_to(np.asarray(values).reshape(-1), (oc,)), phases)
 
     y = emit_conv(bb, x, corr, pads1, 1, zero_point, per_phase(bias), per_phase(mult), per_phase(shift), out_zp,
-                  lo, hi, out_dtype)
+                  lo, hi, out_dtype, isa)
     y = op.strided_slice(y, axes=[2, 3], begin=[0, 0], end=[mh, mw])
     y = op.reshape(y, (sh, sw, oc, mh, mw))
     y = op.permute_dims(y, [2, 3, 0, 4, 1])            # [OC, M_h, S_h, M_w, S_w]
