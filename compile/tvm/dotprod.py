@@ -1,6 +1,7 @@
-"""Int8 dot-product kernels for the CPUs users have: x86 with AVX-512 VNNI (`vpdpbusd`) or AVX2
-only (`vpmaddubsw` + `vpmaddwd`), arm64 with the dot-product extension (`sdot`, `+dotprod`) or NEON
-only (`smull` + `saddlp` + `addp`). `detect` picks one from the target's features.
+"""Int8 dot-product kernels for the CPUs users have: x86 with AVX-512 VNNI (`vpdpbusd` on zmm),
+AVX-VNNI (`vpdpbusd` on ymm: Intel's client CPUs since Alder Lake) or AVX2 only (`vpmaddubsw` +
+`vpmaddwd`), arm64 with the dot-product extension (`sdot`, `+dotprod`) or NEON only (`smull` +
+`saddlp` + `addp`). `detect` picks one from the target's features.
 
 The kernels of the integer lowering (`qlower`) on such CPUs: the dense product of linear / gemm
 layers (below), the products of two activations (attention), and convolutions ("convolution"
@@ -11,7 +12,7 @@ convolution). The dense product:
 
 with W packed once at compile time as [N/L, K/4, L, 4] (L output channels x 4 reduction steps
 per vector, the operand layout of the instruction: L = 16 int32 lanes for vpdpbusd's 512-bit
-vectors, 8 for AVX2's 256-bit ones, 4 for arm64's 128-bit ones). The accumulation wraps in int32
+vectors, 8 for AVX-VNNI's and AVX2's 256-bit ones, 4 for arm64's 128-bit ones). The accumulation wraps in int32
 like the instruction, so results are the integer reference's bit for bit. One `DotIsa` per
 instruction says what differs: the lanes, the signedness activations enter with (vpdpbusd and
 vpmaddubsw multiply uint8 by int8, sdot and smull int8 by int8), the register budget, the largest
@@ -55,6 +56,9 @@ class DotIsa:
     nr_choices: tuple         # vectors per tile row, largest first (the one dividing the columns wins)
     step: str                 # the instruction sequence `_step_expression` emits
     max_weight: int = 128     # |int8 operand| up to which the step is exact (pmaddubsw saturates)
+    kstep: int = 4            # reduction steps per lane and instruction (operand elements per int32)
+    weight: str = "int8"      # the dtype of the other operand
+    wide: str | None = None   # the step (a name in ISAS) for operands beyond max_weight
 
     @property
     def dot(self) -> str:     # tensor intrinsic: 4 activation bytes broadcast x `lanes` x 4 int8 weights
@@ -73,20 +77,34 @@ class DotIsa:
         """Exact whatever the int8 operand (an activation, as in the products of attention)?"""
         return self.max_weight >= 128
 
+    def for_operand(self, weights: np.ndarray | None = None) -> "DotIsa | None":
+        """The step exact for int8 operand `weights` (None: an activation, any int8 value): this
+        one, its `wide` one, or None (the layer stays on the generic lowering)."""
+        exact = self.exact_for_any_int8 if weights is None else self.exact_for(weights)
+        return self if exact else ISAS.get(self.wide)
+
 
 # vpdpbusd (AVX-512 VNNI): 32 zmm registers; a tile of 15 accumulators is the stack limit's (15 x 64 bytes)
 VNNI = DotIsa("vnni", 16, "uint8", ("avx512f", "avx512bw", "avx512vnni"), 15, (3, 2, 1), "vpdpbusd")
+# vpdpbusd on ymm (AVX-VNNI, VEX-encoded: Alder Lake and later Intel client CPUs, which have no
+# AVX-512): 16 ymm registers, 12 accumulators
+AVXVNNI = DotIsa("avxvnni", 8, "uint8", ("avxvnni",), 12, (3, 2, 1), "vpdpbusd256")
 # AVX2 (no VNNI): vpmaddubsw sums adjacent u8 x s8 products to int16 with saturation, exact while
-# 2 * 255 * |w| <= 32767, i.e. |w| <= 64 (every 4-bit weight; 8-bit layers beyond it, and the
-# products of two activations, stay on the generic lowering); vpmaddwd by ones sums the pairs to
+# 2 * 255 * |w| <= 32767, i.e. |w| <= 64 (every 4-bit weight; 8-bit weights beyond it and the
+# products of two activations take the int16 step below); vpmaddwd by ones sums the pairs to
 # int32. 16 ymm registers: 12 accumulators, the rest for the ones, the operands and the pairs.
-AVX2 = DotIsa("avx2", 8, "uint8", ("avx2",), 12, (3, 2, 1), "pmaddubsw", max_weight=64)
+AVX2 = DotIsa("avx2", 8, "uint8", ("avx2",), 12, (3, 2, 1), "pmaddubsw", max_weight=64, wide="avx2_int16")
+# ... and for the layers beyond that bound, and the products of two activations: both operands as
+# int16, vpmaddwd (2 products per lane, no saturation for 8-bit codes) + vpaddd
+AVX2_INT16 = DotIsa("avx2_int16", 8, "int16", ("avx2",), 12, (3, 2, 1), "pmaddwd", max_weight=1 << 15, kstep=2,
+                    weight="int16")
 # sdot (arm64 +dotprod): 32 q registers; 24 accumulators leave 8 for the weight vectors and the broadcast
 SDOT = DotIsa("sdot", 4, "int8", ("neon", "dotprod"), 24, (4, 2, 1), "sdot")
 # NEON without dotprod: smull (8 int16 products), saddlp and addp (pairs, then pairs of pairs, to int32);
 # int8 x int8 products fit int16, so the step is exact
 NEON = DotIsa("neon", 4, "int8", ("neon",), 20, (4, 2, 1), "smull")
-ISAS = {isa.name: isa for isa in (VNNI, AVX2, SDOT, NEON)}   # detect() takes the first the target has
+DETECT_ORDER = (VNNI, AVXVNNI, AVX2, SDOT, NEON)   # detect() takes the first the target has
+ISAS = {isa.name: isa for isa in DETECT_ORDER + (AVX2_INT16,)}
 _registered: set = set()
 
 
@@ -102,8 +120,12 @@ def _step_expression(isa: DotIsa, T, acc, activations, weights):
     acc_vector = f"int32x{lanes}"
     if isa.step == "vpdpbusd":   # its first byte operand is the unsigned one
         return call("llvm.x86.avx512.vpdpbusd.512", acc, activations, weights, dtype=acc_vector)
+    if isa.step == "vpdpbusd256":   # LLVM encodes it with VEX under avxvnni, EVEX under avx512vl + vnni
+        return call("llvm.x86.avx512.vpdpbusd.256", acc, activations, weights, dtype=acc_vector)
     if isa.step == "sdot":
         return call("llvm.aarch64.neon.sdot.v4i32.v16i8", acc, activations, weights, dtype=acc_vector)
+    if isa.step == "pmaddwd":
+        return acc + call("llvm.x86.avx2.pmadd.wd", activations, weights, dtype=acc_vector)
     if isa.step == "pmaddubsw":
         pairs = call("llvm.x86.avx2.pmadd.ub.sw", activations, weights, dtype="int16x16")
         return acc + call("llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16), dtype=acc_vector)
@@ -123,7 +145,7 @@ def detect(target) -> DotIsa | None:
 
     if target.kind.name != "llvm":
         return None
-    for isa in ISAS.values():
+    for isa in DETECT_ORDER:
         try:
             if codegen.target_has_features(list(isa.features), target):
                 return isa
@@ -143,39 +165,42 @@ def _register(isa: DotIsa) -> None:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    lanes, act = isa.lanes, isa.activation
-    act_vector, weight_vector, acc_vector = f"{act}x{4 * lanes}", f"int8x{4 * lanes}", f"int32x{lanes}"
+    lanes, act, kstep, wt = isa.lanes, isa.activation, isa.kstep, isa.weight
+    act_vector, weight_vector, acc_vector = f"{act}x{kstep * lanes}", f"{wt}x{kstep * lanes}", f"int32x{lanes}"
 
     def instruction(acc, activations, weights):
         return _step_expression(isa, T, acc, activations, weights)
 
-    def broadcast(four_bytes, dtype):   # 4 bytes read as one int32, repeated in every lane
-        return T.reinterpret(T.broadcast(T.reinterpret(four_bytes, dtype="int32"), lanes), dtype=dtype)
+    def broadcast(step, dtype):   # one lane's operands (4 bytes) read as one int32, repeated in every lane
+        return T.reinterpret(T.broadcast(T.reinterpret(step, dtype="int32"), lanes), dtype=dtype)
 
     # TVM's own description (tvm.s_tir.tensor_intrin.x86 / arm_cpu), written out: importing those
     # modules imports every tensor_intrin module of TVM, 33 s on this machine
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), act, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def desc(A: T.Buffer((kstep,), act, offset_factor=1), B: T.Buffer((lanes, kstep), wt, offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:kstep], B[0:lanes, 0:kstep])
             T.writes(C[0:lanes])
-            for i, k in T.grid(lanes, 4):
+            for i, k in T.grid(lanes, kstep):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), act, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+    def impl(A: T.Buffer((kstep,), act, offset_factor=1), B: T.Buffer((lanes, kstep), wt, offset_factor=1),
              C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:kstep], B[0:lanes, 0:kstep])
             T.writes(C[0:lanes])
             C[T.ramp(T.int32(0), 1, lanes)] = instruction(
-                C.vload([0], dtype=acc_vector), broadcast(A.vload([0], f"{act}x4"), act_vector),
+                C.vload([0], dtype=acc_vector), broadcast(A.vload([0], f"{act}x{kstep}"), act_vector),
                 B.vload([0, 0], dtype=weight_vector))
 
     TensorIntrin.register(isa.dot, desc, impl, override=True)
+    _registered.add(isa.name)
+    if kstep != 4:
+        return   # the convolutions' words hold 4 bytes: only the byte steps have that form
 
     # the convolutions' order: the 4 broadcast bytes are int8 weights; the lanes are uint32 words
     # of 4 activation codes each (byte i = code i), which the layout kernels write whole
@@ -202,7 +227,6 @@ def _register(isa: DotIsa) -> None:
                 broadcast(A.vload([0], "int8x4"), weight_vector))
 
     TensorIntrin.register(isa.words, lanes_desc, lanes_impl, override=True)
-    _registered.add(isa.name)
 
 
 def tiles(rows: int, blocks: int, isa: DotIsa = VNNI) -> tuple[int, int]:
@@ -217,8 +241,8 @@ def tiles(rows: int, blocks: int, isa: DotIsa = VNNI) -> tuple[int, int]:
 
 
 def padded(k: int, n: int, isa: DotIsa = VNNI) -> tuple[int, int]:
-    """(K, N) rounded up to the kernel's steps: K to 4, N to a whole number of vectors."""
-    return -(-k // 4) * 4, -(-n // isa.lanes) * isa.lanes
+    """(K, N) rounded up to the kernel's steps: K to isa.kstep, N to a whole number of vectors."""
+    return -(-k // isa.kstep) * isa.kstep, -(-n // isa.lanes) * isa.lanes
 
 
 def padded_rows(rows: int, n: int, isa: DotIsa = VNNI) -> int:
@@ -228,13 +252,14 @@ def padded_rows(rows: int, n: int, isa: DotIsa = VNNI) -> int:
 
 
 def pack_weight(w_kn: np.ndarray, isa: DotIsa = VNNI) -> np.ndarray:
-    """int codes [K, N] -> int8 [N/L, K/4, L, 4] (L = isa.lanes), zero-padded to the kernel's steps."""
+    """int codes [K, N] -> isa.weight [N/L, K/S, L, S] (L = isa.lanes, S = isa.kstep), zero-padded to
+    the kernel's steps."""
     k, n = w_kn.shape
     kp, np_ = padded(k, n, isa)
-    lanes = isa.lanes
-    w = np.zeros((kp, np_), np.int8)
+    lanes, step = isa.lanes, isa.kstep
+    w = np.zeros((kp, np_), isa.weight)
     w[:k, :n] = w_kn
-    return np.ascontiguousarray(w.T.reshape(np_ // lanes, lanes, kp // 4, 4).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(w.T.reshape(np_ // lanes, lanes, kp // step, step).transpose(0, 2, 1, 3))
 
 
 def _requantize_te(te, tirx, acc, bias, mult, shift, qparams, out_dtype, axis: int = -1, shape=None):
@@ -272,25 +297,25 @@ def dense_func(rows: int, k: int, n: int, out_dtype: str, rows_out: int | None =
     from tvm import s_tir, te, tirx
 
     _register(isa)
-    lanes = isa.lanes
+    lanes, step = isa.lanes, isa.kstep
     mr, nr = tiles(rows, n // lanes, isa)
-    assert rows % mr == 0 and k % 4 == 0 and n % lanes == 0, (rows, k, n, mr)
+    assert rows % mr == 0 and k % step == 0 and n % lanes == 0, (rows, k, n, mr)
     a = te.placeholder((rows, k), isa.activation, name="A")
-    b = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="B")
+    b = te.placeholder((n // lanes, k // step, lanes, step), isa.weight, name="B")
     bias = te.placeholder((n,), "int32", name="bias")
     mult = te.placeholder((n,), "int64", name="mult")
     shift = te.placeholder((n,), "int64", name="shift")
     qparams = te.placeholder((3,), "int32", name="qparams")
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((rows, n), lambda i, j: te.sum(
-        a[i, r].astype("int32") * b[j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
+        a[i, r].astype("int32") * b[j // lanes, r // step, j % lanes, r % step].astype("int32"), axis=r), name="C")
     y = _requantize_te(te, tirx, c, bias, mult, shift, qparams, out_dtype, shape=(rows_out or rows, n))
     sch = s_tir.Schedule(te.create_prim_func([a, b, bias, mult, shift, qparams, y]))
     block, epilogue = sch.get_sblock("C"), sch.get_sblock("Y")
     i, j, kk = sch.get_loops(block)
     io, ii = sch.split(i, [None, mr])
     jo, jr, ji = sch.split(j, [None, nr, lanes])
-    ko, ki = sch.split(kk, [None, 4])
+    ko, ki = sch.split(kk, [None, step])
     # a column panel of W stays in cache across row tiles
     return _register_tile(sch, block, epilogue, (jo, io), [ko], (ii, jr, ji, ki), isa.dot)
 
@@ -348,7 +373,7 @@ def emit_dense(bb, x, w_kn: np.ndarray, zero_point: int, bias, mult, shift, out_
     gv = _kernel(bb, f"edgekit_{isa.name}_dense_{rows_p}x{kp}x{np_}_to{rows}_{out_dtype}",
                  lambda: dense_func(rows_p, kp, np_, out_dtype, rows_out=rows, isa=isa))
 
-    args = [a, relax.const(pack_weight(w_kn, isa), "int8"),
+    args = [a, relax.const(pack_weight(w_kn, isa), isa.weight),
             *_requant_args(w_kn.astype(np.int64).sum(axis=0), zero_point, bias, mult, shift, out_zp, lo, hi, np_)]
     y = bb.emit(relax.call_tir(gv, args, relax.TensorType((rows, np_), out_dtype)))
     if np_ != n:
@@ -361,10 +386,12 @@ def _recoded(x, x_ty, zero_point: int, dtype: str):
     when they are of the other signedness (the value x - zero point is unchanged)."""
     from tvm import relax
 
+    op = relax.op
     if str(x_ty.dtype) == dtype:
         return x, zero_point
+    if dtype == "int16":   # every 8-bit code as it is
+        return op.astype(x, dtype), zero_point
     delta = 128 if dtype == "uint8" else -128
-    op = relax.op
     shifted = op.add(op.astype(x, "int16"), relax.const(np.array([delta], np.int16)))
     return op.astype(shifted, dtype), zero_point + delta
 
@@ -420,11 +447,11 @@ def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out:
     from tvm import s_tir, te, tirx
 
     _register(isa)
-    lanes = isa.lanes
+    lanes, step = isa.lanes, isa.kstep
     mr, nr = tiles(rows, n // lanes, isa)
-    assert rows % mr == 0 and k % 4 == 0 and n % lanes == 0, (rows, k, n, mr)
+    assert rows % mr == 0 and k % step == 0 and n % lanes == 0, (rows, k, n, mr)
     a = te.placeholder((batch, rows, k), isa.activation, name="A")
-    b = te.placeholder((batch, n // lanes, k // 4, lanes, 4), "int8", name="B")
+    b = te.placeholder((batch, n // lanes, k // step, lanes, step), isa.weight, name="B")
     col_bias = te.placeholder((batch, n), "int32", name="col_bias")
     row_bias = te.placeholder((batch, rows_out), "int32", name="row_bias")
     mult = te.placeholder((1,), "int64", name="mult")
@@ -432,7 +459,8 @@ def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out:
     qparams = te.placeholder((3,), "int32", name="qparams")
     r = te.reduce_axis((0, k), name="k")
     c = te.compute((batch, rows, n), lambda h, i, j: te.sum(
-        a[h, i, r].astype("int32") * b[h, j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
+        a[h, i, r].astype("int32") * b[h, j // lanes, r // step, j % lanes, r % step].astype("int32"), axis=r),
+        name="C")
     y = te.compute((batch, rows_out, n), lambda h, i, j: _requantize_value(
         tirx, c[h, i, j] + col_bias[h, j] + row_bias[h, i], mult[0], shift[0], qparams, out_dtype), name="Y")
     sch = s_tir.Schedule(te.create_prim_func([a, b, col_bias, row_bias, mult, shift, qparams, y]))
@@ -440,7 +468,7 @@ def matmul_func(batch: int, rows: int, k: int, n: int, out_dtype: str, rows_out:
     h, i, j, kk = sch.get_loops(block)
     io, ii = sch.split(i, [None, mr])
     jo, jr, ji = sch.split(j, [None, nr, lanes])
-    ko, ki = sch.split(kk, [None, 4])
+    ko, ki = sch.split(kk, [None, step])
     return _register_tile(sch, block, epilogue, (h, jo, io), [ko], (ii, jr, ji, ki), isa.dot)
 
 
@@ -465,7 +493,7 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
     n = b_shape[-1]
     batch = int(np.prod(lead, dtype=np.int64))
     a, za = _recoded(a, bb.normalize(a).ty, int(zero_points[0]), isa.activation)
-    b, zb = _recoded(b, bb.normalize(b).ty, int(zero_points[1]), "int8")
+    b, zb = _recoded(b, bb.normalize(b).ty, int(zero_points[1]), isa.weight)
     kp, np_ = padded(k, n, isa)
     rows_p = padded_rows(m, np_, isa)
 
@@ -482,8 +510,8 @@ def emit_matmul(bb, a, b, zero_points, mult, shift, out_zp: int, lo: int, hi: in
         a3 = op.nn.pad(a3, [0, 0, 0, rows_p - m, 0, kp - k])
     if kp != k or np_ != n:
         b3 = op.nn.pad(b3, [0, 0, 0, kp - k, 0, np_ - n])
-    lanes = isa.lanes
-    packed = op.permute_dims(op.reshape(b3, (batch, kp // 4, 4, np_ // lanes, lanes)), [0, 3, 1, 4, 2])
+    lanes, step = isa.lanes, isa.kstep
+    packed = op.permute_dims(op.reshape(b3, (batch, kp // step, step, np_ // lanes, lanes)), [0, 3, 1, 4, 2])
     gv = _kernel(bb, f"edgekit_{isa.name}_matmul_{batch}x{rows_p}x{kp}x{np_}_to{m}_{out_dtype}",
                  lambda: matmul_func(batch, rows_p, kp, np_, out_dtype, m, isa))
     args = [a3, packed, col_bias, row_bias,

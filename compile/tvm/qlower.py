@@ -280,6 +280,13 @@ def _dot(attr):
     return dotprod.ISAS.get(dot.decode() if isinstance(dot, bytes) else dot)
 
 
+def _product_step(attr, weights=None):
+    """The dot-product step exact for a product with int8 `weights` (None: with an activation):
+    the target's, its wide one (AVX2's int16 step), or None."""
+    isa = _dot(attr)
+    return isa.for_operand(weights) if isa is not None else None
+
+
 def conv_acc(bb, x, attr):
     relax = _relax()
     xc, w, dtype = _operands(bb, x, _ints(attr, "in_zero_points")[0], _arr(attr, "weight"), (1, 2, 3))
@@ -440,11 +447,12 @@ class LinearHandler(_Weighted):
     dot_product = True
 
     def emit(self, bb, inputs, attr, out):
-        isa, weight = _dot(attr), _weight_kn(attr)
-        if isa is None or not isa.exact_for(weight) or dotprod.static_shape(bb, inputs[0]) is None:
+        weight = _weight_kn(attr)
+        isa = _product_step(attr, weight)
+        if isa is None or dotprod.static_shape(bb, inputs[0]) is None:
             return super().emit(bb, inputs, attr, out)
         return dotprod.emit_dense(bb, inputs[0], weight, out.zps[0], _arr(attr, "bias"), _arr(attr, "mult"),
-                                  _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype, _dot(attr))
+                                  _arr(attr, "shift"), out.zp_y, out.lo, out.hi, out.dtype, isa)
 
     def accumulate(self, bb, x, attr):
         return linear_acc(bb, x, attr)
@@ -465,11 +473,12 @@ class MatMulHandler(KindHandler):
 
     def emit(self, bb, inputs, attr, out):
         a, b = inputs
-        if _dot(attr) is not None and _dot(attr).exact_for_any_int8 and dotprod.matmul_supported(
+        isa = _product_step(attr)
+        if isa is not None and dotprod.matmul_supported(
                 dotprod.static_shape(bb, a), dotprod.static_shape(bb, b), str(bb.normalize(a).ty.dtype),
                 str(bb.normalize(b).ty.dtype)):
             return dotprod.emit_matmul(bb, a, b, out.zps, _arr(attr, "mult"), _arr(attr, "shift"), out.zp_y,
-                                       out.lo, out.hi, out.dtype, _dot(attr))
+                                       out.lo, out.hi, out.dtype, isa)
         acc = matmul_acc(bb, inputs[0], inputs[1], out.zps)
         return out(acc, None, _arr(attr, "mult").reshape((1,)), _arr(attr, "shift").reshape((1,)))
 

@@ -52,7 +52,7 @@ def register(subparsers):
                    help="QDQ models: keep QDQ computed in float (default: lower to integer compute)")
     p.add_argument("--no-int8-dot", dest="int8_dot", action="store_false",
                    help="QDQ models: do not run linear / gemm layers, convolutions and attention products on the "
-                        "int8 dot-product kernels (AVX-512 VNNI, AVX2, arm64 sdot or NEON, from the target's "
+                        "int8 dot-product kernels (AVX-512 VNNI, AVX-VNNI, AVX2, arm64 sdot or NEON, from the target's "
                         "features) (default: use them; for comparisons)")
     p.add_argument("--float-nonlinear", dest="integer_nonlinear", action="store_false",
                    help="QDQ models: run softmax, LayerNorm, Resize and element-wise regions (GELU, sigmoid...) "

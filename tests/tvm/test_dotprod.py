@@ -1,7 +1,9 @@
 """The x86 int8 dot-product kernels (compile/tvm/dotprod.py): bit-exact with the integer reference,
-and really made of their instructions: vpdpbusd (AVX-512 VNNI) and vpmaddubsw/vpmaddwd (AVX2, as
-on a CPU without VNNI: the same code compiled for mcpu=haswell). Each runs only where this CPU
-executes it. The arm64 kernels (sdot, NEON) run on the emulated board: tests/arm64."""
+and really made of their instructions: vpdpbusd (AVX-512 VNNI), vpdpbusd on ymm (AVX-VNNI, as
+compiled for mcpu=alderlake) and vpmaddubsw/vpmaddwd (AVX2, as on a CPU without VNNI: the same code
+compiled for mcpu=haswell). Each runs only where this CPU executes it; AVX-VNNI's kernels also run
+on an AVX-512 VNNI CPU (the same instruction, EVEX-encoded). The arm64 kernels (sdot, NEON) run on
+the emulated board: tests/arm64."""
 from __future__ import annotations
 
 import shutil
@@ -16,25 +18,37 @@ from edgekit.compile.tvm import dotprod, targets
 from edgekit.quant import formats as F
 
 HOST = targets.resolve("x86-64", num_cores=1) if targets.host_cpu() else None
-TARGET_OPTS = {"vnni": None, "avx2": "mcpu=haswell"}   # x86 targets whose code uses each kernel
+# x86 targets whose code uses each kernel
+TARGET_OPTS = {"vnni": None, "avxvnni": "mcpu=alderlake", "avx2": "mcpu=haswell", "avx2_int16": "mcpu=haswell"}
 
 
-def _runs_here(isa) -> bool:
+def _runs_here(features) -> bool:
     from tvm.target import codegen
 
-    return HOST is not None and bool(codegen.target_has_features(list(isa.features), HOST.tvm_target()))
+    return HOST is not None and bool(codegen.target_has_features(list(features), HOST.tvm_target()))
 
 
 def _spec(isa):
     """The x86-64 target whose kernels are `isa`'s (skips where this CPU cannot run them)."""
-    if not _runs_here(isa):
+    if not _runs_here(isa.features):
         pytest.skip(f"this CPU has no {'/'.join(isa.features)}")
     spec = targets.resolve("x86-64", TARGET_OPTS[isa.name], num_cores=1)
-    assert dotprod.detect(spec.tvm_target()) is isa
+    detected = dotprod.detect(spec.tvm_target())
+    assert isa in (detected, dotprod.ISAS.get(detected.wide))   # the target's step, or its wide one
     return spec
 
 
+def _kernel_target(isa):
+    """Where `isa`'s kernels alone run here: AVX-VNNI's also on an AVX-512 VNNI CPU (LLVM encodes
+    the same ymm vpdpbusd with EVEX there)."""
+    if isa is dotprod.AVXVNNI and not _runs_here(isa.features) and _runs_here(("avx512vnni", "avx512vl")):
+        return HOST.tvm_target()
+    return _spec(isa).tvm_target()
+
+
 ISAS = [pytest.param(dotprod.VNNI, id="vnni"), pytest.param(dotprod.AVX2, id="avx2")]
+KERNEL_ISAS = ISAS + [pytest.param(dotprod.AVXVNNI, id="avxvnni")]
+PRODUCT_ISAS = [pytest.param(isa, id=isa.name) for isa in (dotprod.VNNI, dotprod.AVXVNNI, dotprod.AVX2_INT16)]
 
 
 def _weights(rng, isa, shape):
@@ -43,12 +57,12 @@ def _weights(rng, isa, shape):
     return rng.integers(-bound, bound + 1, shape)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", KERNEL_ISAS + [pytest.param(dotprod.AVX2_INT16, id="avx2_int16")])
 @pytest.mark.parametrize("rows,k,n", [(7, 16, 32), (30, 64, 48), (12, 8, 16)])
 def test_kernel_equals_the_reference_requantization(isa, rows, k, n):
     """Y = requantize(A x W + bias) for random codes and per-column (M, shift), wrap included."""
     rng = np.random.default_rng(rows)
-    a = rng.integers(0, 256, (dotprod.padded_rows(rows, n, isa), k)).astype(np.uint8)
+    a = rng.integers(0, 256, (dotprod.padded_rows(rows, n, isa), k)).astype(isa.activation)   # uint8 codes
     w = _weights(rng, isa, (k, n)).astype(np.int8)
     bias = rng.integers(-2 ** 31, 2 ** 31, n).astype(np.int32)        # big enough to wrap
     got, want = _run_dense(isa, a, w, bias, rng.uniform(1e-6, 2e-3, n))
@@ -56,14 +70,14 @@ def test_kernel_equals_the_reference_requantization(isa, rows, k, n):
 
 
 def _run_dense(isa, a, w, bias, scale):
-    """(kernel output, reference output) of the dense kernel of `isa` for codes a (uint8), w, the
+    """(kernel output, reference output) of the dense kernel of `isa` for uint8 codes a (as isa.activation), w, the
     int32 bias and the requantization scale per column."""
     import tvm
 
     rows_p, k = a.shape
     n = w.shape[1]
     lib = tvm.compile(tvm.IRModule({"main": dotprod.dense_func(rows_p, k, n, "uint8", isa=isa)}),
-                      target=_spec(isa).tvm_target())
+                      target=_kernel_target(isa))
     mult, shift = F.quantize_multiplier(np.broadcast_to(scale, (n,)))
     lo, hi, zp = 3, 250, 17
     dev = tvm.cpu()
@@ -129,7 +143,8 @@ def _save(path, nodes, inits, x_shape, y_shape, inputs: dict | None = None) -> s
     return str(path)
 
 
-INSTRUCTION = {"vnni": "vpdpbusd", "avx2": "vpmaddubsw"}   # what each kernel's library must hold
+# in each kernel's library (vpmaddwd also appears in LLVM's code for generic int16 loops)
+INSTRUCTION = {"vnni": "vpdpbusd", "avxvnni": "{vex} vpdpbusd", "avx2": "vpmaddubsw", "avx2_int16": "vpmaddwd"}
 
 
 def _compile(src, isa, folder, int8_dot: bool = True) -> dict:
@@ -145,8 +160,8 @@ def _compile(src, isa, folder, int8_dot: bool = True) -> dict:
 def test_linear_layer_runs_on_the_dot_kernel_bit_exactly(tmp_path, isa, act_type, zp_x, wide):
     """An awkward layer (13 rows, K 37, N 20: every dimension padded) compiled with and without the
     int8 dot-product kernel: the same codes as the integer reference both ways, and the library of
-    the first holds the kernel's instruction. 8-bit weights beyond AVX2's exact bound stay off its
-    kernel (and stay exact)."""
+    the first holds the kernel's instruction. 8-bit weights beyond AVX2's exact bound run on its
+    int16 steps (vpmaddwd) instead."""
     from edgekit.quant import intref
     from edgekit.runtime import open_session
 
@@ -154,21 +169,35 @@ def test_linear_layer_runs_on_the_dot_kernel_bit_exactly(tmp_path, isa, act_type
     src = _linear_qdq(tmp_path / "linear.onnx", 13, 37, 20, act_type, zp_x, wide=wide)
     x = np.random.default_rng(1).standard_normal((13, 37)).astype(np.float32) * 3
     want = intref.run(src, {"x": x})["y"]
-    on_kernel = not wide or isa.max_weight >= 127
+    step = isa.for_operand(None if wide else np.arange(-8, 8))   # None: any int8 weight
     for dot in (True, False):
         meta = _compile(src, isa, tmp_path / str(dot), int8_dot=dot)
         assert meta["integer_ops"] == {"linear": 1}
         assert meta["int8_dot_product"] == (isa.name if dot else None)
-        assert meta["tuning"]["kernels_int8_dot"] == (1 if dot and on_kernel else 0)
+        assert meta["tuning"]["kernels_int8_dot"] == (1 if dot else 0)
         with open_session(tmp_path / str(dot)) as session:
             np.testing.assert_array_equal(session.run({"x": x})["y"], want)
     if shutil.which("objdump"):
         asm = subprocess.run(["objdump", "-d", str(tmp_path / "True" / "model.so")], capture_output=True,
                              text=True, check=True).stdout
-        assert (INSTRUCTION[isa.name] in asm) == on_kernel
+        assert INSTRUCTION[step.name] in asm and (step is isa or INSTRUCTION[isa.name] not in asm)
         plain = subprocess.run(["objdump", "-d", str(tmp_path / "False" / "model.so")], capture_output=True,
                                text=True, check=True).stdout
         assert INSTRUCTION[isa.name] not in plain
+
+
+def test_a_build_for_an_avx_vnni_cpu_uses_the_vex_instruction(tmp_path):
+    """Compiled for Alder Lake (AVX-VNNI, no AVX-512), whether or not this CPU can run it: the
+    layer's kernel is the avxvnni one, made of VEX-encoded vpdpbusd on ymm registers (the kernels
+    themselves are checked bit for bit above, on this CPU's encoding of the same instruction)."""
+    src = _linear_qdq(tmp_path / "linear.onnx", 13, 37, 20, TensorProto.UINT8, 131)
+    meta = _compile(src, dotprod.AVXVNNI, tmp_path / "adl")
+    assert meta["int8_dot_product"] == "avxvnni" and meta["tuning"]["kernels_int8_dot"] == 1
+    if shutil.which("objdump"):
+        asm = subprocess.run(["objdump", "-d", str(tmp_path / "adl" / "model.so")], capture_output=True,
+                             text=True, check=True).stdout
+        dots = [line for line in asm.splitlines() if "vpdpbusd" in line]
+        assert dots and all("{vex}" in line and "%ymm" in line and "%zmm" not in line for line in dots)
 
 
 @pytest.mark.parametrize("isa", dotprod.ISAS.values(), ids=dotprod.ISAS.keys())
@@ -183,7 +212,7 @@ def test_tiles_stay_on_the_stack_and_pad_little(isa):
 @pytest.mark.parametrize("c,oc,h,w,k,pads,stride", [
     (13, 20, 9, 11, 3, (1, 1, 1, 1), 1), (16, 24, 8, 8, 1, (0, 0, 0, 0), 1), (5, 17, 7, 6, 5, (2, 0, 1, 3), 1),
     (3, 16, 13, 10, 3, (1, 1, 1, 1), 2), (6, 9, 9, 9, 4, (1, 2, 0, 1), 2), (8, 8, 8, 8, 1, (0, 0, 0, 0), 2)])
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", KERNEL_ISAS)
 def test_conv_kernel_equals_the_reference_requantization(isa, c, oc, h, w, k, pads, stride):
     """The layout kernel and the convolution kernel together: requantize(conv(x - zp, W) + bias) for
     random codes, asymmetric padding (padded with the zero point), strides 1 and 2 (odd and even
@@ -202,7 +231,7 @@ def _check_lanes_kernel(g, kernel_func, packed, weight, groups: int, zp: int, ou
 
     mod = tvm.IRModule({"layout": dotprod.layout_func(g).with_attr("global_symbol", "layout"),
                         "kernel": kernel_func(g, out_type.name).with_attr("global_symbol", "kernel")})
-    lib = tvm.compile(mod, target=_spec(g.isa).tvm_target())
+    lib = tvm.compile(mod, target=_kernel_target(g.isa))
     rng = np.random.default_rng(g.oc + g.h)
     oc = g.oc
     x = rng.integers(0, 256, (1, g.c, g.h, g.w)).astype(np.uint8)
@@ -307,7 +336,7 @@ def test_transposed_convolution_is_a_convolution_and_a_pixel_shuffle(k, s, pads,
 
 @pytest.mark.parametrize("c,h,w,k,pads,stride", [(5, 9, 11, 3, (1, 1, 1, 1), 1), (17, 12, 12, 7, (3, 3, 3, 3), 1),
                                                  (6, 13, 10, 7, (3, 3, 3, 3), 2), (4, 8, 9, 5, (2, 1, 2, 0), 2)])
-@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("isa", KERNEL_ISAS)
 def test_depthwise_kernel_equals_the_reference_requantization(isa, c, h, w, k, pads, stride):
     """The row-interleaving layout kernel and the depthwise kernel: requantize(depthwise conv(x - zp,
     W) + bias), strides 1 and 2, padding with the zero point, int8 output."""
@@ -325,22 +354,23 @@ def test_conv_tiles_stay_on_the_stack(isa):
             assert mr * nr <= isa.accumulators and mr * nr * isa.lanes * 4 < dotprod.STACK_LIMIT
 
 
+@pytest.mark.parametrize("isa", PRODUCT_ISAS)
 @pytest.mark.parametrize("batch,rows,k,n", [(3, 7, 16, 32), (2, 13, 8, 16)])
-def test_activation_product_kernel_equals_the_reference_requantization(batch, rows, k, n):
+def test_activation_product_kernel_equals_the_reference_requantization(isa, batch, rows, k, n):
     """Y[b] = requantize(A[b] x B[b] + column terms + row terms), one multiplier: the kernel that
     attention's products (two activations) run on."""
     import tvm
 
-    rows_p = dotprod.padded_rows(rows, n)
-    func = dotprod.matmul_func(batch, rows_p, k, n, "int8", rows)
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=_spec(dotprod.VNNI).tvm_target())
+    rows_p = dotprod.padded_rows(rows, n, isa)
+    func = dotprod.matmul_func(batch, rows_p, k, n, "int8", rows, isa)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=_kernel_target(isa))
     rng = np.random.default_rng(rows)
-    a = rng.integers(0, 256, (batch, rows_p, k)).astype(np.uint8)
+    a = rng.integers(0, 256, (batch, rows_p, k)).astype(isa.activation)
     b = rng.integers(-128, 128, (batch, k, n)).astype(np.int8)
     col = rng.integers(-2 ** 31, 2 ** 31, (batch, n)).astype(np.int32)   # big enough to wrap
     row = rng.integers(-2 ** 20, 2 ** 20, (batch, rows)).astype(np.int32)
     mult, shift = F.quantize_multiplier(np.array([3e-4]))
-    packed = np.stack([dotprod.pack_weight(b[i]) for i in range(batch)])
+    packed = np.stack([dotprod.pack_weight(b[i], isa) for i in range(batch)])
     dev = tvm.cpu()
     out = tvm.runtime.tensor(np.zeros((batch, rows, n), np.int8), dev)
     lib["main"](*[tvm.runtime.tensor(v, dev) for v in (a, packed, col, row, mult.astype(np.int64),
@@ -383,8 +413,8 @@ def test_activation_products_run_on_the_dot_kernel_bit_exactly(tmp_path, isa, a_
                                                                on_kernel):
     """A product of two activations (13 x 37 by 37 x 20 per batch: every dimension padded) compiled
     with and without the int8 dot-product kernels: the integer reference's codes both ways; the
-    kernel takes same-batch products, a broadcast one stays Relax matmul, and so do all of them on
-    AVX2 (its step would saturate for some pairs of activations)."""
+    kernel takes same-batch products (on AVX2 its int16 steps: the byte step could saturate for
+    some pairs of activations), a broadcast one stays Relax matmul."""
     from edgekit.quant import intref
     from edgekit.runtime import open_session
 
@@ -394,7 +424,7 @@ def test_activation_products_run_on_the_dot_kernel_bit_exactly(tmp_path, isa, a_
     feeds = {"a": rng.standard_normal((2, 3, 13, 37)).astype(np.float32) * 3,
              "b": rng.standard_normal(b_shape).astype(np.float32) * 3}
     want = intref.run(src, feeds)["y"]
-    on_kernel = on_kernel and isa.exact_for_any_int8
+    on_kernel = on_kernel and isa.for_operand() is not None
     for dot in (True, False):
         meta = _compile(src, isa, tmp_path / str(dot), int8_dot=dot)
         assert meta["integer_ops"] == {"matmul": 1}
