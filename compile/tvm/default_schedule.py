@@ -24,7 +24,6 @@ multiply-add by LLVM, as in tuned kernels: the last bit of such outputs can diff
 from __future__ import annotations
 
 REGISTER_TILE = 4
-INLINE_LIMIT = 2000   # characters of a block's printed body beyond which it is not inlined
 MIN_PARALLEL_EXTENT = 2
 
 
@@ -234,13 +233,10 @@ def _broadcast_read(sch, block) -> bool:
     return any((_elements(sch, consumer) or 0) > size for consumer in sch.get_consumers(block))
 
 
-def _inline_chain(sch, blocks, size_limit: bool = False) -> list:
+def _inline_chain(sch, blocks) -> list:
     """Inline each element-wise block that can be (epilogue chains, broadcasts); padding and
     other blocks with conditions stay, to be computed per tile, and so do blocks whose values
-    are read many times each (`_broadcast_read`) and expressions too big to copy
-    (`_too_big_to_copy`, with `size_limit`: element-wise kernels only, whose remaining blocks
-    each get their own loops; in a tiled reduction a block left between the producers and the
-    tile breaks TVM's buffer placement). Returns what remains."""
+    are read many times each (`_broadcast_read`). Returns what remains."""
     remaining = list(blocks)
     changed = True
     while changed:
@@ -250,12 +246,7 @@ def _inline_chain(sch, blocks, size_limit: bool = False) -> list:
                 continue
             if _broadcast_read(sch, block):
                 continue
-            ways = []
-            if not (size_limit and _too_big_to_copy(sch, block)):
-                ways.append(sch.compute_inline)           # copies this block's expression into its readers
-            if not (size_limit and any(_too_big_to_copy(sch, p) for p in sch.get_producers(block))):
-                ways.append(sch.reverse_compute_inline)   # copies its producer's expression into it
-            for inline in ways:
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
                 try:
                     inline(block)
                 except Exception:  # not inlinable this way (an output, a reduction's input, ...)
@@ -264,16 +255,6 @@ def _inline_chain(sch, blocks, size_limit: bool = False) -> list:
                 changed = True
                 break
     return remaining
-
-
-def _too_big_to_copy(sch, block) -> bool:
-    """Is `block`'s expression too big to inline? Inlined, it is copied into every use, and a
-    requantization uses its input three times: a chain of them (the LM's LayerNorm -> token shift ->
-    gain -> add, 94 blocks in one kernel) grew to an expression TVM took 25 s to lower, where
-    keeping the big blocks as buffers compiles in under a second. Boolean blocks stay inlined
-    (TVM 0.27 vectorizes a stored bool as int8 against an i1 vector: LLVM rejects the module)."""
-    stmt = sch.get(block)
-    return str(stmt.writes[0].source.dtype) != "bool" and len(str(stmt.body)) > INLINE_LIMIT
 
 
 def _has_condition(sch, block) -> bool:
@@ -300,7 +281,7 @@ def schedule_func(func, target):
         _inline_chain(sch, [b for b in blocks if b != block])
         tiled_reduction(sch, block, lanes)
         return sch
-    for block in _inline_chain(sch, blocks, size_limit=True):
+    for block in _inline_chain(sch, blocks):
         injective(sch, block, lanes)
     return sch
 

@@ -152,30 +152,3 @@ def test_per_row_values_are_computed_once_not_inlined_into_every_element():
     assert 'sblock("row_root")' in script
     roots = np.maximum(np.floor(np.sqrt((totals // 20 + 1).astype(np.float64))).astype(np.int64), 1)
     np.testing.assert_array_equal(got, (xs * 4096) // roots)
-
-
-def test_a_long_chain_of_big_expressions_keeps_some_blocks_as_buffers():
-    """Each stage reads its input three times (as a requantization reads its product): inlined
-    all the way, the expression would grow threefold per stage. A short chain is inlined whole;
-    a long one keeps the blocks past the size limit as buffers; both give the exact values."""
-    from tvm import te, tirx
-
-    from edgekit.compile.tvm import default_schedule
-
-    def stage(y, k):
-        return te.compute((64,), lambda i: tirx.max(y[i] * 3 - (y[i] >> 1), y[i]) % 1000003, name=f"s{k}")
-
-    data = np.random.default_rng(2).integers(0, 1000, 64)
-    for stages, inlined in ((2, True), (6, False)):
-        x = te.placeholder((64,), "int64", name="x")
-        y = x
-        for k in range(stages):
-            y = stage(y, k)
-        script, got = _scheduled_and_run(te.create_prim_func([x, y]), [data], (64,), np.int64)
-        want = data.copy()
-        for _ in range(stages):
-            want = np.maximum(want * 3 - (want >> 1), want) % 1000003
-        np.testing.assert_array_equal(got, want)
-        blocks = script.count('T.sblock("s')   # the stages left as blocks (the last one always)
-        assert (blocks == 1) == inlined, (stages, blocks)
-        assert all(len(line) < 4 * default_schedule.INLINE_LIMIT for line in script.splitlines())
