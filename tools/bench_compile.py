@@ -147,7 +147,8 @@ def markdown(rows: list[dict]) -> str:
     timed = [(title, key) for title, key in TIMED if any(key + "_ms" in r for r in rows)]
     ints = [key for _, key in timed if key.startswith("tvm_int")]
     titles = ([f"{title} ms" for title, _ in timed] + ["ORT FP32 / TVM int tuned", "kernels tuned (fp32 / int)",
-              "FP32 rel err vs ORT", "int == intref (" + " / ".join(k[8:] for k in ints) + ")"])
+              "compile s with DBs (fp32 / int)", "FP32 rel err vs ORT",
+              "int == intref (" + " / ".join(k[8:] for k in ints) + ")", "FP32 default vs unscheduled rel diff"])
     lines = ["| model | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 1)]
 
     def cell(r, key, fmt="{}"):
@@ -158,8 +159,10 @@ def markdown(rows: list[dict]) -> str:
                  if r.get("tvm_int_tuned_ms") and r.get("ort_fp32_ms") else "-")
         cells = [cell(r, key + "_ms", "{:.2f}") for _, key in timed] + [
             ratio, f"{cell(r, 'tvm_fp32_tuned_kernels_tuned')} / {cell(r, 'tvm_int_tuned_kernels_tuned')}",
+            f"{cell(r, 'tvm_fp32_tuned_compile_s', '{:.0f}')} / {cell(r, 'tvm_int_tuned_compile_s', '{:.0f}')}",
             cell(r, "fp32_max_rel_err_vs_ort", "{:.1e}"),
-            " / ".join(cell(r, f"{key}_equals_intref") for key in ints)]
+            " / ".join(cell(r, f"{key}_equals_intref") for key in ints),
+            cell(r, "fp32_default_vs_unscheduled_rel", "{:.1e}")]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -90,8 +90,8 @@ def _known_shapes(model) -> dict:
 
 def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict:
     """Rewrite the integer ops of QDQ `model` in place (before int4 widening). `dot`: the name of the
-    target's int8 dot-product instruction ("vnni": AVX-512 VNNI, "sdot": arm64 +dotprod; linear, gemm,
-    conv and activation-product layers then run on compile/tvm/dotprod.py's kernels).
+    target's int8 dot-product step (a dotprod.ISAS name, from dotprod.detect; linear, gemm, conv and
+    activation-product layers then run on compile/tvm/dotprod.py's kernels).
     `integer_nonlinear=False` leaves softmax, layernorm, resize and element-wise regions in float
     (as the QDQ file writes them; then not bit-exact with the integer reference).
 
@@ -441,8 +441,8 @@ class ConvTransposeHandler(ConvHandler):
 
 
 class LinearHandler(_Weighted):
-    """linear: MatMul with a constant weight. With a `dot` instruction (the target has AVX-512 VNNI or
-    arm64's sdot) and a static shape, the product and its requantization are one kernel of compile/tvm/dotprod.py."""
+    """linear: MatMul with a constant weight. With a `dot` step exact for the weights (`_product_step`)
+    and a static shape, the product and its requantization are one kernel of compile/tvm/dotprod.py."""
 
     dot_product = True
 

@@ -396,7 +396,7 @@ class Scale(Kind):
         if not r.single or len(main.input) != 2:
             return None
         acts = [t for t in main.input if t in r.dq_act]
-        if len(acts) != 1 or main.input[0] == main.input[1]:
+        if len(acts) != 1:   # x * x lists x twice: two activations
             return None
         factor = r.constant(main.input[1] if main.input[0] == acts[0] else main.input[0])
         if factor is None or np.size(factor) <= 1 or not np.all(np.isfinite(factor)):
