@@ -111,7 +111,8 @@ def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict
     # of the model, so object identity does not carry over.
     removed: set[str] = set()
     insert_at: dict[str, list] = {}  # key of the QuantizeLinear replaced -> new nodes
-    added_quantizers: dict[str, str] = {}
+    added_quantizers: dict[str, str] = {}   # a layout op's float output -> its codes tensor
+    moves = {op.outputs[0]: op for op in qgraph.ops if op.kind == "layout"}
     counts: dict[str, int] = {}
     for index, op in enumerate(qgraph.ops):
         if op.kind not in HANDLERS or op.out_q is None or op.outputs[0] not in quantizers:
@@ -127,18 +128,7 @@ def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict
         inputs, extra = [], []
         for name, q in zip(op.inputs, op.in_q):
             if name.endswith("__moved"):
-                # A layout op's output read as codes: requantize its (exact) float values.
-                float_name = name[: -len("__moved")]
-                if float_name not in added_quantizers:
-                    qname = f"{float_name}__codes"
-                    dtype = q.qtype.name if q.qtype.bits == 8 else ("int8" if q.qtype.signed else "uint8")
-                    scale = _tensor_attr(np.float32(q.scale), f"{qname}_scale")
-                    zp = _tensor_attr(np.asarray(q.zero_point, dtype=dtype), f"{qname}_zp")
-                    graph.initializer.extend([scale, zp])
-                    extra.append(helper.make_node("QuantizeLinear", [float_name, scale.name, zp.name], [qname],
-                                                  name=f"{qname}_q"))
-                    added_quantizers[float_name] = qname
-                name = added_quantizers[float_name]
+                name = _codes_of_move(graph, name, q, moves, added_quantizers, extra)
             inputs.append(name)
         node = _node_for(op, index, inputs, shapes, dot)
         if node is None:
@@ -160,6 +150,42 @@ def lower(model, dot: str | None = None, integer_nonlinear: bool = True) -> dict
     if not any(o.domain == EDGEKIT_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(EDGEKIT_DOMAIN, 1))
     return counts
+
+
+# layout ops that move codes as they move floats (one output, any element type)
+CODE_MOVES = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Identity",
+                        "DepthToSpace", "SpaceToDepth"})
+
+
+def _codes_of_move(graph, moved: str, q, moves: dict, added: dict, extra: list) -> str:
+    """The codes of a layout op's output (`moved`: the parser's virtual name), made once per
+    tensor; the nodes it adds go to `extra`. The layout op is repeated on its input's codes
+    (a chain of them, recursively), so the codes move as bytes; an op that cannot (Split,
+    Gather) requantizes its float output instead (exact: the values are on the grid, but a
+    float multiply, divide and round per element, as costly as the op it feeds)."""
+    from onnx import helper
+
+    float_name = moved[: -len("__moved")]
+    if float_name in added:
+        return added[float_name]
+    codes = f"{float_name}__codes"
+    move = moves.get(moved)
+    node = move.nodes[0] if move is not None else None
+    source = move.inputs[0] if move is not None else ""
+    if node is not None and node.op_type in CODE_MOVES and len(node.output) == 1:
+        if source.endswith("__moved"):
+            source = _codes_of_move(graph, source, move.in_q[0], moves, added, extra)
+        copy = helper.make_node(node.op_type, [source] + list(node.input[1:]), [codes], name=f"{codes}_move")
+        copy.attribute.extend(node.attribute)
+        extra.append(copy)
+    else:
+        dtype = q.qtype.name if q.qtype.bits == 8 else ("int8" if q.qtype.signed else "uint8")
+        scale = _tensor_attr(np.float32(q.scale), f"{codes}_scale")
+        zp = _tensor_attr(np.asarray(q.zero_point, dtype=dtype), f"{codes}_zp")
+        graph.initializer.extend([scale, zp])
+        extra.append(helper.make_node("QuantizeLinear", [float_name, scale.name, zp.name], [codes], name=f"{codes}_q"))
+    added[float_name] = codes
+    return codes
 
 
 # --------------------------------------------------------------------------- Relax converters

@@ -208,6 +208,49 @@ def prepare_model(model_or_path, supported=None, optimize: bool = True) -> onnx.
     return model
 
 
+def constant_first_matmuls_to_layers(model: onnx.ModelProto) -> list[str]:
+    """Rewrite each MatMul(C, x) with a constant 2-D C on the left (deblur's DFT over the rows:
+    C @ x over the last two axes) as Transpose(MatMul(Transpose(x), C^T)), in place; returns
+    the new MatMuls' names. The quantizer and the integer back-ends take a constant weight on the right only:
+    in this form the product is an ordinary layer (per-channel weights, one per row of C) and
+    the two transposes move codes, so the product runs on the int8 kernels instead of staying a
+    float island. Exact up to the order of the sum. Needs x's rank (from shape inference)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+             if v.type.tensor_type.HasField("shape")}
+    nodes, replaced, names = [], set(), []
+    for node in model.graph.node:
+        c, x = (node.input[:2] if node.op_type == "MatMul" else (None, None))
+        rank = ranks.get(x, 0)
+        if c not in inits or x in inits or len(inits[c].dims) != 2 or rank < 2:
+            nodes.append(node)
+            continue
+        perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+        name, y = node.name or f"left_matmul_{len(replaced)}", node.output[0]
+        weight = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(inits[c]).T), f"{name}_weight_t")
+        model.graph.initializer.append(weight)
+        nodes += [helper.make_node("Transpose", [x], [f"{name}_x_t"], name=f"{name}_x_t", perm=perm),
+                  helper.make_node("MatMul", [f"{name}_x_t", weight.name], [f"{name}_y_t"], name=name),
+                  helper.make_node("Transpose", [f"{name}_y_t"], [y], name=f"{name}_y_t", perm=perm)]
+        replaced.add(c)
+        names.append(name)
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        keep = [i for i in model.graph.initializer if i.name in used or i.name not in replaced]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+            del model.graph.value_info[:]
+            model.graph.value_info.extend(inferred.graph.value_info)
+        except Exception:
+            pass
+    return names
+
+
 def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 

@@ -17,7 +17,7 @@ import onnx
 import torch
 
 from edgekit.errors import require
-from edgekit.onnx_graph.model import initializers, prepare_model, static_dims
+from edgekit.onnx_graph.model import constant_first_matmuls_to_layers, initializers, prepare_model, static_dims
 from edgekit.onnx_graph.torch_ops import OPS, TorchGraph, to_torch
 from edgekit.progress import progress
 from edgekit.quant import compensate as C
@@ -254,6 +254,10 @@ def quantize(model, calib: list[dict], config: QuantConfig | None = None):
     require(config.weight_bits in (4, 8) and config.act_bits in (4, 8), "bits must be 4 or 8")
     t0 = time.time()
     fm = prepare_model(model, QUANTIZABLE_MODEL_OPS)
+    # C @ x as a layer, so it runs on the integer kernels (deblur's DFT over the rows: 1.9x faster
+    # compiled; its W4A8 PSNR 28.52 -> 28.40 dB, from the products' outputs now being quantization
+    # points (28.43 with these weights at 8 bits, so they keep the model's bits))
+    constant_first_matmuls_to_layers(fm)
     check_calibration(fm, calib)
     calib = [{k: np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v)
               for k, v in f.items()} for f in calib]

@@ -11,31 +11,38 @@ from tiny import with_code_outputs
 from edgekit.runtime import METADATA, open_session
 
 
-@pytest.mark.parametrize("accumulate", ["float-exact", "int32"])
-@pytest.mark.parametrize("bits", [(4, 4), (4, 8)], ids=["w4a4", "w4a8"])
-def test_integer_codes_equal_integer_reference(qdq_models, tmp_path, bits, accumulate, monkeypatch):
-    """Both accumulations are exact: float32 (chosen when no partial sum can pass 2^24, as in
-    these nets) and int16 x int16 -> int32 (forced here by a limit nothing satisfies)."""
+def _compiled_equals_reference(qdq, x, tmp_path):
+    """Compile QDQ file `qdq` with every quantized tensor as an output, run it on `x` and check
+    each code and the output against the integer reference; (metadata, outputs, code tensors)."""
     from edgekit.compile import compile_model
-    from edgekit.compile.tvm import qlower
     from edgekit.quant import intref
 
-    if accumulate == "int32":
-        monkeypatch.setattr(qlower, "FLOAT_EXACT_LIMIT", -1.0)
-
-    src = qdq_models[bits]
     probe = tmp_path / "probe.onnx"
-    codes = with_code_outputs(src, probe)
+    codes = with_code_outputs(qdq, probe)
     meta = compile_model(probe, "x86-64", tmp_path / "int", committed_db=False)
-    # every integer kind of the tiny net is lowered: conv, add, concat, pool, gemm
-    assert meta["integer_ops"] == {"conv": 3, "add": 1, "concat": 1, "global_avgpool": 1, "gemm": 1}
-    x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    ref = intref.run(src, {"x": x}, keep_intermediates=True)
+    ref = intref.run(qdq, {"x": x}, keep_intermediates=True)
     with open_session(tmp_path / "int") as s:
         got = s.run({"x": x})
     for name in codes:
         np.testing.assert_array_equal(got[name].astype(np.int64), np.asarray(ref[name], np.int64), err_msg=name)
     np.testing.assert_array_equal(got["y"], ref["y"])
+    return meta, got, codes
+
+
+@pytest.mark.parametrize("accumulate", ["float-exact", "int32"])
+@pytest.mark.parametrize("bits", [(4, 4), (4, 8)], ids=["w4a4", "w4a8"])
+def test_integer_codes_equal_integer_reference(qdq_models, tmp_path, bits, accumulate, monkeypatch):
+    """Both accumulations are exact: float32 (chosen when no partial sum can pass 2^24, as in
+    these nets) and int16 x int16 -> int32 (forced here by a limit nothing satisfies)."""
+    from edgekit.compile.tvm import qlower
+
+    if accumulate == "int32":
+        monkeypatch.setattr(qlower, "FLOAT_EXACT_LIMIT", -1.0)
+
+    x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    meta, got, codes = _compiled_equals_reference(qdq_models[bits], x, tmp_path)
+    # every integer kind of the tiny net is lowered: conv, add, concat, pool, gemm
+    assert meta["integer_ops"] == {"conv": 3, "add": 1, "concat": 1, "global_avgpool": 1, "gemm": 1}
     # 4-bit activations keep their clamp (they travel in 8-bit tensors)
     four_bit = [n for n, t in codes.items() if t == onnx.TensorProto.UINT4]
     assert bool(four_bit) == (bits[1] == 4)
@@ -146,3 +153,43 @@ def test_relax_rounding_shift_reads_its_product_at_most_twice():
     for shift in (np.array([7, 9]), np.array([0, 9])):
         expr, prod, _ = _rounding_shift(np.arange(8, dtype=np.int64).reshape(4, 2), shift)
         assert reads(expr, prod) <= 2
+
+
+def test_constant_left_products_become_integer_layers_and_layout_ops_move_codes(tmp_path):
+    """C @ a (constant on the left) is quantized as a layer (per-row weights) and runs on the int8
+    kernel like a @ W; the Reshape and the rewrite's Transposes between integer ops repeat on the
+    codes (no float requantization of their outputs); every code equals the integer reference."""
+    import onnxruntime as ort
+    from tiny import left_matmul_net, quantize
+
+    from edgekit.compile.tvm import qlower
+    from edgekit.onnx_graph.model import constant_first_matmuls_to_layers, initializers, prepare_model
+
+    src = left_matmul_net(tmp_path / "left.onnx")
+    x = np.random.default_rng(4).random((1, 2, 8, 6), dtype=np.float32)
+    rewritten = prepare_model(src)
+    assert constant_first_matmuls_to_layers(rewritten) == ["left"]
+    inits = initializers(rewritten)
+    assert not [n.name for n in rewritten.graph.node if n.op_type == "MatMul" and n.input[0] in inits]
+    want = ort.InferenceSession(src).run(None, {"x": x})[0]
+    got = ort.InferenceSession(rewritten.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    qdq = quantize(src, tmp_path / "left.q.onnx", 4, 8)
+    # C^T is a layer's weight like the others: 4-bit codes, one scale per row of C
+    model = onnx.load(qdq)
+    stored = {i.name: i for i in model.graph.initializer}
+    weights = sorted((list(stored[n.input[0]].dims), stored[n.input[0]].data_type) for n in model.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in stored and len(stored[n.input[0]].dims) == 2)
+    assert weights == [([6, 6], onnx.TensorProto.INT4), ([8, 8], onnx.TensorProto.INT4),
+                       ([48, 4], onnx.TensorProto.INT4)]
+    lowered = onnx.load(qdq)
+    counts = qlower.lower(lowered, dot="vnni")
+    assert counts == {"linear": 3, "add": 1}
+    names = [n.name for n in lowered.graph.node]
+    assert not [n for n in names if n.endswith("__codes_q")]          # no float requantization
+    assert sorted(n.op_type for n in lowered.graph.node if n.name.endswith("__codes_move")) == [
+        "Reshape", "Transpose", "Transpose"]
+
+    meta, _, _ = _compiled_equals_reference(qdq, x, tmp_path)
+    assert meta["integer_ops"] == {"linear": 3, "add": 1}

@@ -74,6 +74,27 @@ def two_matmul_net(path, n: int = 32, m: int = 16) -> str:
     return str(path)
 
 
+def left_matmul_net(path) -> str:
+    """A product with its constant on the left (C @ a over the last two axes, as deblur's DFT over
+    the rows), a Sub of two integer ops, and a Reshape between integer layers."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="right"),
+             helper.make_node("MatMul", ["c", "a"], ["b"], name="left"),
+             helper.make_node("Sub", ["b", "a"], ["d"], name="sub"),
+             helper.make_node("Reshape", ["d", "shape"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "w2"], ["y"], name="head")]
+    inits = [_init("w1", rng.normal(0, 0.5, (6, 6))), _init("c", rng.normal(0, 0.5, (8, 8))),
+             numpy_helper.from_array(np.array([1, 2, 48], np.int64), "shape"), _init("w2", rng.normal(0, 0.2, (48, 4)))]
+    graph = helper.make_graph(nodes, "tiny_left_matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return str(path)
+
+
 def unsupported_net(path) -> str:
     """A graph with an op the Relax frontend lacks (com.microsoft-style MatMulNBits name)."""
     graph = helper.make_graph(
