@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.compile.tvm import dotprod
@@ -117,26 +118,26 @@ def zoo_info(model, onnx_path: Path, inputs) -> dict:
     return info
 
 
-def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
-                committed_db: bool = True, default_schedules: bool = True, int8_dot: bool = True,
-                integer_nonlinear: bool = True, max_trials_per_task: int | None = None,
-                tune_workers: int | None = None, tune_top_tasks: int | None = None,
-                tune_tracker: str | None = None, tune_key: str | None = None,
-                tune_min_per_task: int | None = None, progress_log=None) -> dict:
-    """Compile `onnx_path` for TargetSpec `spec` into `out_dir`; returns the metadata dict."""
-    import tvm
+@dataclass
+class Imported:
+    """An ONNX file in Relax, legalized and fused (`prepare`), with what the import found."""
+    model: object            # the ONNX model as imported (integer ops lowered, int4 widened)
+    mod: object              # the Relax IRModule
+    inputs: list
+    outputs: list
+    quantized: bool
+    lowered: dict            # {integer kind: count}
+    dot: str | None          # the int8 dot-product step used, if any
 
-    import edgekit
-    from edgekit.compile.tvm import default_schedule, dotprod, importer, qlower, tuning
+
+def import_model(onnx_path, spec, *, integer: bool = True, int8_dot: bool = True,
+                 integer_nonlinear: bool = True, log=lambda msg: None) -> Imported:
+    """Load and check `onnx_path`; for QDQ graphs lower the integer ops (`qlower`, on the
+    target's dot-product step), widen int4 and keep 4-bit clamps; import into Relax; prepare."""
+    from edgekit.compile.tvm import importer, qlower
     from edgekit.compile.tvm.converters import CONVERTERS
-    from edgekit.fileio import atomic_dir, save_json
-    from edgekit.runtime.session import reserve_threads
 
-    reserve_threads(None, spec.num_cores)   # TVM's thread pool is made here if not before: all cores
-    log = progress_log or (lambda msg: None)
-    started = time.time()
-    onnx_path = Path(onnx_path)
-    model = importer.load_onnx(onnx_path)
+    model = importer.load_onnx(Path(onnx_path))
     inputs, outputs = importer.graph_io(model)
     importer.check_ops(model, CONVERTERS)
     quantized = importer.is_quantized(model)
@@ -154,11 +155,36 @@ def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, inte
             check_qdq_parameters(model)  # float QDQ too: TVM would divide by a zero scale
         clamps = importer.widen_int4(model)
         importer.clamp_four_bit_quantizers(model, clamps)
-    log(f"importing {onnx_path.name} ({len(model.graph.node)} nodes"
+    log(f"importing {Path(onnx_path).name} ({len(model.graph.node)} nodes"
         + (f", integer ops: {lowered or 'none'}" if quantized else "") + ")")
-    mod = importer.to_relax(model, inputs, CONVERTERS)
+    mod = prepare(importer.to_relax(model, inputs, CONVERTERS), spec.tvm_target())
+    return Imported(model, mod, inputs, outputs, quantized, lowered, dot)
+
+
+def compile_tvm(onnx_path, spec, out_dir, *, tune: int = 0, tuning_db=None, integer: bool = True,
+                committed_db: bool = True, default_schedules: bool = True, int8_dot: bool = True,
+                integer_nonlinear: bool = True, max_trials_per_task: int | None = None,
+                tune_workers: int | None = None, tune_top_tasks: int | None = None,
+                tune_tracker: str | None = None, tune_key: str | None = None,
+                tune_min_per_task: int | None = None, progress_log=None) -> dict:
+    """Compile `onnx_path` for TargetSpec `spec` into `out_dir`; returns the metadata dict."""
+    import tvm
+
+    import edgekit
+    from edgekit.compile.tvm import default_schedule, tuning
+    from edgekit.fileio import atomic_dir, save_json
+    from edgekit.runtime.session import reserve_threads
+
+    reserve_threads(None, spec.num_cores)   # TVM's thread pool is made here if not before: all cores
+    log = progress_log or (lambda msg: None)
+    started = time.time()
+    onnx_path = Path(onnx_path)
+    imported = import_model(onnx_path, spec, integer=integer, int8_dot=int8_dot,
+                            integer_nonlinear=integer_nonlinear, log=log)
+    model, inputs, outputs = imported.model, imported.inputs, imported.outputs
+    quantized, lowered, dot = imported.quantized, imported.lowered, imported.dot
     target = spec.tvm_target()
-    mod = prepare(mod, target)
+    mod = imported.mod
 
     tune_report = None
     db_folders: list[Path] = []

@@ -158,18 +158,12 @@ def test_cli_eval_unknown_model(capsys):
     assert "neither a zoo model" in capsys.readouterr().err
 
 
-def test_pose_diagnosis_separates_grouping_from_localisation():
+def test_pose_diagnosis_separates_grouping_from_localisation(load_tool):
     """tools/pose_diagnose.py: its oracle grouping ignores tags, so tags that cannot group
     cost the decoder AP but not the oracle; localisation noise costs both."""
-    import importlib.util
-    from pathlib import Path
-
     from edgekit.eval.pose import PoseMetric
 
-    tool = Path(__file__).resolve().parents[2] / "tools" / "pose_diagnose.py"
-    spec = importlib.util.spec_from_file_location("pose_diagnose", tool)
-    diag = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diag)
+    diag = load_tool("pose_diagnose")
 
     def scores(predict):
         decoder, oracle = PoseMetric(), PoseMetric()

@@ -1,19 +1,12 @@
 """tools/bench_sparse_attention.py: JSON and table output on a small length (no timing checks)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "bench_sparse_attention.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_sparse_attention", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_tool):
+    return load_tool("bench_sparse_attention")
 
 
 SMALL = ["--heads", "2", "--head-dim", "16", "--block", "32", "--repeats", "1", "--threads", "1"]
