@@ -655,20 +655,22 @@ class SoftmaxHandler(_Nonlinear):
     def emit(self, bb, inputs, attr, out):
         relax = _relax()
         op = relax.op
-        x = op.astype(inputs[0], "int64")
-        table = relax.const(_arr(attr, "table"), "int64")
+        # the table holds e <= 2^EXP_BITS, so a row sums to at most row * 2^EXP_BITS: below 2^31,
+        # the max, the distances, the table and the row sum run on int32 (twice the vector lanes)
+        dims, unit = dotprod.static_shape(bb, inputs[0]), 1 << NL.EXP_BITS
+        narrow = "int32" if dims is not None and dims[-1] * unit < 1 << 31 else "int64"
+        x = op.astype(inputs[0], narrow)
+        table = relax.const(_arr(attr, "table").astype(narrow), narrow)
         if "mask" not in attr:
             e = op.take(table, op.subtract(op.max(x, axis=[-1], keepdims=True), x), axis=0)
         else:   # masked entries: out of the row max, weight 0 (nonlinear.softmax)
             keep = relax.const(np.logical_not(_arr(attr, "mask")), "bool")
-            top = op.max(op.where(keep, x, _int64(np.iinfo(np.int64).min)), axis=[-1], keepdims=True)
-            distance = op.where(keep, op.subtract(top, x), _int64(0))
-            e = op.where(keep, op.take(table, distance, axis=0), _int64(0))
-        total = op.sum(e, axis=[-1], keepdims=True)
+            top = op.max(op.where(keep, x, _param(np.iinfo(narrow).min, narrow)), axis=[-1], keepdims=True)
+            distance = op.where(keep, op.subtract(top, x), _param(0, narrow))
+            e = op.where(keep, op.take(table, distance, axis=0), _param(0, narrow))
+        e, total = op.astype(e, "int64"), op.astype(op.sum(e, axis=[-1], keepdims=True), "int64")
         num = op.add(op.multiply(e, _int64(attr["softmax_mult"])),
                      op.left_shift(total, _int64(NL.SOFTMAX_BITS - 1)))
-        # the table holds e <= 2^EXP_BITS, so total <= row * 2^EXP_BITS
-        dims, unit = dotprod.static_shape(bb, inputs[0]), 1 << NL.EXP_BITS
         bound = None if dims is None else (unit * abs(int(attr["softmax_mult"]))
                                            + (dims[-1] * unit << (NL.SOFTMAX_BITS + 1)))
         return self.finish(floor_divide_relax(num, op.left_shift(total, _int64(NL.SOFTMAX_BITS)), bound), out)
