@@ -83,6 +83,9 @@ class Compensate:
 
     damp: float = 0.01
     mse_weights: bool = True
+    # round each fitted layer on output-error scales and correct its bias for the rounding's
+    # mean error (compensate.round_and_correct); False: weight-MSE scales, bias as fitted
+    bias_correct: bool = True
     name: str = "compensate"
     guarded: bool = True      # a fit to the calibration samples: undone if held-out samples get worse
 
@@ -90,8 +93,10 @@ class Compensate:
         done = []
 
         def on_layer(layer, xq, xf, groups):
-            if C.compensate_layer(plan, layer, xq, xf, self.damp):
+            if C.compensate_layer(plan, layer, xq, xf, self.damp, self.bias_correct):
                 done.append(layer.name)
+                if self.bias_correct:
+                    return
             rtn.rtn_weights(plan, layers={layer.name}, mse=self.mse_weights)
         sequential_pass(plan, ctx["float_model"], calib[:ctx["layer_samples"]], on_layer, "compensating")
         return {"layers": done}
@@ -105,6 +110,9 @@ class Reconstruct:
     iters: int = 200
     fisher: bool = True
     fisher_mix: float = 0.5
+    free_bias: bool = True       # re-fit the layer's bias with its codes (closed form)
+    output_scales: bool = True   # per-channel scales by the layer's output error, not the weight's
+    damp: float = 0.0            # ridge pull towards the float weight (reconstruct.damped_moments)
     name: str = "reconstruct"
     guarded: bool = True      # a fit to the calibration samples: undone if held-out samples get worse
 
@@ -121,7 +129,8 @@ class Reconstruct:
             f = fisher.get(layer.block_output)
             if f is not None:  # per sample -> batched like xq, xf
                 f = [(1 - self.fisher_mix) + self.fisher_mix * fg for fg in stack_groups(f, groups)]
-            how[layer.name] = R.reconstruct_layer(plan, layer, xq, xf, w0, b0, f, self.fast, self.iters)
+            how[layer.name] = R.reconstruct_layer(plan, layer, xq, xf, w0, b0, f, self.fast, self.iters,
+                                                  self.free_bias, self.output_scales, self.damp)
         sequential_pass(plan, fm, calib, on_layer, "reconstructing")
         return {"rounding": how}
 

@@ -281,3 +281,52 @@ def test_guard_judges_only_fitting_steps(tmp_path):
                                                         layer_samples=8))
     assert rep["steps"][1]["kept"] is True
     assert P.Compensate().guarded and P.Reconstruct().guarded and not getattr(P.Polish(), "guarded", False)
+
+
+@pytest.fixture
+def depthwise_case():
+    """A 3x3 depthwise conv on smooth, positive (post-ReLU6-like) feature maps: neighbouring
+    inputs of one filter are strongly correlated, so rounding errors that add up dominate."""
+    rng = np.random.default_rng(3)
+    c = 16
+    layer = Layer("dw", "Conv", "x", "w", "b", 0, 1, "y", "y", weight_bits=4,
+                  attrs={"pads": [1, 1, 1, 1], "group": c, "_wshape": [c, 1, 3, 3]})
+    w = (rng.standard_normal((c, 1, 3, 3)) * rng.uniform(0.2, 3.0, (c, 1, 1, 1))).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    base = rng.uniform(1.0, 5.0, (8, c, 1, 1))
+    x = base + 0.3 * rng.standard_normal((8, c, 4, 4))
+    x = torch.nn.functional.interpolate(torch.from_numpy(x.astype(np.float32)), size=(16, 16), mode="bilinear")
+    return layer, w, b, x.clamp(0, 6)
+
+
+def test_output_scales_and_bias_correction_lower_depthwise_output_error(depthwise_case):
+    """round_and_correct (output-error scales, bias absorbing the rounding's mean error) against
+    nearest rounding on weight-MSE scales with the bias left as it is."""
+    layer, w, b, x = depthwise_case
+    with torch.no_grad():
+        target = layer_forward(layer, x, torch.from_numpy(w), torch.from_numpy(b))
+    w2 = W.channel_view(w, 0)
+    s = W.mse_scales(w2, 4)
+    plain = layer_error(layer, x, _dq(W.quantize_codes(w2, s, 4).reshape(w.shape), s), b, target)
+    codes, scales, nb = C.round_and_correct(layer, w, b, x)
+    corrected = layer_error(layer, x, _dq(codes, scales), nb, target)
+    assert corrected < 0.3 * plain
+
+
+def test_free_bias_reconstruction_beats_fixed_bias(depthwise_case):
+    """AdaRound on the form with the bias minimised out, then the closed-form bias, against
+    AdaRound with the layer's bias kept: the exact layer error (quadratic form) is lower."""
+    layer, w, b, x = depthwise_case
+    moments = R.quadratic_moments(layer, x, x, w, b)
+    s = W.mse_scales(W.channel_view(w, 0), 4)
+    fixed = R.adaround_quadratic(layer, w, b, s, moments, iters=200)
+    err_fixed = R.quadratic_error(layer, fixed, s, b, moments)
+    free = R.adaround_quadratic(layer, w, None, s, R.free_bias_moments(moments), iters=200)
+    nb = R.best_bias(layer, free, s, moments)
+    err_free = R.quadratic_error(layer, free, s, nb, moments)
+    assert err_free < 0.5 * err_fixed
+    # the free-bias form gives the same error as the full form at the best bias
+    assert R.quadratic_error(layer, free, s, None, R.free_bias_moments(moments)) == \
+        pytest.approx(err_free, rel=1e-6)
+    # the closed-form bias is the best: nudging it raises the error
+    assert R.quadratic_error(layer, free, s, nb + 0.01, moments) > err_free
