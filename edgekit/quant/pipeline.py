@@ -113,25 +113,43 @@ class Reconstruct:
     free_bias: bool = True       # re-fit the layer's bias with its codes (closed form)
     output_scales: bool = True   # per-channel scales by the layer's output error, not the weight's
     damp: float = 0.0            # ridge pull towards the float weight (reconstruct.damped_moments)
+    # per layer, keep the new rounding only where it beats the layer's previous one on held-out
+    # calibration samples (up to `select_samples` of those after `layer_samples`)
+    select: bool = True
+    select_samples: int = 16
     name: str = "reconstruct"
     guarded: bool = True      # a fit to the calibration samples: undone if held-out samples get worse
 
     def apply(self, plan, calib, ctx) -> dict:
         fm = ctx["float_model"]
         finit = initializers(fm)
-        calib = calib[:ctx["layer_samples"]]
-        fisher = fisher_weights(fm, plan, calib) if (self.fisher and not self.fast) else {}
+        n_fit = ctx["layer_samples"]
+        # held-out samples (the guard's, which no fit sees) ride along the pass: each layer's new
+        # rounding is checked on them against the rounding it had, and kept only if better there
+        n_val = min(len(calib) - n_fit, self.select_samples) if (self.select and ctx.get(
+            "held_out_kind", "held-out") == "held-out") else 0
+        fit_calib = calib[:n_fit]
+        fisher = fisher_weights(fm, plan, fit_calib) if (self.fisher and not self.fast) else {}
         how = {}
 
         def on_layer(layer, xq, xf, groups):
             w0 = finit[layer.weight]
             b0 = finit[layer.bias] if layer.bias else None
+            fit_g = [[j for j, i in enumerate(g) if i < n_fit] for g in groups]
+            val_g = [[j for j, i in enumerate(g) if i >= n_fit] for g in groups]
+
+            def part(xs, sel):
+                return [x[torch.tensor(s, dtype=torch.long)] for x, s in zip(xs, sel) if s]
             f = fisher.get(layer.block_output)
             if f is not None:  # per sample -> batched like xq, xf
-                f = [(1 - self.fisher_mix) + self.fisher_mix * fg for fg in stack_groups(f, groups)]
-            how[layer.name] = R.reconstruct_layer(plan, layer, xq, xf, w0, b0, f, self.fast, self.iters,
-                                                  self.free_bias, self.output_scales, self.damp)
-        sequential_pass(plan, fm, calib, on_layer, "reconstructing")
+                groups_fit = [[i for i in g if i < n_fit] for g in groups]
+                f = [(1 - self.fisher_mix) + self.fisher_mix * fg
+                     for fg in stack_groups(f, [g for g in groups_fit if g])]
+            val = (part(xq, val_g), part(xf, val_g)) if n_val else None
+            how[layer.name] = R.reconstruct_layer(plan, layer, part(xq, fit_g), part(xf, fit_g), w0, b0, f,
+                                                  self.fast, self.iters, self.free_bias, self.output_scales,
+                                                  self.damp, val)
+        sequential_pass(plan, fm, calib[:n_fit + n_val], on_layer, "reconstructing")
         return {"rounding": how}
 
 

@@ -330,3 +330,45 @@ def test_free_bias_reconstruction_beats_fixed_bias(depthwise_case):
         pytest.approx(err_free, rel=1e-6)
     # the closed-form bias is the best: nudging it raises the error
     assert R.quadratic_error(layer, free, s, nb + 0.01, moments) > err_free
+
+
+def _wide_gemm_model(tmp_path):
+    """x[1, 256] -> Gemm 256->32 -> Relu -> Gemm 32->8: one calibration sample is one row, so the
+    first layer sees fewer rows than inputs and a learned rounding can fit those rows."""
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((32, 256)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((8, 32)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    inits = [numpy_helper.from_array(a, n) for n, a in
+             (("w1", w1), ("b1", np.full(32, 0.2, np.float32)), ("w2", w2), ("b2", np.zeros(8, np.float32)))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 256])],
+                          [helper.make_tensor_value_info("y", 1, None)], inits)
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+def test_reconstruct_keeps_a_layer_rounding_only_where_it_helps_held_out(tmp_path):
+    """With `select`, each layer's learned rounding replaces the one it had only if its block output
+    error is lower on the held-out calibration samples; every kept rounding is reported."""
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((8, 256)).astype(np.float32)          # inputs on a few directions
+    calib = [{"x": (rng.standard_normal((1, 8)).astype(np.float32) @ mix
+                    + 0.3 * rng.standard_normal((1, 256)).astype(np.float32))} for _ in range(24)]
+    path = _wide_gemm_model(tmp_path)
+
+    def held_out_db(select):
+        cfg = P.QuantConfig(weight_bits=4, act_bits=8, guard=False, layer_samples=12,
+                            steps=[P.RTN(), P.Polish(), P.Compensate(), P.Reconstruct(select=select)])
+        _, rep = P.quantize(path, calib, cfg)
+        return P._output_db(rep["steps"][-1]["sqnr_db"]), P._output_db(rep["steps"][-2]["sqnr_db"]), rep
+
+    with_sel, before, rep = held_out_db(True)
+    rounding = rep["steps"][-1]["details"]["rounding"]
+    assert set(rounding) == {"fc1", "fc2"}
+    assert all(("held-out error" in how) for how in rounding.values())
+    without, _, _ = held_out_db(False)
+    assert with_sel >= without - 0.05
+    assert with_sel >= before - 0.05
