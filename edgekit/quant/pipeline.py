@@ -81,7 +81,10 @@ class Polish:
 class Compensate:
     """Closed-form ridge regression of W', b' on Q(x) from the quantized upstream."""
 
-    damp: float = 0.01
+    # ridge pull towards the current weights, relative to the mean diagonal of E[Q(x) Q(x)^T]:
+    # EfficientNet-Lite2 W4A8 held-out output SQNR 14.1 / 15.2 / 15.1 / 14.7 dB at 0.01 / 0.1 /
+    # 0.3 / 1 (16 fit crops; its last 1x1 convs have more inputs than calibration rows)
+    damp: float = 0.3
     mse_weights: bool = True
     # round each fitted layer on output-error scales and correct its bias for the rounding's
     # mean error (compensate.round_and_correct); False: weight-MSE scales, bias as fitted
