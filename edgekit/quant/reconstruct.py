@@ -282,9 +282,9 @@ def block_error(layer: Layer, codes, scales, b, val, w_orig, b_orig) -> float:
     errors that a fused ReLU/Clip removes."""
     w = torch.from_numpy((codes.astype(np.float32) * weight_shape_scales(scales, codes.shape, layer.out_axis)
                           ).astype(np.float32))
-    bt = torch.from_numpy(np.asarray(b, np.float32)) if b is not None else None
-    w0 = torch.from_numpy(np.asarray(w_orig, np.float32))
-    b0 = torch.from_numpy(np.asarray(b_orig, np.float32).reshape(-1)) if b_orig is not None else None
+    bt = torch.from_numpy(np.array(b, np.float32)) if b is not None else None
+    w0 = torch.from_numpy(np.array(w_orig, np.float32))
+    b0 = torch.from_numpy(np.array(b_orig, np.float32).reshape(-1)) if b_orig is not None else None
     num, den = 0.0, 0.0
     with torch.no_grad():
         for xq, xf in zip(as_groups(val[0]), as_groups(val[1])):

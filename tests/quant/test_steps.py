@@ -370,5 +370,5 @@ def test_reconstruct_keeps_a_layer_rounding_only_where_it_helps_held_out(tmp_pat
     assert set(rounding) == {"fc1", "fc2"}
     assert all(("held-out error" in how) for how in rounding.values())
     without, _, _ = held_out_db(False)
-    assert with_sel >= without - 0.05
+    assert with_sel > without + 0.5        # here the learned rounding over-fits the 12 fit rows
     assert with_sel >= before - 0.05
