@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from edgekit.onnx_graph.model import initializers
+from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QuantPlan
 from edgekit.quant.sequential import (
     feature_rows,
@@ -55,7 +56,41 @@ def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Te
     return new_w, new_b
 
 
-def compensate_layer(plan: QuantPlan, layer: Layer, xq, xf, damp: float = 0.01) -> bool:
+def round_and_correct(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq, max_rows: int = 16384):
+    """4-bit codes for the float weight w with the output-error clipping of each channel, and the
+    bias that absorbs their mean output error (empirical bias correction, on Q(x)).
+
+    The scales minimise e^T H_c e per channel (`weights.output_scales`), H_c the centered second
+    moment of the layer's quantized inputs (the uncentered one without a bias to absorb the mean);
+    the new bias is b + (W - W_q) E[Q(x)], so that the layer's mean output on Q(x) is unchanged by
+    the rounding. Returns (codes in w's layout, scales, new bias or None).
+    """
+    wt = torch.from_numpy(np.array(w, np.float64))
+    wg = group_weight(layer, wt)                                       # [G, Cg, K]
+    g, cg, k = wg.shape
+    phi = sampled_features(layer, xq, feature_rows(k, max_rows))
+    h = moments(phi)
+    mu = phi.mean(1).double()                                          # [G, K]
+    if b is not None:
+        h = h - mu[:, :, None] * mu[:, None, :]
+    scales = W.output_scales(wg.numpy(), h.numpy(), layer.weight_bits)
+    s = torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
+    qt = W.weight_qtype(layer.weight_bits)
+    codes_g = torch.clamp(torch.round(wg / s), qt.qmin, qt.qmax)
+    new_b = None
+    if b is not None:
+        err = wg - codes_g * s                                         # [G, Cg, K]
+        new_b = (np.asarray(b, np.float64).reshape(g, cg) + (err @ mu[:, :, None])[..., 0].numpy())
+        new_b = new_b.reshape(-1).astype(np.float32)
+    codes = ungroup_weight(layer, codes_g, w.shape).numpy().astype(np.int64)
+    return codes, scales, new_b
+
+
+def compensate_layer(plan: QuantPlan, layer: Layer, xq, xf, damp: float = 0.01,
+                     bias_correct: bool = False) -> bool:
+    """Ridge-fit the layer's float weights and bias on Q(x). With `bias_correct` also round them
+    (`round_and_correct`: output-error scales, the bias absorbing the rounding's mean error) and
+    set the plan's codes; otherwise the caller rounds the fitted weights."""
     inits = initializers(plan.model)
     w = inits[layer.weight]
     if not supports_features(layer, w):
@@ -70,4 +105,10 @@ def compensate_layer(plan: QuantPlan, layer: Layer, xq, xf, damp: float = 0.01) 
     plan.set_initializer(layer.weight, new_w)
     if new_b is not None:
         plan.set_initializer(layer.bias, new_b.reshape(inits[layer.bias].shape))
+    if bias_correct:
+        codes, scales, cb = round_and_correct(layer, new_w, new_b, xq)
+        if cb is not None and np.all(np.isfinite(cb)):
+            plan.set_initializer(layer.bias, cb.reshape(inits[layer.bias].shape))
+        plan.weights_q[layer.name] = codes
+        plan.weight_scales[layer.name] = scales
     return True

@@ -180,6 +180,52 @@ def quadratic_error(layer: Layer, codes: np.ndarray, scales: np.ndarray, b, mome
     return float(((wp @ h) * wp).sum() - 2 * (wp * c.transpose(1, 2)).sum() + tt.sum()) / (g * cg) / ref
 
 
+def free_bias_moments(moments_):
+    """The quadratic form with the bias minimised out (closed form for any weight): the weight
+    block's Schur complement, H_c = H_ww - h h^T / H_11 and C_c = C_w - h C_1 / H_11 with h = H_w1
+    (the Fisher-weighted centered moments). Returns (H', C', c, ref) with zero bias rows, so
+    that `adaround_quadratic` and `quadratic_error` with a zero bias column give the error of the
+    best bias for the weights."""
+    h, c, tt, ref = moments_
+    k = h.shape[1] - 1
+    h1, h11 = h[:, :k, k], h[:, k, k].clamp_min(1e-30)                    # [G, K], [G]
+    c1 = c[:, k, :]                                                       # [G, Cg]
+    hn, cn = torch.zeros_like(h), torch.zeros_like(c)
+    hn[:, :k, :k] = h[:, :k, :k] - h1[:, :, None] * h1[:, None, :] / h11[:, None, None]
+    cn[:, :k, :] = c[:, :k, :] - h1[:, :, None] * c1[:, None, :] / h11[:, None, None]
+    ttn = tt - (c1 ** 2).sum(1) / h11
+    return hn, cn, ttn, ref
+
+
+def damped_moments(layer: Layer, moments_, w: np.ndarray, damp: float):
+    """The quadratic form plus damp * mean(diag H) * ||W' - W||^2 (W: the layer's current float
+    weight): a ridge pull that decides the directions the calibration rows do not span (a 1x1
+    conv with more inputs than rows, the classifier on a few pooled vectors), where the plain
+    form lets the rounding fit the seen rows at any cost elsewhere."""
+    h, c, tt, ref = moments_
+    k = h.shape[1] - 1
+    wg = group_weight(layer, torch.from_numpy(np.asarray(w, np.float64))).to(h.dtype)   # [G, Cg, K]
+    lam = damp * torch.diagonal(h[:, :k, :k], dim1=1, dim2=2).mean(1).clamp_min(1e-30)  # [G]
+    h, c = h.clone(), c.clone()
+    h[:, :k, :k] += lam[:, None, None] * torch.eye(k, dtype=h.dtype)
+    c[:, :k, :] += lam[:, None, None] * wg.transpose(1, 2)
+    return h, c, tt + lam * (wg ** 2).sum((1, 2)), ref
+
+
+def best_bias(layer: Layer, codes: np.ndarray, scales: np.ndarray, moments_) -> np.ndarray:
+    """The bias minimising the quadratic form of `quadratic_moments` for fixed weights:
+    b = (C_1 - W H_w1) / H_11 per output channel (the Fisher-weighted mean of the target minus the
+    weights' mean output on Q(x)); [Co] float32."""
+    h, c, _, _ = moments_
+    k = h.shape[1] - 1
+    wg = group_weight(layer, torch.from_numpy(np.asarray(codes, np.float64)))
+    g, cg, _ = wg.shape
+    wg = wg * torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
+    h1, h11 = h[:, :k, k].double(), h[:, k, k].double().clamp_min(1e-30)
+    b = (c[:, k, :].double() - (wg @ h1[:, :, None])[..., 0]) / h11[:, None]
+    return b.reshape(-1).numpy().astype(np.float32)
+
+
 def adaround_quadratic(layer: Layer, w: np.ndarray, b, scales: np.ndarray, moments_, iters: int = 200,
                        lr: float = 0.03, lam: float = 0.01) -> np.ndarray:
     """Learned rounding (the AdaRound schedule of `adaround`) on the exact full-batch quadratic
@@ -229,8 +275,36 @@ def gptq(layer: Layer, w: np.ndarray, scales: np.ndarray, xq: torch.Tensor, damp
     return ungroup_weight(layer, codes, w.shape).numpy().astype(np.int64)
 
 
+def block_error(layer: Layer, codes, scales, b, val, w_orig, b_orig) -> float:
+    """Relative error of the layer's block output (after its fused activation: what the next
+    quantization point sees) with these codes and bias on the inputs `val` = (xq, xf) against
+    the float layer on xf. The quadratic form measures the pre-activation error, which counts
+    errors that a fused ReLU/Clip removes."""
+    w = torch.from_numpy((codes.astype(np.float32) * weight_shape_scales(scales, codes.shape, layer.out_axis)
+                          ).astype(np.float32))
+    bt = torch.from_numpy(np.array(b, np.float32)) if b is not None else None
+    w0 = torch.from_numpy(np.array(w_orig, np.float32))
+    b0 = torch.from_numpy(np.array(b_orig, np.float32).reshape(-1)) if b_orig is not None else None
+    num, den = 0.0, 0.0
+    with torch.no_grad():
+        for xq, xf in zip(as_groups(val[0]), as_groups(val[1])):
+            t = layer_forward(layer, xf, w0, b0)
+            y = layer_forward(layer, xq, w, bt)
+            num, den = num + float(((y - t).double() ** 2).sum()), den + float((t.double() ** 2).sum())
+    return num / max(den, 1e-30)
+
+
 def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fisher, fast: bool,
-                      iters: int) -> str:
+                      iters: int, free_bias: bool = True, output_scales: bool = True, damp: float = 0.0,
+                      val=None) -> str:
+    """Choose the layer's codes (and, with `free_bias`, its bias); returns how.
+
+    `val`: (xq, xf) of held-out samples. When given (quadratic form only), the learned rounding is
+    compared on them with the rounding the layer had before this step (its codes, scales and bias
+    in the plan) and the one with the lower held-out error is kept: on few calibration samples a
+    layer with more inputs than calibration rows (EfficientNet-Lite2's last 1x1 convs: 1248
+    inputs, 16 x 49 rows) fits the rounding to those rows.
+    """
     inits = initializers(plan.model)
     w = inits[layer.weight]
     b = inits[layer.bias].reshape(-1) if layer.bias else None
@@ -241,19 +315,43 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
     channels = w.shape[layer.out_axis]
     quadratic = (supports_features(layer, w) and (b is None or b.size == channels)
                  and (b_orig is None or np.size(b_orig) == channels))
-    if fast and quadratic:
-        # the exact quadratic AdaRound with a short schedule and no Fisher weights. (GPTQ's
+    if quadratic and (fast or iters > 0):
+        # the exact quadratic AdaRound (with --fast: a short schedule, no Fisher weights). (GPTQ's
         # column-by-column error feedback, the earlier fast path, lowers each layer's error on
         # small models but collapsed EfficientNet-Lite2 at W4A8 to 3-8 % top-1 agreement, even
         # with every layer checked against nearest rounding; cause not found, so it is only
         # the fallback for layers the quadratic form does not cover.)
-        mom = quadratic_moments(layer, xq, xf, w_orig, b_orig)
-        codes, how = adaround_quadratic(layer, w, b, scales, mom, iters=FAST_ITERS), "adaround-fast"
+        mom = quadratic_moments(layer, xq, xf, w_orig, b_orig, None if fast else fisher)
+        # with a bias of its own the layer's bias is re-fitted with the codes (closed form): the
+        # rounding is chosen on the form with the bias minimised out
+        free = free_bias and layer.bias is not None and b is not None
+        fit = free_bias_moments(mom) if free else mom
+        if damp > 0:
+            fit = damped_moments(layer, fit, w, damp)
+        if output_scales:
+            k = fit[0].shape[1] - 1
+            wg = group_weight(layer, torch.from_numpy(np.asarray(w, np.float64))).numpy()
+            scales = W.output_scales(wg, fit[0][:, :k, :k].numpy(), layer.weight_bits)
+        codes = adaround_quadratic(layer, w, None if free else b, scales, fit,
+                                   iters=FAST_ITERS if fast else iters)
+        how = "adaround-fast" if fast else "adaround"
+        nb = best_bias(layer, codes, scales, mom) if free else b
+        if free and not np.all(np.isfinite(nb)):
+            free, nb = False, b
+        if val is not None and layer.name in plan.weights_q:
+            old_b = inits[layer.bias].reshape(-1) if layer.bias else None
+            if old_b is not None and old_b.size != channels:
+                old_b = None
+            e_new = block_error(layer, codes, scales, nb, val, w_orig, b_orig)
+            e_old = block_error(layer, plan.weights_q[layer.name], plan.weight_scales[layer.name], old_b, val,
+                                w_orig, b_orig)
+            if e_old <= e_new:
+                return f"kept (held-out error {e_old:.3g}, {how} {e_new:.3g})"
+            how = f"{how} (held-out error {e_new:.3g}, was {e_old:.3g})"
+        if free:
+            plan.set_initializer(layer.bias, nb.reshape(inits[layer.bias].shape))
     elif fast and supports_features(layer, w):
         codes, how = gptq(layer, w, scales, xq), "gptq"
-    elif iters > 0 and quadratic:
-        mom = quadratic_moments(layer, xq, xf, w_orig, b_orig, fisher)
-        codes, how = adaround_quadratic(layer, w, b, scales, mom, iters=iters), "adaround"
     elif iters > 0:
         with torch.no_grad():
             bias_o = torch.from_numpy(np.array(b_orig)) if b_orig is not None else None

@@ -58,3 +58,34 @@ def quantize_codes(w2: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
 
 def dequantize_codes(q2: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return q2.astype(np.float32) * scales.reshape(-1, 1).astype(np.float32)
+
+
+def output_scales(wg: np.ndarray, hc: np.ndarray, bits: int, grid=MSE_GRID,
+                  chunk_elements: int = 1 << 24) -> np.ndarray:
+    """Per-channel clipping ratio minimising the layer's output error, not the weight's own.
+
+    wg [G, Cg, K]: the weight as rows of the layer's im2col product (features() of
+    edgekit.quant.sequential), hc [G, K, K]: the centered second moment of the layer's inputs
+    (bias-corrected output error: the mean of the error goes into the bias). For each channel
+    the ratio of `grid` minimising e^T hc e, e = w - Q(w), is kept; returns scales [G * Cg].
+    On a 3x3 depthwise conv over smooth images the inputs of one filter are strongly correlated,
+    so rounding errors that add up matter and a weight-MSE scale can be the worse one.
+    """
+    wg = np.asarray(wg, np.float64)
+    hc = np.asarray(hc, np.float64)
+    g, cg, k = wg.shape
+    qt = weight_qtype(bits)
+    w2 = wg.reshape(g * cg, k)
+    base = absmax_scales(w2, bits).astype(np.float64)
+    errors = np.empty((len(grid), g * cg), np.float64)
+    step = max(1, chunk_elements // max(cg * k * max(k, 1), 1))   # groups per chunk
+    for r, ratio in enumerate(grid):
+        s = (base * ratio).astype(np.float32).astype(np.float64).reshape(g, cg, 1)
+        e = wg - np.clip(np.rint(wg / s), qt.qmin, qt.qmax) * s
+        out = np.empty((g, cg))
+        for i in range(0, g, step):
+            ei = e[i:i + step]
+            out[i:i + step] = (np.matmul(ei, hc[i:i + step]) * ei).sum(2)
+        errors[r] = out.reshape(-1)
+    best = errors.argmin(axis=0)
+    return (base * np.asarray(grid)[best]).astype(np.float32)

@@ -281,3 +281,94 @@ def test_guard_judges_only_fitting_steps(tmp_path):
                                                         layer_samples=8))
     assert rep["steps"][1]["kept"] is True
     assert P.Compensate().guarded and P.Reconstruct().guarded and not getattr(P.Polish(), "guarded", False)
+
+
+@pytest.fixture
+def depthwise_case():
+    """A 3x3 depthwise conv on smooth, positive (post-ReLU6-like) feature maps: neighbouring
+    inputs of one filter are strongly correlated, so rounding errors that add up dominate."""
+    rng = np.random.default_rng(3)
+    c = 16
+    layer = Layer("dw", "Conv", "x", "w", "b", 0, 1, "y", "y", weight_bits=4,
+                  attrs={"pads": [1, 1, 1, 1], "group": c, "_wshape": [c, 1, 3, 3]})
+    w = (rng.standard_normal((c, 1, 3, 3)) * rng.uniform(0.2, 3.0, (c, 1, 1, 1))).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    base = rng.uniform(1.0, 5.0, (8, c, 1, 1))
+    x = base + 0.3 * rng.standard_normal((8, c, 4, 4))
+    x = torch.nn.functional.interpolate(torch.from_numpy(x.astype(np.float32)), size=(16, 16), mode="bilinear")
+    return layer, w, b, x.clamp(0, 6)
+
+
+def test_output_scales_and_bias_correction_lower_depthwise_output_error(depthwise_case):
+    """round_and_correct (output-error scales, bias absorbing the rounding's mean error) against
+    nearest rounding on weight-MSE scales with the bias left as it is."""
+    layer, w, b, x = depthwise_case
+    with torch.no_grad():
+        target = layer_forward(layer, x, torch.from_numpy(w), torch.from_numpy(b))
+    w2 = W.channel_view(w, 0)
+    s = W.mse_scales(w2, 4)
+    plain = layer_error(layer, x, _dq(W.quantize_codes(w2, s, 4).reshape(w.shape), s), b, target)
+    codes, scales, nb = C.round_and_correct(layer, w, b, x)
+    corrected = layer_error(layer, x, _dq(codes, scales), nb, target)
+    assert corrected < 0.3 * plain
+
+
+def test_free_bias_reconstruction_beats_fixed_bias(depthwise_case):
+    """AdaRound on the form with the bias minimised out, then the closed-form bias, against
+    AdaRound with the layer's bias kept: the exact layer error (quadratic form) is lower."""
+    layer, w, b, x = depthwise_case
+    moments = R.quadratic_moments(layer, x, x, w, b)
+    s = W.mse_scales(W.channel_view(w, 0), 4)
+    fixed = R.adaround_quadratic(layer, w, b, s, moments, iters=200)
+    err_fixed = R.quadratic_error(layer, fixed, s, b, moments)
+    free = R.adaround_quadratic(layer, w, None, s, R.free_bias_moments(moments), iters=200)
+    nb = R.best_bias(layer, free, s, moments)
+    err_free = R.quadratic_error(layer, free, s, nb, moments)
+    assert err_free < 0.5 * err_fixed
+    # the free-bias form gives the same error as the full form at the best bias
+    assert R.quadratic_error(layer, free, s, None, R.free_bias_moments(moments)) == \
+        pytest.approx(err_free, rel=1e-6)
+    # the closed-form bias is the best: nudging it raises the error
+    assert R.quadratic_error(layer, free, s, nb + 0.01, moments) > err_free
+
+
+def _wide_gemm_model(tmp_path):
+    """x[1, 256] -> Gemm 256->32 -> Relu -> Gemm 32->8: one calibration sample is one row, so the
+    first layer sees fewer rows than inputs and a learned rounding can fit those rows."""
+    rng = np.random.default_rng(5)
+    w1 = (rng.standard_normal((32, 256)) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((8, 32)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    inits = [numpy_helper.from_array(a, n) for n, a in
+             (("w1", w1), ("b1", np.full(32, 0.2, np.float32)), ("w2", w2), ("b2", np.zeros(8, np.float32)))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 256])],
+                          [helper.make_tensor_value_info("y", 1, None)], inits)
+    path = tmp_path / "wide.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return str(path)
+
+
+def test_reconstruct_keeps_a_layer_rounding_only_where_it_helps_held_out(tmp_path):
+    """With `select`, each layer's learned rounding replaces the one it had only if its block output
+    error is lower on the held-out calibration samples; every kept rounding is reported."""
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((8, 256)).astype(np.float32)          # inputs on a few directions
+    calib = [{"x": (rng.standard_normal((1, 8)).astype(np.float32) @ mix
+                    + 0.3 * rng.standard_normal((1, 256)).astype(np.float32))} for _ in range(24)]
+    path = _wide_gemm_model(tmp_path)
+
+    def held_out_db(select):
+        cfg = P.QuantConfig(weight_bits=4, act_bits=8, guard=False, layer_samples=12,
+                            steps=[P.RTN(), P.Polish(), P.Compensate(), P.Reconstruct(select=select)])
+        _, rep = P.quantize(path, calib, cfg)
+        return P._output_db(rep["steps"][-1]["sqnr_db"]), P._output_db(rep["steps"][-2]["sqnr_db"]), rep
+
+    with_sel, before, rep = held_out_db(True)
+    rounding = rep["steps"][-1]["details"]["rounding"]
+    assert set(rounding) == {"fc1", "fc2"}
+    assert all(("held-out error" in how) for how in rounding.values())
+    without, _, _ = held_out_db(False)
+    assert with_sel > without + 0.5        # here the learned rounding over-fits the 12 fit rows
+    assert with_sel >= before - 0.05
