@@ -198,11 +198,11 @@ def _relax():
 def rshift_half_even_relax(prod, shift: np.ndarray):
     """Relax version of formats.rshift_half_even for int64 `prod` and constant shifts.
 
-    Written so that `prod` is read twice, not four times: (x + 2^(s-1) - 1 + bit s of x) >> s
-    rounds x / 2^s half to even (the added bit turns a tie's carry on exactly when the quotient
-    is odd). Fused element-wise kernels inline a chain of requantizations into one expression;
-    with four reads it grew fourfold per requantization and the LM's kernels took minutes to
-    lower. A zero shift (no rounding) is a doubled product shifted by one: ((2x + x's bit 0) >> 1
+    Written so that `prod` is read twice, not six times as before: (x + 2^(s-1) - 1 + bit s of x)
+    >> s rounds x / 2^s half to even (the added bit turns a tie's carry on exactly when the
+    quotient is odd). Fused element-wise kernels inline a chain of requantizations into one
+    expression; with six reads it grew sixfold per requantization and the LM's kernels took
+    minutes to lower. A zero shift (no rounding) is a doubled product shifted by one: ((2x + x's bit 0) >> 1
     = x), so every element takes the same expression. |prod| < 2^62 (int32 accumulator times
     a 31-bit multiplier), so neither the doubling nor the added half leaves int64."""
     relax = _relax()
