@@ -3,17 +3,16 @@
 Under pytest-xdist each worker gets one intra-op thread so the two CI
 workers do not oversubscribe the two cores (tests never measure time).
 """
+import importlib.util
 import os
+from pathlib import Path
+
+import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TVM_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 os.environ.setdefault("EDGEKIT_PROGRESS", "0")
-
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 

@@ -57,7 +57,7 @@ def ridge_update(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq: torch.Te
 
 
 def round_and_correct(layer: Layer, w: np.ndarray, b: np.ndarray | None, xq, max_rows: int = 16384):
-    """4-bit codes for the float weight w with the output-error clipping of each channel, and the
+    """Codes (at the layer's weight bits) for the float weight w with the output-error clipping of each channel, and the
     bias that absorbs their mean output error (empirical bias correction, on Q(x)).
 
     The scales minimise e^T H_c e per channel (`weights.output_scales`), H_c the centered second

@@ -170,12 +170,18 @@ def _bias_column(b, groups: int, per_group: int, dtype) -> torch.Tensor:
     return torch.from_numpy(np.array(b, np.float64)).to(dtype).reshape(groups, per_group, 1)
 
 
+def _dequantized_groups(layer: Layer, codes: np.ndarray, scales: np.ndarray) -> torch.Tensor:
+    """codes * scales as the rows of the layer's grouped product, [G, Cg, K] float64."""
+    wg = group_weight(layer, torch.from_numpy(np.asarray(codes, np.float64)))
+    g, cg, _ = wg.shape
+    return wg * torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
+
+
 def quadratic_error(layer: Layer, codes: np.ndarray, scales: np.ndarray, b, moments_) -> float:
     """The relative error (mean squared error / E[t^2]) of `codes` under `quadratic_moments`."""
     h, c, tt, ref = moments_
-    wg = group_weight(layer, torch.from_numpy(np.asarray(codes, np.float64)))
+    wg = _dequantized_groups(layer, codes, scales)
     g, cg, _ = wg.shape
-    wg = wg * torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
     wp = torch.cat([wg, _bias_column(b, g, cg, torch.float64)], 2)
     return float(((wp @ h) * wp).sum() - 2 * (wp * c.transpose(1, 2)).sum() + tt.sum()) / (g * cg) / ref
 
@@ -218,9 +224,7 @@ def best_bias(layer: Layer, codes: np.ndarray, scales: np.ndarray, moments_) -> 
     weights' mean output on Q(x)); [Co] float32."""
     h, c, _, _ = moments_
     k = h.shape[1] - 1
-    wg = group_weight(layer, torch.from_numpy(np.asarray(codes, np.float64)))
-    g, cg, _ = wg.shape
-    wg = wg * torch.from_numpy(scales.astype(np.float64)).reshape(g, cg, 1)
+    wg = _dequantized_groups(layer, codes, scales)
     h1, h11 = h[:, :k, k].double(), h[:, k, k].double().clamp_min(1e-30)
     b = (c[:, k, :].double() - (wg @ h1[:, :, None])[..., 0]) / h11[:, None]
     return b.reshape(-1).numpy().astype(np.float32)
@@ -275,23 +279,25 @@ def gptq(layer: Layer, w: np.ndarray, scales: np.ndarray, xq: torch.Tensor, damp
     return ungroup_weight(layer, codes, w.shape).numpy().astype(np.int64)
 
 
-def block_error(layer: Layer, codes, scales, b, val, w_orig, b_orig) -> float:
+def block_errors(layer: Layer, candidates, val, w_orig, b_orig) -> list[float]:
     """Relative error of the layer's block output (after its fused activation: what the next
-    quantization point sees) with these codes and bias on the inputs `val` = (xq, xf) against
-    the float layer on xf. The quadratic form measures the pre-activation error, which counts
-    errors that a fused ReLU/Clip removes."""
-    w = torch.from_numpy((codes.astype(np.float32) * weight_shape_scales(scales, codes.shape, layer.out_axis)
-                          ).astype(np.float32))
-    bt = torch.from_numpy(np.array(b, np.float32)) if b is not None else None
+    quantization point sees) for each candidate (codes, scales, bias) on the inputs `val` =
+    (xq, xf), against the float layer on xf (computed once for all candidates). The quadratic
+    form measures the pre-activation error, which counts errors that a fused ReLU/Clip removes."""
     w0 = torch.from_numpy(np.array(w_orig, np.float32))
     b0 = torch.from_numpy(np.array(b_orig, np.float32).reshape(-1)) if b_orig is not None else None
-    num, den = 0.0, 0.0
+    weights = [(torch.from_numpy((codes.astype(np.float32) * weight_shape_scales(scales, codes.shape, layer.out_axis)
+                                  ).astype(np.float32)),
+                torch.from_numpy(np.array(b, np.float32)) if b is not None else None)
+               for codes, scales, b in candidates]
+    num, den = [0.0] * len(weights), 0.0
     with torch.no_grad():
         for xq, xf in zip(as_groups(val[0]), as_groups(val[1])):
             t = layer_forward(layer, xf, w0, b0)
-            y = layer_forward(layer, xq, w, bt)
-            num, den = num + float(((y - t).double() ** 2).sum()), den + float((t.double() ** 2).sum())
-    return num / max(den, 1e-30)
+            den += float((t.double() ** 2).sum())
+            for i, (w, bt) in enumerate(weights):
+                num[i] += float(((layer_forward(layer, xq, w, bt) - t).double() ** 2).sum())
+    return [n / max(den, 1e-30) for n in num]
 
 
 def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fisher, fast: bool,
@@ -342,9 +348,8 @@ def reconstruct_layer(plan: QuantPlan, layer: Layer, xq, xf, w_orig, b_orig, fis
             old_b = inits[layer.bias].reshape(-1) if layer.bias else None
             if old_b is not None and old_b.size != channels:
                 old_b = None
-            e_new = block_error(layer, codes, scales, nb, val, w_orig, b_orig)
-            e_old = block_error(layer, plan.weights_q[layer.name], plan.weight_scales[layer.name], old_b, val,
-                                w_orig, b_orig)
+            e_new, e_old = block_errors(layer, [(codes, scales, nb), (plan.weights_q[layer.name],
+                                                plan.weight_scales[layer.name], old_b)], val, w_orig, b_orig)
             if e_old <= e_new:
                 return f"kept (held-out error {e_old:.3g}, {how} {e_new:.3g})"
             how = f"{how} (held-out error {e_new:.3g}, was {e_old:.3g})"
