@@ -6,8 +6,9 @@ lowering on this CPU's int8 dot-product step, the tuning databases that apply, d
 for the rest); then each TIR kernel is built on its own and timed on inputs of ones (index and
 divisor inputs stay valid), and weighted by how often the model's main function calls it. The
 sum is close to, but not the same as, the whole model's time (no cache effects between kernels,
-no runtime overhead). Each kernel is marked `dot` (edgekit's int8 dot-product kernels), `tuned`
-(a tuning record applied) or `default` (a default schedule).
+no runtime overhead). Each kernel is marked `dot` (edgekit's int8 dot-product kernels), `layout`
+(the kernels writing their operands), `float` (edgekit's float kernels: softmax), `tuned` (a
+tuning record applied) or `default` (a default schedule).
 
 examples:
   python tools/profile_kernels.py build/deblur.q.onnx                    # top 25 kernels, 1 thread
@@ -83,7 +84,7 @@ def profile(onnx_path: Path, target_opts: str | None, threads: int, tuning_db: P
     rows = []
     for name, func in progress(kernels, desc="timing kernels", unit="kernel"):
         own = str((func.attrs or {}).get(dotprod.KERNEL_ATTR, ""))
-        how = "dot" if own == dotprod.DOT_KERNEL else ("layout" if own else ("tuned" if name in tuned else "default"))
+        how = own or ("tuned" if name in tuned else "default")
         ms_per_call = time_kernel(func, target, number, repeat)
         rows.append({"kernel": name, "schedule": how, "calls": calls.get(name, 0), "ms_per_call": ms_per_call,
                      "ms": ms_per_call * calls.get(name, 0)})

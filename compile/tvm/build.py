@@ -25,9 +25,10 @@ def prepare(mod, target):
     import tvm
     from tvm import relax
 
-    from edgekit.compile.tvm import rewrite
+    from edgekit.compile.tvm import float_ops, rewrite
 
     mod = rewrite.conv_transpose_to_conv(mod)
+    mod = float_ops.replace(mod, target)   # softmax and GELU: TVM's own are several times slower
     with target:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
@@ -56,8 +57,8 @@ def apply_databases(mod, target, folders: list[Path]):
 
 def count_scheduled(mod) -> tuple[int, int, int]:
     """(scheduled, total, int8 dot-product) TIR kernels of `mod`. Kernels that edgekit scheduled
-    itself (dotprod.py) are counted apart: its dot-product kernels in the third number only, the
-    layout kernels that feed them in none."""
+    itself (dotprod.py, float_ops.py) are counted apart: its dot-product kernels in the third
+    number only, the layout kernels that feed them and its float kernels in none."""
     import tvm
 
     from edgekit.compile.tvm.default_schedule import is_scheduled

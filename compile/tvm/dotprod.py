@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KERNEL_ATTR = "edgekit.int8_dot"   # marks the kernels scheduled here (compile reports count them apart)
-DOT_KERNEL, LAYOUT_KERNEL = "dot", "layout"   # its values: a dot-product kernel, or the layout one feeding it
+KERNEL_ATTR = "edgekit.kernel"   # marks the kernels edgekit wrote itself (compile reports count them apart)
+# its values: a dot-product kernel, the layout one feeding it, a float kernel (float_ops.py)
+DOT_KERNEL, LAYOUT_KERNEL, FLOAT_KERNEL = "dot", "layout", "float"
 STACK_LIMIT = 1024          # bytes: TVM keeps smaller constant "global" buffers on the stack
 
 
@@ -649,7 +650,8 @@ def layout_func(g):
                             for ch_mul, ch_add, a, b in sources]
                     _layout_row(T, g, x, zp, out, (group, *plane), row * g.pitch, srcs)
     func = builder.get()
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr(KERNEL_ATTR, LAYOUT_KERNEL)
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).with_attr("tirx.noalias", True)
+            .with_attr(KERNEL_ATTR, LAYOUT_KERNEL))
 
 
 def _layout_row(T, g, x, zp, out, index, start, srcs) -> None:

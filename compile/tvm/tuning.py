@@ -201,9 +201,18 @@ def reusing_builder(max_workers: int, timeout_sec: float):
 
 
 def extract_tasks(mod, target):
+    """MetaSchedule's tasks of `mod`, less the kernels edgekit wrote itself (dotprod.py,
+    float_ops.py): they have their schedule, and MetaSchedule's cost estimate fails on their
+    vector expressions."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.relax_integration.extract_tasks(mod, target)
+    from edgekit.compile.tvm.dotprod import KERNEL_ATTR
+
+    def own(task):
+        func = task.dispatched[0]["main"]
+        return KERNEL_ATTR in (func.attrs or {})
+
+    return [task for task in ms.relax_integration.extract_tasks(mod, target) if not own(task)]
 
 
 def heaviest(extracted, top: int | None):
