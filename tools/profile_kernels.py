@@ -14,6 +14,7 @@ examples:
   python tools/profile_kernels.py build/deblur.q.onnx                    # top 25 kernels, 1 thread
   python tools/profile_kernels.py m.q.onnx --threads 2 --top 0 --json-file kernels.json
   python tools/profile_kernels.py m.q.onnx --no-int8-dot --tuning-db tuned/
+  python tools/profile_kernels.py build/litepose.onnx --no-committed-db  # default schedules only
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def time_kernel(func, target, number: int, repeat: int) -> float:
 
 
 def profile(onnx_path: Path, target_opts: str | None, threads: int, tuning_db: Path | None,
-            int8_dot: bool, number: int, repeat: int) -> dict:
+            int8_dot: bool, number: int, repeat: int, committed_db: bool = True) -> dict:
     import tvm
 
     from edgekit.compile.tvm import build, default_schedule, dotprod, tuning
@@ -73,7 +74,7 @@ def profile(onnx_path: Path, target_opts: str | None, threads: int, tuning_db: P
     target = spec.tvm_target()
     zoo = build.zoo_info(imported.model, onnx_path, imported.inputs)
     folders = [tuning_db] if tuning_db else []
-    committed = tuning.committed_database(zoo["model"]) if zoo.get("model") else None
+    committed = tuning.committed_database(zoo["model"]) if zoo.get("model") and committed_db else None
     folders += [committed] if committed is not None else []
     mod = build.apply_databases(imported.mod, target, folders)
     tuned = {gv.name_hint for gv, f in mod.functions.items()
@@ -111,6 +112,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="threads per kernel (default 1)")
     parser.add_argument("--tuning-db", type=Path, help="a tuning database folder to apply too")
     parser.add_argument("--no-int8-dot", action="store_true", help="without the int8 dot-product kernels")
+    parser.add_argument("--no-committed-db", action="store_true",
+                        help="without the zoo's committed tuning records (what a model of your own gets)")
     parser.add_argument("--number", type=int, default=20, help="calls per measurement (default 20)")
     parser.add_argument("--repeat", type=int, default=5, help="measurements per kernel, median (default 5)")
     parser.add_argument("--top", type=int, default=25, help="rows in the table, 0 for all (default 25)")
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
         if not args.model.is_file():
             raise EdgekitError(f"{args.model}: no such ONNX file")
         result = profile(args.model, args.target_opts, args.threads, args.tuning_db, not args.no_int8_dot,
-                         args.number, args.repeat)
+                         args.number, args.repeat, committed_db=not args.no_committed_db)
     except EdgekitError as exc:
         print(f"profile_kernels: error: {exc}", file=sys.stderr)
         return 2
