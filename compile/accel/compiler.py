@@ -289,6 +289,8 @@ def place(qg, shapes: dict, hw: dict, fallback: str | None, src: Path) -> tuple[
             continue
         low = LOWERINGS.get(op.kind)
         reason = f"no accelerator lowering for op kind {op.kind!r}" if low is None else low.unsupported(op, shapes, hw)
+        if reason is None and any(q is not None and q.qtype.bits > 8 for q in [*op.in_q, op.out_q]):
+            reason = "16-bit activations (polish's wide points) are not supported"
         if reason is None:
             placement[op.name] = "accel"
         else:

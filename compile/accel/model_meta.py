@@ -178,8 +178,9 @@ class Placement:
         c, h, w = (check.integer(check.get(spec, k, f"{where}.{k}"), f"{where}.{k}", lo=1) for k in "chw")
         addr = check.integer(check.get(spec, "addr", f"{where}.addr"), f"{where}.addr", lo=-1)
         qtype = check.get(spec, "type", f"{where}.type")
-        if not (isinstance(qtype, str) and qtype in QTYPES):
-            check.fail(f"{where}.type", f"one of {', '.join(QTYPES)}", qtype)
+        types = [name for name, q in QTYPES.items() if q.bits <= 8]   # no 16-bit tensors on the accelerator
+        if not (isinstance(qtype, str) and qtype in types):
+            check.fail(f"{where}.type", f"one of {', '.join(types)}", qtype)
         zp = check.integer(check.get(spec, "zero_point", f"{where}.zero_point"), f"{where}.zero_point",
                            lo=-128, hi=255)
         view = spec.get("view", "nchw")

@@ -61,7 +61,7 @@ def _node_for(op, index: int, input_names: list[str], shapes: dict, dot: str | N
     attrs = dict(kind=op.kind, in_zero_points=[int(q.zero_point) for q in op.in_q],
                  y_zero_point=int(op.out_q.zero_point),
                  qmin=int(op.params.lo), qmax=int(op.params.hi),
-                 out_signed=int(op.out_q.qtype.signed))
+                 out_signed=int(op.out_q.qtype.signed), out_bits=int(op.out_q.qtype.bits))
     if handler.weighted:
         attrs["weight"] = _tensor_attr(op.params.weight.astype(np.int16), "weight")
         attrs["bias"] = _tensor_attr(F.wrap_int32(op.params.bias).astype(np.int32), "bias")
@@ -157,6 +157,11 @@ CODE_MOVES = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze
                         "DepthToSpace", "SpaceToDepth"})
 
 
+def code_dtype(signed: bool, bits: int) -> str:
+    """The tensor type codes travel in: 4-bit codes in 8-bit tensors, 16-bit codes in 16-bit ones."""
+    return ("int" if signed else "uint") + ("16" if bits > 8 else "8")
+
+
 def _codes_of_move(graph, moved: str, q, moves: dict, added: dict, extra: list) -> str:
     """The codes of a layout op's output (`moved`: the parser's virtual name), made once per
     tensor; the nodes it adds go to `extra`. The layout op is repeated on its input's codes
@@ -179,7 +184,7 @@ def _codes_of_move(graph, moved: str, q, moves: dict, added: dict, extra: list) 
         copy.attribute.extend(node.attribute)
         extra.append(copy)
     else:
-        dtype = q.qtype.name if q.qtype.bits == 8 else ("int8" if q.qtype.signed else "uint8")
+        dtype = code_dtype(q.qtype.signed, q.qtype.bits)
         scale = _tensor_attr(np.float32(q.scale), f"{codes}_scale")
         zp = _tensor_attr(np.asarray(q.zero_point, dtype=dtype), f"{codes}_zp")
         graph.initializer.extend([scale, zp])
@@ -390,7 +395,7 @@ class _Requant:
     def __init__(self, attr):
         self.zps = _ints(attr, "in_zero_points")
         self.lo, self.hi, self.zp_y = int(attr["qmin"]), int(attr["qmax"]), int(attr["y_zero_point"])
-        self.dtype = "int8" if int(attr["out_signed"]) else "uint8"
+        self.dtype = code_dtype(bool(int(attr["out_signed"])), int(attr.get("out_bits", 8)))
 
     def __call__(self, acc, bias, mult, shift):
         return requantize_relax(acc, bias, mult, shift, self.zp_y, self.lo, self.hi, self.dtype)

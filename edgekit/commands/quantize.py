@@ -104,6 +104,11 @@ def run(args) -> int:
             for kind, k in cost["kinds"].items()) + "; output SQNR " + ", ".join(
             f"{v if isinstance(v, str) else f'{v:.1f} dB'}" for v in cost["output_sqnr_db"].values()))
     for step in report["steps"]:
+        wide = step["details"].get("wide_points") if step["step"] == "polish" else None
+        if wide and wide["points"]:   # polish kept outlier-dominated activations at 16 bits
+            print(f"  polish: {len(wide['points'])} activation(s) at {wide['bits']} bits (outliers: "
+                  f"output error {wide['error_before']:.3g} -> {wide['error_after']:.3g} with float weights; "
+                  "the accelerator runs their ops on the host): " + ", ".join(wide["points"]))
         if step["step"] == "mixed-precision":  # its decision, and its gate on the finished model
             print_mixed(step["details"])
     return 0

@@ -48,11 +48,15 @@ INT4 = QType("int4", 4, True)
 UINT4 = QType("uint4", 4, False)
 INT8 = QType("int8", 8, True)
 UINT8 = QType("uint8", 8, False)
-QTYPES = {q.name: q for q in (INT4, UINT4, INT8, UINT8)}
+# 16-bit activations: the tensors polish.widen_outliers keeps wider (outlier-dominated residual
+# streams read only by adds and LayerNorm); no layer or table op reads them
+INT16 = QType("int16", 16, True)
+UINT16 = QType("uint16", 16, False)
+QTYPES = {q.name: q for q in (INT4, UINT4, INT8, UINT8, INT16, UINT16)}
 
 
 def qtype_of_onnx(tensor_type: int) -> QType:
-    """The grid of an ONNX integer tensor type (INT4, UINT4, INT8, UINT8)."""
+    """The grid of an ONNX integer tensor type (INT4, UINT4, INT8, UINT8, INT16, UINT16)."""
     for q in QTYPES.values():
         if q.onnx_type == tensor_type:
             return q

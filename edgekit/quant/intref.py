@@ -1,7 +1,7 @@
 """The bit-exact integer reference: runs a QGraph the way integer hardware does.
 
 One small class per op kind, listed in KERNELS (kinds: edgekit.quant.kinds). Integer ops see int codes
-(int64 numpy arrays holding int4/uint4/int8/uint8 values), accumulate exactly
+(int64 numpy arrays holding int4/uint4/int8/uint8 values, or int16/uint16 ones at wide points), accumulate exactly
 (products of small integers summed in float64 are exact below 2^53; the result
 is wrapped to int32 like a 32-bit accumulator) and requantize with
 formats.requantize; lut / softmax / layernorm / resize follow edgekit.quant.nonlinear.

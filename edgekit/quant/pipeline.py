@@ -62,6 +62,9 @@ class Polish:
     clip: bool = True
     samples: int = 8
     mse_weights: bool = True
+    # keep at 16 bits the activation points that alone cost most of the output error
+    # (polish.widen_outliers: MiniLM's residual stream after its first FFN)
+    widen: bool = True
     name: str = "polish"
 
     def apply(self, plan, calib, ctx) -> dict:
@@ -71,6 +74,8 @@ class Polish:
             ctx["float_model"] = _copy(plan.model)
             ctx["ranges"] = rtn.collect_ranges(plan, calib, desc="re-calibrating")
             rtn.set_params_from_ranges(plan, ctx["ranges"])
+        if self.widen:
+            out["wide_points"] = P.widen_outliers(plan, calib, ctx["ranges"], self.samples)
         if self.clip:
             out["clip_ratios"] = P.clip_search(plan, calib, ctx["ranges"], self.samples)
         rtn.rtn_weights(plan, mse=self.mse_weights)
@@ -369,7 +374,7 @@ class _State:
     tables: dict
     ctx: dict
 
-    TABLES = ("params", "weights_q", "weight_scales", "const_params")
+    TABLES = ("params", "weights_q", "weight_scales", "const_params", "bits")
 
     @classmethod
     def of(cls, plan: QuantPlan, ctx: dict) -> "_State":

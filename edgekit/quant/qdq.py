@@ -29,7 +29,7 @@ def int_tensor(name: str, values: np.ndarray, qtype: F.QType) -> onnx.TensorProt
     if qtype.bits == 4:
         return helper.make_tensor(name, qtype.onnx_type, list(values.shape),
                                   F.pack_int4(values).tobytes(), raw=True)
-    dtype = {"int8": np.int8, "uint8": np.uint8}[qtype.name]
+    dtype = {"int8": np.int8, "uint8": np.uint8, "int16": np.int16, "uint16": np.uint16}[qtype.name]
     return numpy_helper.from_array(values.astype(dtype), name)
 
 

@@ -161,3 +161,28 @@ def test_w4_weights_travel_packed_and_w8_as_bytes(quantized, tmp_path):
         convs = [s for s in CompiledModel(tmp_path / name).meta["steps"] if "weights_addr" in s]
         assert convs and all(s["weights_packed_int4"] is packed for s in convs), name
         assert run_model(tmp_path / name)["bit_exact"] is True
+
+
+def test_16_bit_wide_points_run_on_the_host(tmp_path):
+    """polish's 16-bit wide points (tests/quant/test_wide_points.py): the ops reading or writing
+    them are refused by name, and with --fallback cpu the host runs them bit-exactly."""
+    import sys
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
+    from tiny_models import OutlierBlock, export, outlier_feeds
+
+    from edgekit.quant import pipeline as P
+
+    torch.manual_seed(0)
+    src = export(OutlierBlock(), (1, 12, 16), tmp_path / "outlier.onnx")
+    q, _ = P.quantize(src, outlier_feeds(16), P.QuantConfig(weight_bits=4, act_bits=8, steps=[P.RTN(), P.Polish()]))
+    onnx.save(q, tmp_path / "outlier.q.onnx")
+    with pytest.raises(EdgekitError, match=r"gemm/Gemm \(16-bit activations.*add/Add \(16-bit activations"):
+        compile_accel(tmp_path / "outlier.q.onnx", tmp_path / "out")
+    meta = compile_accel(tmp_path / "outlier.q.onnx", tmp_path / "out", fallback="cpu")
+    assert sum("16-bit" in r for r in meta["fallback_op_list"]) == 2
+    assert run_model(tmp_path / "out")["bit_exact"]

@@ -42,6 +42,38 @@ class TinyBlock(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.ln2(x))))
 
 
+class OutlierBlock(nn.Module):
+    """A post-norm MLP block whose residual stream has one huge channel on marker tokens (BERT's
+    [CLS] / [SEP] outliers): fc2's channel 3 reaches ~600 where the input's channel 0 is above 4
+    (`outlier_feeds` marks token 0), every other value stays within a few units. The fc2 output and
+    the residual sum are read only by the Add and the LayerNorm."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.ln, self.head = nn.LayerNorm(dim), nn.Linear(dim, 8)
+        with torch.no_grad():
+            self.fc1.weight[0] = 0
+            self.fc1.weight[0, 0], self.fc1.bias[0] = 5.0, -20.0   # active only on marker tokens
+            self.fc2.weight[:, 0] = 0
+            self.fc2.weight[3, 0] = 30.0
+
+    def forward(self, x):
+        return self.head(self.ln(x + self.fc2(torch.relu(self.fc1(x)))))
+
+
+def outlier_feeds(count, tokens=12, dim=16, seed=0):
+    """OutlierBlock inputs: standard normal, token 0 marked by channel 0 = 8."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        x = rng.standard_normal((1, tokens, dim)).astype(np.float32)
+        x[0, 0, 0] = 8.0
+        x[0, 1:, 0] = np.minimum(x[0, 1:, 0], 3.0)
+        out.append({"x": x})
+    return out
+
+
 def export(model: nn.Module, shape, path, seed=0) -> str:
     torch.manual_seed(seed)
     for m in model.modules():

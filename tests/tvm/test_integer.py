@@ -193,3 +193,42 @@ def test_constant_left_products_become_integer_layers_and_layout_ops_move_codes(
 
     meta, _, _ = _compiled_equals_reference(qdq, x, tmp_path)
     assert meta["integer_ops"] == {"linear": 3, "add": 1}
+
+
+def test_16_bit_wide_points_compile_bit_exactly(tmp_path):
+    """polish's wide points (16-bit codes of an outlier residual stream, read by an add and a
+    LayerNorm; tests/quant/test_wide_points.py): every code of the compiled model, 16-bit ones
+    included, equals the integer reference."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quant"))
+    from tiny_models import OutlierBlock, export, outlier_feeds
+
+    from edgekit.compile import compile_model
+    from edgekit.quant import intref
+    from edgekit.quant import pipeline as P
+
+    torch.manual_seed(0)
+    src = export(OutlierBlock(), (1, 12, 16), tmp_path / "outlier.onnx")
+    cfg = P.QuantConfig(weight_bits=4, act_bits=8, steps=[P.RTN(), P.Polish()])
+    q, report = P.quantize(src, outlier_feeds(16), cfg)
+    assert len(report["steps"][1]["details"]["wide_points"]["points"]) == 2
+    qdq = tmp_path / "outlier.q.onnx"
+    onnx.save(q, qdq)
+    probe = tmp_path / "probe.onnx"
+    codes = with_code_outputs(qdq, probe)
+    assert sum(t == onnx.TensorProto.UINT16 for t in codes.values()) == 2
+    meta = compile_model(probe, "x86-64", tmp_path / "int", committed_db=False)
+    assert meta["integer_ops"] == {"gemm": 3, "lut": 1, "add": 1, "layernorm": 1}
+    output = q.graph.output[0].name
+    with open_session(tmp_path / "int") as s:
+        for f in outlier_feeds(2, seed=9):
+            ref, got = intref.run(qdq, f, keep_intermediates=True), s.run(f)
+            for name, dtype in codes.items():
+                assert (got[name].dtype == np.uint16) == (dtype == onnx.TensorProto.UINT16), name
+                np.testing.assert_array_equal(got[name].astype(np.int64), np.asarray(ref[name], np.int64),
+                                              err_msg=name)
+            np.testing.assert_array_equal(got[output], ref[output])
