@@ -5,6 +5,7 @@ workers do not oversubscribe the two cores (tests never measure time).
 """
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 @pytest.fixture(scope="session")
 def load_tool():
-    """load_tool("bench_x") -> the module tools/bench_x.py (the tools are scripts, not a package)."""
+    """load_tool("bench_x") -> the module tools/bench_x.py (the tools are scripts, not a package;
+    as when run, they import each other from their folder)."""
+    if str(TOOLS) not in sys.path:
+        sys.path.append(str(TOOLS))
+
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

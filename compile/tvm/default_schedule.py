@@ -294,14 +294,12 @@ def is_scheduled(func) -> bool:
 def apply(mod, target):
     """Schedule every unscheduled PrimFunc of `mod` that a rule covers; returns (mod, count)."""
     import tvm
-    from tvm.s_tir import dlight
 
     updated = {}
-    fallback_rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction()]
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or is_scheduled(func):
             continue
-        sch = _first_schedule(func, target, fallback_rules)
+        sch = first_schedule(func, target)
         if sch is not None:
             updated[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     mod = mod.clone()  # the caller's module stays as it was
@@ -310,7 +308,12 @@ def apply(mod, target):
     return mod, len(updated)
 
 
-def _first_schedule(func, target, fallback_rules):
+def first_schedule(func, target):
+    """The schedule (with its trace) that our rules, else dlight's GEMV / Reduction rules, give
+    PrimFunc `func`; None when no rule fits."""
+    from tvm.s_tir import dlight
+
+    fallback_rules = [dlight.cpu.GEMV(), dlight.cpu.Reduction()]
     try:
         sch = schedule_func(func, target)
     except Exception:  # our rules do not fit this kernel: try dlight's

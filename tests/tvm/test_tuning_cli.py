@@ -105,3 +105,38 @@ def test_run_image_input_writes_picture(conv_artifact, tmp_path, capsys):
     assert result["outputs"]["y"]["shape"] == [1, 4]
     with np.load(tmp_path / "out.npz") as data:
         assert data["y"].shape == (1, 4)
+
+
+def test_records_that_lose_to_the_default_schedule_give_way_to_its_trace(tmp_path, load_tool, capsys):
+    """tools/prune_tuning_db.py --against-default: each record is timed against the default
+    schedule; a replaced kernel keeps one record, the default schedule's trace, which later
+    compiles apply as a tuned kernel, with outputs equal to onnxruntime's."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from edgekit.compile import compile_model
+    from edgekit.compile.tvm import tuning
+    from edgekit.runtime import open_session
+
+    prune = load_tool("prune_tuning_db")
+    model = tiny.matmul_net(tmp_path / "mm.onnx")
+    db = tmp_path / "db"
+    compile_model(model, "x86-64", tmp_path / "tuned", tune=2, tuning_db=db, committed_db=False,
+                  tune_min_per_task=2)
+    rows = prune.versus_default(db, [Path(model)], number=2, repeat=1)
+    assert len(rows) == 1 and rows[0]["tuned_ms"] > 0 and rows[0]["default_ms"] > 0
+    prune.replace_records(db, tmp_path / "replaced", {r["workload"]: r["record"] for r in rows})
+    lines = (tmp_path / "replaced" / tuning.DB_FILES[1]).read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])[1][1] == [rows[0]["default_ms"] / 1e3]
+    meta = compile_model(model, "x86-64", tmp_path / "art", tuning_db=tmp_path / "replaced", committed_db=False)
+    assert meta["tuning"]["kernels_tuned"] == meta["tuning"]["kernels_total"] == 1
+    x = np.random.default_rng(0).standard_normal(meta["inputs"][0]["shape"]).astype(np.float32)
+    with open_session(tmp_path / "art") as session:
+        got = session.run({"x": x})
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(next(iter(got.values())), want, rtol=1e-5, atol=1e-5)
+    # the command: the table, then the pruned copy (one kernel, one record, whichever won)
+    assert prune.main([str(db), str(tmp_path / "out"), "--against-default", model]) == 0
+    assert "keeps" in capsys.readouterr().out
+    assert tuning.prune_database(tmp_path / "out", tmp_path / "again") == (1, 1)
