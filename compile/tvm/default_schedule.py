@@ -12,6 +12,9 @@ style of TVM's dlight rules (whose CPU set covers only GEMV and reductions such 
     remaining spatial loops are fused and run in parallel. Producers such as padding are
     computed per tile, so the inner loop has no branch. The accumulator is a tile-sized cache,
     written back with the fused epilogue (bias, activation, requantization).
+    An integer reduction along the contiguous last axis of its inputs, one output per row (softmax's
+    and LayerNorm's sums and maxima on the integer path), runs its rows in parallel instead, each one
+    plain loop with its accumulator in a stack cache (a tile across rows would gather along them).
   * ``injective`` (element-wise ops, layout changes): loops fused, run in parallel, vectorized
     (by rows, each left to LLVM's loop vectorizer, when rows are not whole vectors).
 
@@ -160,6 +163,20 @@ def tiled_reduction(sch, block, lanes: int) -> None:
     extents = [_extent(sch, loop) for loop in spatial]
     if None in extents or not spatial:
         raise ValueError("dynamic or missing spatial extent")
+    if _integer_row_reduction(sch, block, n_spatial):
+        # one output per row of a contiguous integer row (LayerNorm / softmax sums and maxima):
+        # rows in parallel, each reduced by one inner loop, which LLVM vectorizes (integer adds
+        # and maxima are exact in any order); a tile across rows would gather along the row
+        par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        sch.parallel(par)
+        _inline_chain(sch, sch.get_producers(block))
+        for producer in sch.get_producers(block):
+            sch.compute_at(producer, par, preserve_unit_loops=True)
+        # the sum in a register-sized stack cache, its init outside the loop: LLVM then vectorizes
+        writeback = sch.cache_write(block, 0, "global")
+        sch.reverse_compute_at(writeback, par, preserve_unit_loops=True)
+        sch.decompose_reduction(block, sch.get_loops(block)[-1])
+        return
     outer, tile = list(spatial), []
     vec_axis = n_spatial - 1  # the innermost spatial loop: contiguous in the output
     rows_axis = _reuse_axis(sch, block, [i for i in range(n_spatial) if i != vec_axis and extents[i] > 1], vec_axis)
@@ -199,6 +216,27 @@ def tiled_reduction(sch, block, lanes: int) -> None:
     if reduction:
         sch.decompose_reduction(block, reduction[0])
     _vectorize_innermost(sch, writeback, depth, lanes)
+
+
+def _integer_row_reduction(sch, block, n_spatial: int) -> bool:
+    """An integer reduction over one innermost loop that indexes the last (contiguous) axis of
+    the inputs it reads along (others, such as a zero point, do not depend on it), and no other
+    axis of theirs."""
+    from tvm.tirx.analysis import undefined_vars
+
+    stmt = sch.get(block)
+    if "int" not in str(stmt.writes[0].source.dtype) or len(stmt.iter_vars) != n_spatial + 1:
+        return False
+    k = stmt.iter_vars[-1].var
+    along_rows = False
+    for region in stmt.reads:
+        if region.source.same_as(stmt.writes[0].source):
+            continue
+        uses = [any(v.same_as(k) for v in undefined_vars(rng.min)) for rng in region.region]
+        if any(uses[:-1]):
+            return False
+        along_rows = along_rows or bool(uses and uses[-1])
+    return along_rows
 
 
 def _fuse_epilogue(sch, consumer, writeback, par) -> None:

@@ -152,3 +152,28 @@ def test_per_row_values_are_computed_once_not_inlined_into_every_element():
     assert 'sblock("row_root")' in script
     roots = np.maximum(np.floor(np.sqrt((totals // 20 + 1).astype(np.float64))).astype(np.int64), 1)
     np.testing.assert_array_equal(got, (xs * 4096) // roots)
+
+
+def test_integer_row_reductions_run_rows_in_parallel_and_stay_exact():
+    """Softmax's masked row max and a row sum on the integer path: one output per contiguous row,
+    so rows run in parallel, each one loop with its accumulator cached (no register tile across
+    rows); int32 sums wrap like the unscheduled loops'."""
+    from tvm import te, tirx
+
+    x = te.placeholder((3, 37, 64), "int32", name="x")
+    mask = te.placeholder((37, 64), "bool", name="mask")
+    k = te.reduce_axis((0, 64), name="k")
+    masked = te.compute((3, 37, 64), lambda b, i, j: tirx.Select(mask[i, j], x[b, i, j], tirx.const(-7, "int32")),
+                        name="masked")
+    row_max = te.compute((3, 37, 1), lambda b, i, _: te.max(masked[b, i, k], axis=k), name="row_max")
+    k2 = te.reduce_axis((0, 64), name="k2")
+    row_sum = te.compute((3, 37), lambda b, i: te.sum(x[b, i, k2], axis=k2), name="row_sum")
+    rng = np.random.default_rng(2)
+    xs = rng.integers(-(1 << 30), 1 << 30, (3, 37, 64)).astype(np.int32)
+    ms = np.tril(np.ones((37, 64), bool))
+    script, got = _scheduled_and_run(te.create_prim_func([x, mask, row_max]), [xs, ms], (3, 37, 1), np.int32)
+    assert "T.parallel(T.int64(111))" in script or "T.parallel(111)" in script, script
+    np.testing.assert_array_equal(got[..., 0], np.where(ms, xs, -7).max(-1))
+    script, got = _scheduled_and_run(te.create_prim_func([x, row_sum]), [xs], (3, 37), np.int32)
+    assert "T.parallel(T.int64(111))" in script or "T.parallel(111)" in script, script
+    np.testing.assert_array_equal(got, xs.astype(np.int64).sum(-1).astype(np.int32))   # wraps mod 2^32
