@@ -165,14 +165,14 @@ def tiled_reduction(sch, block, lanes: int) -> None:
         raise ValueError("dynamic or missing spatial extent")
     if _integer_row_reduction(sch, block, n_spatial):
         # one output per row of a contiguous integer row (LayerNorm / softmax sums and maxima):
-        # rows in parallel, each reduced by one inner loop, which LLVM vectorizes (integer adds
+        # rows in parallel, each reduced by one inner loop that LLVM may vectorize (integer adds
         # and maxima are exact in any order); a tile across rows would gather along the row
         par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         sch.parallel(par)
         _inline_chain(sch, sch.get_producers(block))
         for producer in sch.get_producers(block):
             sch.compute_at(producer, par, preserve_unit_loops=True)
-        # the sum in a register-sized stack cache, its init outside the loop: LLVM then vectorizes
+        # the sum in a one-element stack cache, its init outside the loop (no test inside it)
         writeback = sch.cache_write(block, 0, "global")
         sch.reverse_compute_at(writeback, par, preserve_unit_loops=True)
         sch.decompose_reduction(block, sch.get_loops(block)[-1])

@@ -38,6 +38,7 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
              5.0000001201e-1)
 _LN2 = 0.6931471805599453
 _EXP_MIN, _EXP_MAX = -88.3762626647949, 88.3762626647950
+_LOWEST = -3.4028234663852886e38   # float32's lowest: the start of a row max
 
 
 def fast_exp(x, lanes: int):
@@ -45,8 +46,8 @@ def fast_exp(x, lanes: int):
     exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n ln2, exp(r) by a degree-7 polynomial."""
     from tvm import tirx
 
-    def const(v):
-        c = tirx.const(v, "float32")
+    def const(v, dtype="float32"):
+        c = tirx.const(v, dtype)
         return c if lanes == 1 else tirx.Broadcast(c, lanes)
 
     x = tirx.max(tirx.min(x, const(_EXP_MAX)), const(_EXP_MIN))
@@ -56,12 +57,9 @@ def fast_exp(x, lanes: int):
     for c in _EXP_POLY[1:]:
         poly = poly * r + const(c)
     poly = poly * r * r + r + const(1.0)
-    int_t = "int32" if lanes == 1 else f"int32x{lanes}"
-    bits = (tirx.Cast(int_t, n) + tirx.const(127, "int32") if lanes == 1
-            else tirx.Cast(int_t, n) + tirx.Broadcast(tirx.const(127, "int32"), lanes))
-    shift = tirx.const(23, "int32") if lanes == 1 else tirx.Broadcast(tirx.const(23, "int32"), lanes)
-    two_n = tirx.call_intrin("float32" if lanes == 1 else f"float32x{lanes}", "tirx.reinterpret", bits << shift)
-    return two_n * poly
+    suffix = "" if lanes == 1 else f"x{lanes}"
+    bits = (tirx.Cast("int32" + suffix, n) + const(127, "int32")) << const(23, "int32")   # 2^n's float bits
+    return tirx.call_intrin("float32" + suffix, "tirx.reinterpret", bits) * poly
 
 
 def softmax_func(shape: tuple, lanes: int):
@@ -98,10 +96,10 @@ def softmax_func(shape: tuple, lanes: int):
                     # stack arrays (< 1 KiB: allocas that LLVM keeps in registers, see dotprod.py)
                     acc = T.alloc_buffer((lanes,), "float32")
                     s = T.alloc_buffer((2,), "float32")   # s[0]: the row's max, s[1]: its sum, then 1 / sum
-                    T.buffer_store(acc, bcast(tirx.const(-3.4028234663852886e38, "float32")), [vec(0)])
+                    T.buffer_store(acc, bcast(tirx.const(_LOWEST, "float32")), [vec(0)])
                     with T.serial(0, whole) as v:
                         T.buffer_store(acc, tirx.max(acc[vec(0)], x[tuple(index(row, vec(v * lanes)))]), [vec(0)])
-                    T.buffer_store(s, tirx.const(-3.4028234663852886e38, "float32"), [0])
+                    T.buffer_store(s, tirx.const(_LOWEST, "float32"), [0])
                     with T.serial(0, lanes) as i:
                         T.buffer_store(s, tirx.max(s[0], acc[i]), [0])
                     with T.serial(tail_start, n) as t:

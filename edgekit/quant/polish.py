@@ -22,7 +22,7 @@ from edgekit.quant import weights as W
 from edgekit.quant.plan import Layer, QParams, QuantPlan
 from edgekit.quant.rtn import act_qtype
 from edgekit.quant.sequential import env_groups, stack_groups
-from edgekit.quant.simulate import fake_quant, layer_forward, weight_shape_scales
+from edgekit.quant.simulate import act_hook, fake_quant, layer_forward, weight_shape_scales
 
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
@@ -313,13 +313,7 @@ def widen_outliers(plan: QuantPlan, calib: list[dict], ranges: dict, samples: in
         refs = [graph.run(f) for f in feeds]
 
     def error(points) -> float:
-        points = set(points)
-        quantized = points | {t for t in plan.inherit if plan.source(t) in points}
-
-        def hook(name, value):
-            if name in quantized and value.is_floating_point():
-                return fake_quant(value, plan.qparams(name))
-            return value
+        hook = act_hook(plan, set(points))
         num = den = 0.0
         with torch.no_grad():
             for f, ref in zip(feeds, refs):

@@ -62,8 +62,13 @@ def quantized_overrides(plan: QuantPlan, layers=None) -> dict:
     return out
 
 
-def act_hook(plan: QuantPlan):
-    points = set(plan.points)
+def act_hook(plan: QuantPlan, only=None):
+    """TorchGraph hook fake-quantizing the activation points: all of them, or those in `only` and
+    the tensors that inherit their grids."""
+    if only is None:
+        points = set(plan.points)
+    else:
+        points = set(only) | {t for t in plan.inherit if plan.source(t) in only}
 
     def hook(name, value):
         if name in points:
